@@ -1,0 +1,21 @@
+"""GenLab: an interactive lab for VQ-VAE, VQGAN and diffusion models (diffusers checkpoints).
+
+    import genlab
+    vq = genlab.load_vq("weights/vqvae-photo")            # or a Hub repo id, subfolder=...
+    rec = vq.reconstruct(genlab.open_image("photo.jpg"))  # .image .indices .psnr .bits_per_pixel
+    dm = genlab.load_diffusion("weights/ddpm-emoji")
+    run = dm.sample(seed=0, steps=50, scheduler="ddim")   # .image .frames[i].timestep/.x_t/.x0
+
+Nothing here imports gradio: the UI lives in `genlab.ui`.
+"""
+
+from .diffusion import SCHEDULERS, DiffusionModel, DiffusionRun
+from .images import InputError, open_image
+from .models import ModelLoadError, ModelSpec, embedded_status, load_diffusion, load_vq
+from .vq import VQ, Reconstruction, perplexity
+
+__version__ = "0.1.0"
+__all__ = [
+    "DiffusionModel", "DiffusionRun", "InputError", "ModelLoadError", "ModelSpec", "Reconstruction", "SCHEDULERS",
+    "VQ", "embedded_status", "load_diffusion", "load_vq", "open_image", "perplexity",
+]

@@ -1,0 +1,66 @@
+"""The app's command line and Space settings, as checked data.
+
+    python app.py [--model vq=SOURCE[#SUBFOLDER]]... [--model diffusion=SOURCE[#SUBFOLDER]]...
+                  [--host H] [--port P] [--share] [--device cpu|cuda] [--max-file-mb N]
+
+A Space cannot pass arguments, so the same model list can come from the environment:
+GENLAB_MODELS="vq=amused/amused-256#vqvae,diffusion=google/ddpm-cifar10-32". Host and port default
+to GRADIO_SERVER_NAME / GRADIO_SERVER_PORT, then 127.0.0.1:7860; GENLAB_SHARE=1 shares.
+The embedded models under weights/ are always listed first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+
+from .models import EMBEDDED, WEIGHTS_DIR, ModelSpec
+
+KINDS = ("vq", "diffusion")
+
+
+@dataclass
+class AppConfig:
+    vq_models: dict[str, ModelSpec] = field(default_factory=dict)  # label -> spec
+    diffusion_models: dict[str, ModelSpec] = field(default_factory=dict)
+    host: str = "127.0.0.1"
+    port: int = 7860
+    share: bool = False
+    device: str | None = None
+    max_file_mb: int = 10
+    queue_size: int = 32
+
+
+def parse_model_option(text: str) -> tuple[str, ModelSpec]:
+    kind, sep, rest = text.partition("=")
+    kind = kind.strip().lower()
+    if not sep or kind not in KINDS:
+        raise ValueError(f"--model takes KIND=SOURCE[#SUBFOLDER] with KIND one of {KINDS}, got {text!r}")
+    return kind, ModelSpec.parse(rest)
+
+
+def parse_args(argv=None, environ=None) -> AppConfig:
+    environ = os.environ if environ is None else environ
+    parser = argparse.ArgumentParser(prog="python app.py", description="GenLab: VQ-VAE, VQGAN and diffusion, step by step.")
+    parser.add_argument("--model", action="append", default=[], metavar="KIND=SOURCE[#SUBFOLDER]",
+                        help="an extra model: vq=... or diffusion=..., a local folder or a Hub repo id; repeatable")
+    parser.add_argument("--host", default=environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(environ.get("GRADIO_SERVER_PORT", 7860)))
+    parser.add_argument("--share", action="store_true", default=environ.get("GENLAB_SHARE", "") in ("1", "true"))
+    parser.add_argument("--device", choices=["cpu", "cuda"], default=environ.get("GENLAB_DEVICE") or None)
+    parser.add_argument("--max-file-mb", type=int, default=int(environ.get("GENLAB_MAX_FILE_MB", 10)),
+                        help="uploads over this size are refused before they reach GenLab")
+    args = parser.parse_args(argv)
+    config = AppConfig(host=args.host, port=args.port, share=args.share, device=args.device, max_file_mb=args.max_file_mb)
+    for name, kind in EMBEDDED.items():
+        target = config.vq_models if kind == "vq" else config.diffusion_models
+        target[name] = ModelSpec(str(WEIGHTS_DIR / name))
+    extra = [m for m in environ.get("GENLAB_MODELS", "").split(",") if m.strip()] + args.model
+    for option in extra:
+        try:
+            kind, spec = parse_model_option(option)
+        except ValueError as error:
+            parser.error(str(error))
+        (config.vq_models if kind == "vq" else config.diffusion_models)[spec.label] = spec
+    return config

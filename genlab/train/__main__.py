@@ -1,0 +1,404 @@
+"""GenLab's training CLI: VQ-VAE, VQGAN and DDPM on any folder of images.
+
+    python -m genlab.train vqvae --data data/photos/train --out weights/vqvae-photo
+    python -m genlab.train vqgan --data data/photos/train --out weights/vqgan-photo --init weights/vqvae-photo
+    python -m genlab.train ddpm  --data data/emoji/32     --out weights/ddpm-emoji --preset emoji
+    python -m genlab.train ddpm  --data data/photos/train --out weights/ddpm-photo --preset photo-denoiser
+
+Runs on CPU or CUDA (bf16 autocast on GPU) and across GPUs or nodes with `accelerate launch -m
+genlab.train ...`. Checkpoints (safetensors + JSON, no pickle) go to `--run-dir`; `--resume`
+continues from there, `--init` starts from an exported weights folder (e.g. committed weights).
+Every `--save-every` steps and at the end, the model (EMA weights for diffusion) is exported to
+`--out` with `save_pretrained`, plus its scheduler config and a model card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from diffusers import DDPMScheduler, UNet2DModel, VQModel
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
+
+from ..diffusion import make_scheduler, reverse_process
+from . import common, ddpm, vq
+
+PRESETS = {
+    # small enough to train in hours on 2 CPU cores, and to reconstruct 256^2 in ~100 ms
+    "vq-photo": dict(channels="16,32,64", layers_per_block=1, codes=1024, code_dim=4, crop=64, batch_size=16, lr=1e-3),
+    "emoji": dict(channels="32,64,64", layers_per_block=1, attention="0,0,1", sample_size=32, crop=32, batch_size=32,
+                  lr=1e-3, beta_schedule="squaredcos_cap_v2", min_snr_gamma=5.0, label_dropout=0.1),
+    "photo-denoiser": dict(channels="32,64,64", layers_per_block=1, attention="0,0,0", sample_size=64, crop=64,
+                           batch_size=16, lr=1e-3, beta_schedule="linear", min_snr_gamma=0.0,
+                           t_focus_max=250, t_focus_share=0.8, label_dropout=0.0),
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m genlab.train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("kind", choices=["vqvae", "vqgan", "ddpm"])
+    parser.add_argument("--data", type=Path, required=True, help="a folder of images (labels.json makes it labelled)")
+    parser.add_argument("--out", type=Path, required=True, help="exported weights folder, e.g. weights/NAME")
+    parser.add_argument("--run-dir", type=Path, default=None, help="checkpoints and sample grids (default runs/NAME)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None)
+    parser.add_argument("--steps", type=int, default=10_000, help="total optimizer steps (counting resumed ones)")
+    parser.add_argument("--max-minutes", type=float, default=None, help="stop (and export) after this wall time")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--crop", type=int, help="training crop side in pixels")
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", action="store_true", help="continue from --run-dir/checkpoint")
+    parser.add_argument("--init", type=Path, default=None, help="start from an exported weights folder")
+    parser.add_argument("--save-every", type=int, default=250)
+    parser.add_argument("--sample-every", type=int, default=1000)
+    parser.add_argument("--log-every", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--cpu", action="store_true", help="train on CPU even when CUDA is available")
+    parser.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=None)
+    # architecture
+    parser.add_argument("--channels", help="block_out_channels, comma separated")
+    parser.add_argument("--layers-per-block", type=int)
+    # VQ
+    parser.add_argument("--codes", type=int, help="codebook size K")
+    parser.add_argument("--code-dim", type=int, help="code vector dimension (vq_embed_dim)")
+    parser.add_argument("--beta", type=float, default=0.25, help="commitment weight")
+    parser.add_argument("--codebook-decay", type=float, default=0.99)
+    parser.add_argument("--dead-threshold", type=float, default=0.03, help="EMA uses per batch below which a code restarts")
+    parser.add_argument("--l1-weight", type=float, default=0.0, help="add an L1 term to the L2 reconstruction loss")
+    parser.add_argument("--disc-start", type=int, default=0, help="VQGAN: step at which the discriminator switches on")
+    parser.add_argument("--disc-weight", type=float, default=0.1, help="VQGAN: scale of the adaptive GAN weight")
+    parser.add_argument("--disc-channels", type=int, default=32)
+    parser.add_argument("--disc-layers", type=int, default=3)
+    parser.add_argument("--freeze-encoder", action="store_true", help="VQGAN: keep encoder and codebook of --init")
+    # diffusion
+    parser.add_argument("--attention", help="per down block, 1 = attention block (e.g. 0,0,1)")
+    parser.add_argument("--sample-size", type=int)
+    parser.add_argument("--beta-schedule", choices=["linear", "scaled_linear", "squaredcos_cap_v2"])
+    parser.add_argument("--min-snr-gamma", type=float)
+    parser.add_argument("--label-dropout", type=float)
+    parser.add_argument("--t-focus-max", type=int, default=0)
+    parser.add_argument("--t-focus-share", type=float, default=0.0)
+    parser.add_argument("--ema-decay", type=float, default=0.9999, help="upper bound of the warmed-up EMA decay")
+    args = parser.parse_args(argv)
+    preset = PRESETS.get(args.preset or ("vq-photo" if args.kind != "ddpm" else "emoji"))
+    for key, value in preset.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    for key in ("min_snr_gamma", "label_dropout"):
+        if getattr(args, key, None) is None:
+            setattr(args, key, 0.0)
+    args.channels = tuple(int(c) for c in str(args.channels).split(","))
+    if args.attention is not None:
+        args.attention = tuple(bool(int(a)) for a in str(args.attention).split(","))
+        if len(args.attention) != len(args.channels):
+            parser.error(f"--attention has {len(args.attention)} entries but --channels has {len(args.channels)}")
+    if args.kind == "vqgan" and args.freeze_encoder and args.init is None:
+        parser.error("--freeze-encoder needs --init (the encoder and codebook to keep)")
+    args.run_dir = args.run_dir or Path("runs") / args.out.name
+    return args
+
+
+def norm_groups(channels) -> int:
+    return math.gcd(*channels, 32)
+
+
+# ------------------------------------------------------------------------------------ VQ
+def build_vq(args) -> VQModel:
+    count = len(args.channels)
+    return VQModel(
+        down_block_types=("DownEncoderBlock2D",) * count, up_block_types=("UpDecoderBlock2D",) * count,
+        block_out_channels=args.channels, layers_per_block=args.layers_per_block, latent_channels=args.code_dim,
+        vq_embed_dim=args.code_dim, num_vq_embeddings=args.codes, norm_num_groups=norm_groups(args.channels),
+        mid_block_add_attention=False, sample_size=args.crop,
+    )
+
+
+def train_vq(args, accelerator: Accelerator, data: common.ImageFolder, state: common.RunState) -> None:
+    model = VQModel.from_pretrained(args.init) if args.init else build_vq(args)
+    checkpoint = args.run_dir / "checkpoint"
+    if args.resume and (checkpoint / "model").exists():
+        model = VQModel.from_pretrained(checkpoint / "model")
+    trainer = vq.VQAutoencoderForTraining(model, args.codebook_decay, args.dead_threshold)
+    if args.init or (args.resume and (checkpoint / "model").exists()):
+        trainer.quantizer.initialized.fill_(True)
+        trainer.quantizer.embed_sum.copy_(model.quantize.embedding.weight.detach())
+    if args.freeze_encoder:
+        for module in (model.encoder, model.quant_conv):
+            module.requires_grad_(False)
+    params = [p for p in trainer.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=args.lr, betas=(0.5, 0.9) if args.kind == "vqgan" else (0.9, 0.99))
+    discriminator = disc_optimizer = None
+    if args.kind == "vqgan":
+        discriminator = vq.PatchDiscriminator(args.disc_channels, args.disc_layers)
+        disc_optimizer = torch.optim.Adam(discriminator.parameters(), lr=args.lr, betas=(0.5, 0.9))
+    if args.resume and (checkpoint / "model").exists():
+        common.load_optimizer(optimizer, checkpoint)
+        common.load_modules({"quantizer": trainer.quantizer}, checkpoint)
+        if discriminator is not None and (checkpoint / "discriminator.safetensors").exists():
+            common.load_modules({"discriminator": discriminator}, checkpoint)
+            common.load_optimizer(disc_optimizer, checkpoint / "disc")
+    trainer, optimizer = accelerator.prepare(trainer, optimizer)
+    if discriminator is not None:
+        discriminator, disc_optimizer = accelerator.prepare(discriminator, disc_optimizer)
+    unwrapped = accelerator.unwrap_model(trainer)
+    if args.freeze_encoder:
+        unwrapped.quantizer.eval()  # no EMA codebook updates: tokens stay those of --init
+    last_layer = unwrapped.vq.decoder.conv_out.weight
+    batches = iter(common.RandomCrops(data, args.crop, args.batch_size, args.seed + state.step + accelerator.process_index))
+    fixed, _ = next(iter(common.RandomCrops(data, args.crop, 8, seed=1234)))
+    timer = common.Timer(state.wall_seconds)
+    usage = torch.zeros(args.codes, device=accelerator.device)
+    progress = tqdm(total=args.steps, initial=state.step, disable=not accelerator.is_main_process, desc=args.kind)
+
+    def save():
+        state.wall_seconds = timer.total
+        if accelerator.is_main_process:
+            checkpoint.mkdir(parents=True, exist_ok=True)
+            unwrapped.vq.save_pretrained(checkpoint / "model")
+            common.save_optimizer(optimizer, checkpoint)
+            common.save_modules({"quantizer": unwrapped.quantizer}, checkpoint)
+            if discriminator is not None:
+                common.save_modules({"discriminator": accelerator.unwrap_model(discriminator)}, checkpoint)
+                (checkpoint / "disc").mkdir(exist_ok=True)
+                common.save_optimizer(disc_optimizer, checkpoint / "disc")
+            state.save(checkpoint)
+            export_vq(args, unwrapped.vq, state, fixed)
+
+    while state.step < args.steps and (args.max_minutes is None or timer.total - timer.already < args.max_minutes * 60):
+        pixels, _ = next(batches)
+        pixels = pixels.to(accelerator.device)
+        trainer.train()
+        if args.freeze_encoder:
+            unwrapped.quantizer.eval()
+        with accelerator.autocast():
+            reconstruction, indices, commitment = trainer(pixels)
+            rec_loss = torch.nn.functional.mse_loss(reconstruction.float(), pixels)
+            if args.l1_weight:
+                rec_loss = rec_loss + args.l1_weight * (reconstruction.float() - pixels).abs().mean()
+            loss = rec_loss + args.beta * commitment
+            logs = {"rec": rec_loss.item(), "commit": commitment.item()}
+            use_gan = discriminator is not None and state.step >= args.disc_start
+            if use_gan:
+                gan_loss = -discriminator(reconstruction).mean()
+                weight = vq.adaptive_weight(rec_loss, gan_loss, last_layer) * args.disc_weight
+                loss = loss + weight * gan_loss
+                logs.update(gan=gan_loss.item(), w=weight.item())
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        optimizer.step()
+        if use_gan:
+            with accelerator.autocast():
+                d_loss = vq.hinge_d_loss(discriminator(pixels), discriminator(reconstruction.detach()))
+            disc_optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(d_loss)
+            disc_optimizer.step()
+            logs["disc"] = d_loss.item()
+        usage += torch.bincount(indices.flatten(), minlength=args.codes)
+        state.step += 1
+        progress.update(1)
+        if state.step % args.log_every == 0:
+            with torch.no_grad():
+                psnr = (-10 * torch.log10(((reconstruction.float().clamp(-1, 1) - pixels) / 2).pow(2).mean())).item()
+            logs.update(psnr=psnr, used=f"{int((usage > 0).sum())}/{args.codes}",
+                        ppl=vq.perplexity(indices, args.codes))
+            progress.set_postfix({k: (round(v, 4) if isinstance(v, float) else v) for k, v in logs.items()})
+            usage.zero_()
+        if state.step % args.save_every == 0:
+            save()
+        if state.step % args.sample_every == 0 and accelerator.is_main_process:
+            save_vq_samples(unwrapped.vq, fixed, args.run_dir / "samples" / f"{state.step:06d}.png")
+    save()
+    progress.close()
+
+
+@torch.no_grad()
+def save_vq_samples(model: VQModel, pixels: torch.Tensor, path: Path) -> None:
+    model.eval()
+    reconstruction = model(pixels.to(model.device)).sample.clamp(-1, 1).cpu()
+    model.train()
+    common.save_grid(torch.cat([pixels, reconstruction]), path, columns=len(pixels))
+
+
+def export_vq(args, model: VQModel, state: common.RunState, fixed: torch.Tensor) -> None:
+    args.out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(args.out, safe_serialization=True)
+    (args.out / "genlab.json").write_text(json.dumps({"kind": "vq", "title": args.out.name}, indent=1))
+    state.save(args.out)
+    save_vq_samples(model, fixed, args.out / "samples.png")
+    kind = "VQGAN" if args.kind == "vqgan" else "VQ-VAE"
+    factor = 2 ** (len(model.config.block_out_channels) - 1)
+    common.write_model_card(
+        args.out, f"GenLab {args.out.name}",
+        f"A {kind} (diffusers `VQModel`, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters): "
+        f"downsampling {factor}, {model.config.num_vq_embeddings} codes of dimension {model.config.vq_embed_dim}, "
+        f"{math.log2(model.config.num_vq_embeddings) / factor ** 2:.3f} bits per pixel. Losses: L2 reconstruction, "
+        f"commitment (beta {args.beta}), EMA codebook with dead-code restarts"
+        + (f", PatchGAN hinge loss with the adaptive weight (scale {args.disc_weight}); no perceptual (LPIPS) term, "
+           "since no pretrained network can be downloaded here" if args.kind == "vqgan" else "") + ".",
+        f"`{args.data}`, random {args.crop}x{args.crop} crops, batch {args.batch_size} "
+        "(built by `python -m genlab.data photos --out data/photos`; held-out photos never enter `train/`).",
+        state, "`samples.png`: top row training crops, bottom row their reconstructions.\n\n",
+    )
+
+
+# ---------------------------------------------------------------------------------- DDPM
+def build_unet(args, num_classes: int) -> UNet2DModel:
+    attention = args.attention or (False,) * len(args.channels)
+    down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attention)
+    up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention))
+    return UNet2DModel(
+        sample_size=args.sample_size, block_out_channels=args.channels, layers_per_block=args.layers_per_block,
+        down_block_types=down, up_block_types=up, norm_num_groups=norm_groups(args.channels),
+        add_attention=any(attention), attention_head_dim=32,
+        num_class_embeds=num_classes + 1 if num_classes else None,  # the last class is "no label" (CFG)
+    )
+
+
+def build_scheduler(args) -> DDPMScheduler:
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule=args.beta_schedule, prediction_type="epsilon",
+                         clip_sample=True, timestep_spacing="trailing")
+
+
+def train_ddpm(args, accelerator: Accelerator, data: common.ImageFolder, state: common.RunState) -> None:
+    classes = data.classes if args.label_dropout > 0 and data.classes else []
+    null_class = len(classes) if classes else None
+    checkpoint = args.run_dir / "checkpoint"
+    resuming = args.resume and (checkpoint / "model").exists()
+    if resuming:
+        unet, ema_start = UNet2DModel.from_pretrained(checkpoint / "model"), UNet2DModel.from_pretrained(checkpoint / "ema")
+    elif args.init:
+        unet = UNet2DModel.from_pretrained(args.init)
+        ema_start = UNet2DModel.from_pretrained(args.init)
+    else:
+        unet = build_unet(args, len(classes))
+        ema_start = None
+    scheduler = DDPMScheduler.from_pretrained(args.init) if args.init and not resuming else build_scheduler(args)
+    if resuming:
+        scheduler = DDPMScheduler.from_pretrained(checkpoint / "model")
+    ema = EMAModel((ema_start or unet).parameters(), decay=args.ema_decay, use_ema_warmup=True, power=2 / 3,
+                   model_cls=UNet2DModel, model_config=unet.config)
+    ema.optimization_step = state.step
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
+    if resuming:
+        common.load_optimizer(optimizer, checkpoint)
+    unet, optimizer = accelerator.prepare(unet, optimizer)
+    ema.to(accelerator.device)
+    batches = iter(common.RandomCrops(data, args.crop, args.batch_size, args.seed + state.step + accelerator.process_index,
+                                      flip=not classes or True))
+    generator = torch.Generator().manual_seed(args.seed + state.step)
+    timer = common.Timer(state.wall_seconds)
+    progress = tqdm(total=args.steps, initial=state.step, disable=not accelerator.is_main_process, desc="ddpm")
+    running = None
+
+    def save():
+        state.wall_seconds = timer.total
+        if accelerator.is_main_process:
+            checkpoint.mkdir(parents=True, exist_ok=True)
+            model = accelerator.unwrap_model(unet)
+            model.save_pretrained(checkpoint / "model")
+            scheduler.save_pretrained(checkpoint / "model")
+            ema_model = UNet2DModel.from_config(model.config)
+            ema.copy_to(ema_model.parameters())
+            ema_model.save_pretrained(checkpoint / "ema")
+            common.save_optimizer(optimizer, checkpoint)
+            state.save(checkpoint)
+            export_ddpm(args, ema_model, scheduler, classes, state)
+
+    while state.step < args.steps and (args.max_minutes is None or timer.total - timer.already < args.max_minutes * 60):
+        clean, labels = next(batches)
+        clean = clean.to(accelerator.device)
+        timesteps = ddpm.sample_timesteps(len(clean), scheduler.config.num_train_timesteps, args.t_focus_max,
+                                          args.t_focus_share, generator).to(accelerator.device)
+        class_labels = None
+        if classes:
+            class_labels = ddpm.drop_labels(labels, null_class, args.label_dropout, generator).to(accelerator.device)
+        with accelerator.autocast():
+            loss = ddpm.diffusion_loss(unet, scheduler, clean, timesteps, class_labels, args.min_snr_gamma)
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(unet.parameters(), 1.0)
+        optimizer.step()
+        ema.step(unet.parameters())
+        state.step += 1
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        progress.update(1)
+        if state.step % args.log_every == 0:
+            progress.set_postfix(loss=round(running, 4), ema_decay=round(ema.cur_decay_value or 0.0, 5))
+        if state.step % args.save_every == 0:
+            save()
+        if state.step % args.sample_every == 0 and accelerator.is_main_process:
+            ema_model = UNet2DModel.from_config(accelerator.unwrap_model(unet).config)
+            ema.copy_to(ema_model.parameters())
+            save_ddpm_samples(ema_model, scheduler, classes, args.run_dir / "samples" / f"{state.step:06d}.png")
+    save()
+    progress.close()
+
+
+def save_ddpm_samples(unet: UNet2DModel, scheduler, classes: list[str], path: Path, count: int = 16) -> None:
+    generator = torch.Generator().manual_seed(0)
+    size = unet.config.sample_size
+    noise = torch.randn((count, 3, size, size), generator=generator)
+    sampler = make_scheduler(scheduler.config, "ddim")
+    sampler.set_timesteps(50)
+    labels = torch.arange(count) % len(classes) if classes else None
+    unet.eval()
+    run = reverse_process(unet, sampler, noise, class_labels=labels, null_class=len(classes) if classes else None,
+                          guidance_scale=3.0, record=False)
+    common.save_grid(run.final, path, columns=4)
+
+
+def export_ddpm(args, unet: UNet2DModel, scheduler, classes: list[str], state: common.RunState) -> None:
+    args.out.mkdir(parents=True, exist_ok=True)
+    unet.save_pretrained(args.out, safe_serialization=True)
+    scheduler.save_pretrained(args.out)
+    info = {"kind": "diffusion", "title": args.out.name}
+    if classes:
+        info.update(classes=classes, null_class=len(classes), default_guidance_scale=3.0)
+    (args.out / "genlab.json").write_text(json.dumps(info, indent=1))
+    state.save(args.out)
+    save_ddpm_samples(unet, scheduler, classes, args.out / "samples.png")
+    conditional = (f"Class-conditional on {len(classes)} classes ({', '.join(classes)}) with label dropout "
+                   f"{args.label_dropout}, so classifier-free guidance works (class {len(classes)} = no label). "
+                   if classes else "")
+    focus = (f"{args.t_focus_share:.0%} of training timesteps are drawn from t < {args.t_focus_max}, where photo "
+             "denoising happens; the rest uniformly. " if args.t_focus_share else "")
+    common.write_model_card(
+        args.out, f"GenLab {args.out.name}",
+        f"A noise-prediction DDPM (diffusers `UNet2DModel`, {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M "
+        f"parameters, {args.sample_size}x{args.sample_size} samples, fully convolutional) with a {args.beta_schedule} "
+        f"beta schedule over 1000 steps. {conditional}{focus}Min-SNR-gamma weighting: {args.min_snr_gamma or 'off'}. "
+        "Exported weights are the EMA weights.",
+        f"`{args.data}`, random {args.crop}x{args.crop} crops, batch {args.batch_size}.",
+        state, "`samples.png`: 16 samples, 50 DDIM steps, seed 0" + (", guidance 3, classes in order" if classes else "")
+        + ".\n\n",
+    )
+
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    mixed = args.mixed_precision or ("bf16" if torch.cuda.is_available() and not args.cpu else "no")
+    accelerator = Accelerator(cpu=args.cpu, mixed_precision=mixed)
+    common.seed_everything(args.seed)
+    state = common.RunState()
+    if args.resume and (args.run_dir / "checkpoint" / "run.json").exists():
+        state = common.RunState.load(args.run_dir / "checkpoint")
+    elif args.init and (args.init / "run.json").exists() and args.init.resolve() == args.out.resolve():
+        state = common.RunState.load(args.init)  # continuing the committed weights: keep counting
+    state.commands.append(common.command_line(argv))
+    state.hardware.append(common.describe_hardware(accelerator.device))
+    data = common.ImageFolder(args.data)
+    accelerator.print(f"{len(data)} images from {args.data}" + (f", classes {data.classes}" if data.classes else ""))
+    (train_ddpm if args.kind == "ddpm" else train_vq)(args, accelerator, data, state)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

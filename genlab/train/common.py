@@ -1,0 +1,198 @@
+"""Shared training plumbing: image-folder datasets, pickle-free checkpoints, run timing, model cards.
+
+Checkpoints never use pickle: model weights go through diffusers' `save_pretrained`
+(safetensors), optimizer state is flattened into a safetensors file plus a JSON file for its
+non-tensor parts, and run metadata (step, wall time, command) is JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import random
+import shlex
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from ..data import list_images
+from ..images import image_grid, open_image, tensor_to_pil
+
+
+# --------------------------------------------------------------------------------- data
+class ImageFolder:
+    """Every image under a folder, decoded once into memory as uint8 (H, W, 3).
+
+    A `labels.json` ({file name: class name}) and optional `classes.json` (ordered class names)
+    make the folder class-labelled.
+    """
+
+    def __init__(self, root: Path, scales=(1.0,)):
+        self.root = Path(root)
+        paths = list_images(self.root)
+        if not paths:
+            raise SystemExit(f"no images under {self.root}")
+        label_file = self.root / "labels.json"
+        labels = json.loads(label_file.read_text()) if label_file.exists() else None
+        class_file = self.root / "classes.json"
+        self.classes: list[str] = (
+            json.loads(class_file.read_text()) if class_file.exists()
+            else sorted(set(labels.values())) if labels else []
+        )
+        self.images: list[np.ndarray] = []
+        self.labels: list[int] = []
+        for path in paths:
+            image = open_image(path)
+            label = self.classes.index(labels[path.name]) if labels and path.name in labels else -1
+            for scale in scales:
+                scaled = image if scale == 1.0 else image.resize(
+                    (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.LANCZOS
+                )
+                self.images.append(np.asarray(scaled))
+                self.labels.append(label)
+        self.labels_array = np.array(self.labels)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+class RandomCrops:
+    """Endless batches of random (optionally flipped) crops, sampled in proportion to image area.
+
+    Images smaller than the crop are reflect-padded. Returns (B, 3, S, S) in [-1, 1] and labels (B,).
+    """
+
+    def __init__(self, folder: ImageFolder, crop: int, batch_size: int, seed: int, flip: bool = True):
+        self.folder, self.crop, self.batch_size, self.flip = folder, crop, batch_size, flip
+        areas = np.array([max(1, (h - crop + 1) * (w - crop + 1)) for h, w, _ in (i.shape for i in folder.images)], float)
+        self.weights = areas / areas.sum()
+        self.rng = np.random.default_rng(seed)
+
+    def _crop(self, image: np.ndarray) -> np.ndarray:
+        size = self.crop
+        h, w, _ = image.shape
+        if h < size or w < size:
+            pad_h, pad_w = max(0, size - h), max(0, size - w)
+            image = np.pad(image, ((pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)), mode="edge")
+            h, w, _ = image.shape
+        top, left = self.rng.integers(0, h - size + 1), self.rng.integers(0, w - size + 1)
+        patch = image[top:top + size, left:left + size]
+        if self.flip and self.rng.random() < 0.5:
+            patch = patch[:, ::-1]
+        return patch
+
+    def __iter__(self):
+        while True:
+            index = self.rng.choice(len(self.folder.images), size=self.batch_size, p=self.weights)
+            batch = np.stack([self._crop(self.folder.images[i]) for i in index])  # (B, S, S, 3)
+            pixels = torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (B, 3, S, S)
+            yield pixels, torch.from_numpy(self.folder.labels_array[index])
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def save_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
+    state = optimizer.state_dict()
+    tensors, meta = {}, {"param_groups": state["param_groups"], "state": {}}
+    for param_id, values in state["state"].items():
+        meta["state"][str(param_id)] = {}
+        for key, value in values.items():
+            if torch.is_tensor(value):
+                tensors[f"{param_id}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                meta["state"][str(param_id)][key] = value
+    save_file(tensors, str(folder / "optimizer.safetensors"))
+    (folder / "optimizer.json").write_text(json.dumps(meta))
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
+    meta = json.loads((folder / "optimizer.json").read_text())
+    tensors = load_file(str(folder / "optimizer.safetensors"))
+    state = {int(k): dict(v) for k, v in meta["state"].items()}
+    for name, tensor in tensors.items():
+        param_id, key = name.split(".", 1)
+        state.setdefault(int(param_id), {})[key] = tensor
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_modules(modules: dict[str, torch.nn.Module], folder: Path) -> None:
+    """Plain (non-diffusers) modules, e.g. the discriminator, as safetensors state dicts."""
+    for name, module in modules.items():
+        save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()},
+                  str(folder / f"{name}.safetensors"))
+
+
+def load_modules(modules: dict[str, torch.nn.Module], folder: Path) -> None:
+    for name, module in modules.items():
+        module.load_state_dict(load_file(str(folder / f"{name}.safetensors")))
+
+
+@dataclass
+class RunState:
+    """What a resumed run needs besides weights: the step, the wall time spent, the commands run."""
+
+    step: int = 0
+    wall_seconds: float = 0.0
+    commands: list[str] = field(default_factory=list)
+    hardware: list[str] = field(default_factory=list)
+
+    def save(self, folder: Path) -> None:
+        (folder / "run.json").write_text(json.dumps(self.__dict__, indent=1))
+
+    @classmethod
+    def load(cls, folder: Path) -> "RunState":
+        return cls(**json.loads((folder / "run.json").read_text()))
+
+
+def describe_hardware(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(device)}"
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def command_line(argv: list[str]) -> str:
+    return "python -m genlab.train " + " ".join(shlex.quote(a) for a in argv)
+
+
+class Timer:
+    def __init__(self, already: float = 0.0):
+        self.start, self.already = time.monotonic(), already
+
+    @property
+    def total(self) -> float:
+        return self.already + time.monotonic() - self.start
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def save_grid(tensors: torch.Tensor, path: Path, columns: int | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image_grid([tensor_to_pil(t) for t in tensors], columns=columns).save(path)
+
+
+# ------------------------------------------------------------------------------ model card
+def write_model_card(out: Path, title: str, summary: str, data: str, run: RunState, extra: str = "") -> None:
+    """README.md for a weights folder. The 'Measured quality' section is kept when it exists:
+    `python -m genlab.eval ... --card` writes it."""
+    card = out / "README.md"
+    quality = "Not measured yet: run the evaluation command below.\n"
+    if card.exists() and "## Measured quality" in card.read_text():
+        quality = card.read_text().split("## Measured quality\n", 1)[1]
+    hours = run.wall_seconds / 3600
+    commands = "\n".join(run.commands)
+    hardware = ", ".join(sorted(set(run.hardware)))
+    card.write_text(
+        f"---\nlibrary_name: diffusers\nlicense: apache-2.0\ntags: [genlab]\n---\n# {title}\n\n{summary}\n\n"
+        f"## Data\n{data}\n\n## Training\n"
+        f"- steps: {run.step}\n- hardware: {hardware}\n- wall time: {run.wall_seconds / 60:.1f} min ({hours:.2f} h)\n"
+        f"- commands (in order; each resumed the previous run):\n\n```\n{commands}\n```\n\n{extra}"
+        f"## Measured quality\n{quality}"
+    )

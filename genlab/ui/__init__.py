@@ -1,0 +1,49 @@
+"""GenLab's gradio app: three tabs over the ops in genlab.vq and genlab.diffusion.
+
+Each tab module turns UI values into calls of the ops and the ops' results into UI values;
+`build_app` only assembles them. Heavy events share one concurrency slot ("heavy"), so a CPU or
+GPU runs one model call at a time while light events (previews, scrubbing) stay responsive.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from .. import models
+from ..config import AppConfig
+from . import codebook_tab, diffusion_tab, reconstruct_tab
+from .common import OUTPUT_DIR, Registry
+
+HEAVY_CONCURRENCY = 1
+
+
+def status_markdown(registry: Registry) -> str:
+    lines = [f"- **{name}**: {status}" for name, status in registry.status.items()]
+    extra = [label for label in list(registry.config.vq_models) + list(registry.config.diffusion_models)
+             if label not in registry.status]
+    lines += [f"- **{label}**: from --model / GENLAB_MODELS (loaded on first use)" for label in extra]
+    return "Models: " + "  \n".join([""] + lines)
+
+
+def build_app(config: AppConfig) -> gr.Blocks:
+    models.DEFAULT_DEVICE = config.device
+    registry = Registry(config)
+    with gr.Blocks(title="GenLab", delete_cache=(900, 3600)) as demo:
+        gr.Markdown("# GenLab\nVQ-VAE, VQGAN and diffusion models, opened up: reconstruct, explore the codebook, "
+                    "and watch denoising step by step.")
+        with gr.Accordion("Models", open=False):
+            gr.Markdown(status_markdown(registry))
+        with gr.Tab("VQ-VAE reconstruction"):
+            reconstruct_tab.build(registry)
+        with gr.Tab("VQGAN codebook"):
+            codebook_tab.build(registry)
+        with gr.Tab("Diffusion, step by step"):
+            diffusion_tab.build(registry, demo)
+    demo.queue(max_size=config.queue_size, default_concurrency_limit=HEAVY_CONCURRENCY)
+    return demo
+
+
+def launch(config: AppConfig, **kwargs):
+    demo = build_app(config)
+    return demo.launch(server_name=config.host, server_port=config.port, share=config.share,
+                       max_file_size=f"{config.max_file_mb}mb", allowed_paths=[str(OUTPUT_DIR)], **kwargs)

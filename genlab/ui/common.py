@@ -1,0 +1,149 @@
+"""Pieces every tab shares: safe image upload, error translation, the model registry, examples."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+
+from .. import models
+from ..config import AppConfig
+from ..images import InputError
+from ..models import ModelLoadError, ModelSpec
+
+log = logging.getLogger("genlab")
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "examples"
+NOT_TRAINED = "not trained yet"
+
+
+def example_images() -> list[str]:
+    return sorted(str(p) for p in EXAMPLES_DIR.glob("*.png"))
+
+
+class SafeImage(gr.Image):
+    """gr.Image whose upload reaches GenLab as the raw file path, undecoded.
+
+    gradio's own preprocessing opens uploads with Pillow, so a decompression bomb, an SVG or a
+    non-image would fail inside gradio with an unhelpful message. Here every upload goes through
+    `genlab.open_image` in the event function instead, which explains what is wrong.
+    """
+
+    @classmethod
+    def get_component_class_id(cls) -> str:
+        return gr.Image.get_component_class_id()
+
+    def get_block_name(self) -> str:
+        return "image"
+
+    def preprocess(self, payload):
+        if payload is None:
+            return None
+        if payload.path is None:
+            raise gr.Error("The upload did not arrive; please try again.")
+        return payload.path
+
+    def api_info(self):
+        return gr.Image.api_info(self)
+
+
+def user_errors(fn):
+    """Turn GenLab's input and loading errors into gr.Error text; never show a traceback."""
+
+    def translate(error: Exception) -> gr.Error:
+        if isinstance(error, gr.Error):
+            return error
+        if isinstance(error, (InputError, ValueError, ModelLoadError)):
+            return gr.Error(str(error), print_exception=False)
+        if isinstance(error, MemoryError):
+            return gr.Error("That request needs more memory than the server has; try a smaller image or batch.")
+        log.exception("unexpected error in %s", fn.__name__)
+        return gr.Error(f"Something went wrong ({type(error).__name__}). The server is still running; try again.")
+
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def generator(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as error:
+                raise translate(error) from None
+        return generator
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as error:
+            raise translate(error) from None
+    return wrapper
+
+
+class Registry:
+    """Labels shown in the dropdowns -> loaded models (shared through genlab.models' cache)."""
+
+    def __init__(self, config: AppConfig):
+        self.config = config
+        self.status = models.embedded_status()
+
+    def _spec(self, table: dict[str, ModelSpec], label: str, kind: str) -> ModelSpec:
+        if not label:
+            raise InputError(f"Choose a {kind} model first.")
+        if label not in table:
+            raise InputError(f"Unknown {kind} model {label!r}; choose one of {sorted(table)}.")
+        if self.status.get(label) == NOT_TRAINED:
+            raise InputError(
+                f"{label} has no trained weights yet, so it would only show noise. Train it with "
+                f"`python -m genlab.train ... --out weights/{label}` (see README), or pick another model."
+            )
+        return table[label]
+
+    def vq(self, label: str):
+        spec = self._spec(self.config.vq_models, label, "VQ")
+        return models.load_vq(spec.source, spec.subfolder, device=self.config.device)
+
+    def diffusion(self, label: str):
+        spec = self._spec(self.config.diffusion_models, label, "diffusion")
+        return models.load_diffusion(spec.source, spec.subfolder, device=self.config.device)
+
+    def choices(self, kind: str) -> list[tuple[str, str]]:
+        table = self.config.vq_models if kind == "vq" else self.config.diffusion_models
+        return [(f"{label} ({NOT_TRAINED})" if self.status.get(label) == NOT_TRAINED else label, label)
+                for label in table]
+
+    def default(self, kind: str, prefer: str | None = None) -> str | None:
+        table = self.config.vq_models if kind == "vq" else self.config.diffusion_models
+        trained = [label for label in table if self.status.get(label) != NOT_TRAINED]
+        if prefer in trained:
+            return prefer
+        return trained[0] if trained else next(iter(table), None)
+
+
+OUTPUT_DIR = Path(tempfile.gettempdir()) / "genlab-outputs"
+MAX_OUTPUT_FILES = 200
+
+
+def save_output(value, name: str) -> str:
+    """Write a download (PIL image, numpy array or bytes) under the app's temp folder; returns its path.
+
+    Each file gets its own sub-folder so the visible file name stays `name`; the folder keeps the
+    newest MAX_OUTPUT_FILES entries, so it cannot grow without bound.
+    """
+    import numpy as np
+
+    OUTPUT_DIR.mkdir(exist_ok=True)
+    folder = Path(tempfile.mkdtemp(dir=OUTPUT_DIR))
+    path = folder / Path(name).name
+    if hasattr(value, "save"):
+        value.save(path)
+    elif isinstance(value, np.ndarray):
+        np.save(path, value, allow_pickle=False)
+    else:
+        path.write_bytes(value)
+    entries = sorted(OUTPUT_DIR.iterdir(), key=lambda p: p.stat().st_mtime)
+    for old in entries[:-MAX_OUTPUT_FILES]:
+        shutil.rmtree(old, ignore_errors=True)
+    return str(path)

@@ -1,0 +1,272 @@
+"""Step-by-step diffusion tab: sample with streamed frames, scrub the trajectory, denoise uploads, compare samplers."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+from PIL import Image
+from skimage.restoration import denoise_nl_means
+
+from ..diffusion import DiffusionRun, Step, estimate_sigma
+from ..images import image_grid, open_image, tensor_to_uint8
+from ..metrics import psnr
+from .common import Registry, SafeImage, example_images, save_output, user_errors
+from .plots import schedule_figure
+
+SCHEDULER_CHOICES = [("DDPM", "ddpm"), ("DDIM", "ddim"), ("DPM-Solver++", "dpm++")]
+COMPARE_CHOICES = ["DDIM 10", "DDIM 50", "DPM-Solver++ 10", "DPM-Solver++ 25", "DDPM 100", "DDPM 1000"]
+COMPARE_NAMES = {"DDIM": "ddim", "DPM-Solver++": "dpm++", "DDPM": "ddpm"}
+TRAJECTORY_BYTES = 48 * 2**20  # per visitor: a longer trajectory keeps evenly spaced steps only
+DISPLAY_SIDE = 256
+
+
+def to_display(tensor) -> Image.Image:
+    """(B, 3, H, W) in [-1, 1] -> one PIL image (a grid for B > 1), upscaled for small samples."""
+    images = [Image.fromarray(tensor_to_uint8(t)) for t in tensor]
+    image = images[0] if len(images) == 1 else image_grid(images, columns=min(4, len(images)))
+    if max(image.size) < DISPLAY_SIDE:
+        scale = DISPLAY_SIDE // max(image.size)
+        image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
+    return image
+
+
+def noise_display(tensor):
+    return to_display(tensor / tensor.abs().amax(dim=(1, 2, 3), keepdim=True).clamp(min=1e-6))
+
+
+def pack_trajectory(steps: list[Step]) -> dict:
+    """Keep the trajectory as uint8 arrays within TRAJECTORY_BYTES (every k-th step when too long)."""
+    if not steps:
+        return {"timesteps": [], "x_t": [], "x0": [], "eps": []}
+    per_step = 3 * steps[0].x_t.numel()
+    keep = max(1, min(len(steps), TRAJECTORY_BYTES // per_step))
+    chosen = sorted(set(np.linspace(0, len(steps) - 1, keep).round().astype(int).tolist()))
+    return {
+        "timesteps": [steps[i].timestep for i in chosen],
+        "x_t": [np.asarray(to_display(steps[i].x_t)) for i in chosen],
+        "x0": [np.asarray(to_display(steps[i].pred_x0)) for i in chosen],
+        "eps": [np.asarray(noise_display(steps[i].pred_eps)) for i in chosen],
+    }
+
+
+def export_files(run: DiffusionRun, stem: str) -> list[str]:
+    """The final image as PNG, the trajectory (x_t | x0_hat) as an animated GIF, and MP4 with ffmpeg."""
+    files = [save_output(run.image, f"{stem}.png")]
+    frames = [image_grid([to_display(s.x_t), to_display(s.pred_x0)], columns=2) for s in run.trajectory.steps]
+    if frames:
+        frames.append(image_grid([to_display(run.trajectory.final)] * 2, columns=2))
+        buffer = io.BytesIO()
+        frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=80, loop=0)
+        files.append(save_output(buffer.getvalue(), f"{stem}.gif"))
+        if shutil.which("ffmpeg"):
+            with tempfile.TemporaryDirectory() as folder:
+                for index, frame in enumerate(frames):
+                    frame.save(Path(folder) / f"{index:05d}.png")
+                target = Path(folder) / f"{stem}.mp4"
+                subprocess.run(["ffmpeg", "-loglevel", "error", "-framerate", "12", "-i", f"{folder}/%05d.png",
+                                "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-pix_fmt", "yuv420p", str(target)],
+                               check=False, timeout=120)
+                if target.exists():
+                    files.append(save_output(target.read_bytes(), target.name))
+    return files
+
+
+def build(registry: Registry, demo: gr.Blocks) -> None:
+    def nlm(noisy: Image.Image, sigma: float) -> Image.Image:
+        """scikit-image's non-local means at the same sigma (h = 0.8 sigma, as its docs advise)."""
+        array = np.asarray(noisy, dtype=np.float64) / 255.0
+        result = denoise_nl_means(array, h=0.8 * sigma, sigma=sigma, fast_mode=True, patch_size=5,
+                                  patch_distance=6, channel_axis=-1)
+        return Image.fromarray((np.clip(result, 0, 1) * 255).round().astype(np.uint8))
+
+    def class_update(label):
+        try:
+            dm = registry.diffusion(label)
+        except Exception:
+            return gr.Dropdown(choices=[], value=None, visible=False), gr.Slider(visible=False)
+        if not dm.is_conditional:
+            return gr.Dropdown(choices=[], value=None, visible=False), gr.Slider(visible=False)
+        choices = [("(unconditional)", "")] + [(name, name) for name in dm.classes]
+        return (gr.Dropdown(choices=choices, value=dm.classes[0], visible=True),
+                gr.Slider(value=dm.default_guidance_scale, visible=True))
+
+    def finish(run: DiffusionRun, label: str, steps: int, kind: str):
+        stem = f"{label}_{run.scheduler}_{steps}steps_seed{run.seed}_{kind}".replace("/", "-").replace("+", "p")
+        trajectory = pack_trajectory(run.trajectory.steps)
+        scrub = gr.Slider(minimum=0, maximum=max(1, len(trajectory["timesteps"]) - 1), value=0, step=1,
+                          interactive=True, label=f"step ({len(trajectory['timesteps'])} kept)")
+        return trajectory, scrub, export_files(run, stem)
+
+    @user_errors
+    def sample(label, scheduler, steps, seed, batch, class_name, guidance, eta):
+        dm = registry.diffusion(label)
+        stream = dm.sample_stream(seed=int(seed), steps=int(steps), scheduler=scheduler, batch=int(batch),
+                                  class_label=class_name or None, guidance_scale=guidance, eta=eta)
+        schedule = dm.schedule()
+        for item in stream:
+            if isinstance(item, Step):
+                yield (to_display(item.x_t), to_display(item.pred_x0), f"t = {item.timestep}",
+                       gr.skip(), gr.skip(), gr.skip(), gr.skip())
+        run = item
+        trajectory, scrub, files = finish(run, label, int(steps), "sample")
+        yield (to_display(run.trajectory.final), to_display(run.trajectory.final),
+               f"done: {len(run.trajectory.steps)} steps, seed {run.seed}", trajectory, scrub,
+               schedule_figure(schedule, trajectory["timesteps"][0] if trajectory["timesteps"] else None), files)
+
+    @user_errors
+    def scrub(label, index, trajectory):
+        if not trajectory or not trajectory.get("timesteps"):
+            raise gr.Error("Run a sample or a denoise first; then scrub through its steps.")
+        index = int(min(max(index, 0), len(trajectory["timesteps"]) - 1))
+        t = trajectory["timesteps"][index]
+        schedule = registry.diffusion(label).schedule()
+        return (Image.fromarray(trajectory["x_t"][index]), Image.fromarray(trajectory["x0"][index]),
+                Image.fromarray(trajectory["eps"][index]), schedule_figure(schedule, t))
+
+    @user_errors
+    def noise_preview(label, image_path, mode, t, sigma_255, seed):
+        if image_path is None:
+            raise gr.Error("Upload an image first.")
+        dm = registry.diffusion(label)
+        if mode == "noisy":
+            return open_image(image_path), schedule_figure(dm.schedule(), None)
+        return dm.forward_noise(image_path, int(t), seed=int(seed)), schedule_figure(dm.schedule(), int(t))
+
+    @user_errors
+    def estimate(image_path):
+        if image_path is None:
+            raise gr.Error("Upload an image first.")
+        return round(estimate_sigma(np.asarray(open_image(image_path))) * 255, 1)
+
+    @user_errors
+    def denoise(label, image_path, mode, t, sigma_255, steps, seed, scheduler, class_name, guidance):
+        if image_path is None:
+            raise gr.Error("Upload an image first.")
+        dm = registry.diffusion(label)
+        image = open_image(image_path)
+        kwargs = dict(seed=int(seed), scheduler=scheduler, class_label=class_name or None, guidance_scale=guidance,
+                      steps=int(steps) if steps else None)
+        if mode == "noisy":
+            if not 0 < sigma_255 <= 255:
+                raise gr.Error("Set the noise level sigma (0-255 units) above 0, or press Estimate.")
+            stream = dm.denoise_stream(image, sigma=sigma_255 / 255.0, **kwargs)
+        else:
+            stream = dm.denoise_stream(image, t=int(t), **kwargs)
+        for item in stream:
+            if isinstance(item, Step):
+                yield (to_display(item.pred_x0), gr.skip(), f"t = {item.timestep}", gr.skip(), gr.skip(), gr.skip())
+        run = item
+        result = run.image
+        sigma = run.sigma
+        reference = run.reference
+        baseline = nlm(run.noisy, sigma)
+        if reference is not None:
+            text = (f"Noised to t = {run.start_timestep} (sigma = {sigma * 255:.1f}/255) and denoised in "
+                    f"{len(run.trajectory.steps)} steps. PSNR vs the original: GenLab {psnr(reference, result):.2f} dB, "
+                    f"non-local means {psnr(reference, baseline):.2f} dB, noisy input {psnr(reference, run.noisy):.2f} dB.")
+        else:
+            text = (f"Started at t = {run.start_timestep} for sigma = {sigma * 255:.1f}/255; {len(run.trajectory.steps)} "
+                    "steps. No clean original, so no PSNR: compare with non-local means by eye.")
+        trajectory, scrub_slider, files = finish(run, label, len(run.trajectory.steps), "denoise")
+        yield result, baseline, text, trajectory, scrub_slider, files
+
+    @user_errors
+    def compare(label, settings, seed, class_name, guidance):
+        if not 2 <= len(settings or []) <= 4:
+            raise gr.Error("Pick 2 to 4 sampler settings to compare.")
+        dm = registry.diffusion(label)
+        items = []
+        for setting in settings:
+            name, _, steps = setting.rpartition(" ")
+            run = dm.sample(seed=int(seed), steps=int(steps), scheduler=COMPARE_NAMES[name],
+                            class_label=class_name or None, guidance_scale=guidance, record=False)
+            items.append((to_display(run.trajectory.final), setting))
+        return items
+
+    gr.Markdown("### From noise to image, one step at a time\nx_t is the sample entering each step; x̂0 is the model's "
+                "guess of the clean image at that step (Ho et al. eq. 15).")
+    trajectory = gr.State({})
+    with gr.Row():
+        model = gr.Dropdown(registry.choices("diffusion"), value=registry.default("diffusion", "ddpm-emoji"),
+                            label="Model")
+        scheduler = gr.Radio(SCHEDULER_CHOICES, value="ddim", label="Scheduler")
+        class_name = gr.Dropdown([], label="Category", visible=False)
+        guidance = gr.Slider(0, 10, value=3.0, step=0.5, label="Guidance scale", visible=False)
+    with gr.Tab("Sample"):
+        with gr.Row():
+            steps = gr.Slider(1, 1000, value=50, step=1, label="Steps")
+            seed = gr.Number(0, label="Seed", precision=0, minimum=0)
+            batch = gr.Slider(1, 16, value=16, step=1, label="Batch (grid)")
+            eta = gr.Slider(0, 1, value=0, step=0.1, label="η (DDIM only)")
+        with gr.Row():
+            sample_button = gr.Button("Sample", variant="primary")
+            stop_button = gr.Button("Stop", variant="stop")
+        status = gr.Markdown()
+        with gr.Row():
+            live_xt = gr.Image(label="x_t (live)", format="png", interactive=False)
+            live_x0 = gr.Image(label="x̂0 (live)", format="png", interactive=False)
+    with gr.Tab("Denoise an upload"):
+        with gr.Row():
+            with gr.Column():
+                upload = SafeImage(label="Image", type="filepath", height=256)
+                gr.Examples(example_images(), inputs=upload)
+            with gr.Column():
+                mode = gr.Radio([("My image is clean: noise it to t", "clean"),
+                                 ("My photo is already noisy: give sigma", "noisy")], value="clean", label="Mode")
+                t = gr.Slider(0, 999, value=250, step=1, label="t (forward-noise the image to this timestep)")
+                with gr.Row():
+                    sigma = gr.Slider(0, 100, value=25, step=0.5, label="sigma (0-255 units)")
+                    estimate_button = gr.Button("Estimate sigma")
+                denoise_steps = gr.Number(None, label="Steps (empty = default)", precision=0, minimum=1)
+                noise_seed = gr.Number(0, label="Noise seed", precision=0, minimum=0)
+                denoise_button = gr.Button("Denoise from here", variant="primary")
+        with gr.Row():
+            noisy = gr.Image(label="x_t = q(x_t | x_0) (no model call)", format="png", interactive=False)
+            denoised = gr.Image(label="GenLab (reverse process)", format="png", interactive=False)
+            baseline = gr.Image(label="scikit-image non-local means, same sigma", format="png", interactive=False)
+        denoise_text = gr.Markdown()
+    with gr.Tab("Compare samplers"):
+        with gr.Row():
+            settings = gr.CheckboxGroup(COMPARE_CHOICES, value=["DDIM 10", "DDIM 50", "DPM-Solver++ 10"],
+                                        label="Same initial noise through 2-4 settings")
+            compare_seed = gr.Number(0, label="Seed", precision=0, minimum=0)
+            compare_button = gr.Button("Compare", variant="primary")
+        gallery = gr.Gallery(label="Same noise, different samplers", columns=4, height=300)
+    gr.Markdown("#### Scrub the last run (no recomputation)")
+    with gr.Row():
+        scrub_slider = gr.Slider(0, 1, value=0, step=1, label="step", interactive=True)
+    with gr.Row():
+        scrub_xt = gr.Image(label="x_t", format="png", interactive=False)
+        scrub_x0 = gr.Image(label="x̂0", format="png", interactive=False)
+        scrub_eps = gr.Image(label="ε̂ (predicted noise)", format="png", interactive=False)
+        schedule_plot = gr.Plot(label="Noise schedule")
+    downloads = gr.File(label="Downloads (PNG, GIF; MP4 when ffmpeg is installed)", file_count="multiple",
+                        interactive=False)
+
+    model.change(class_update, model, [class_name, guidance], api_visibility="private")
+    sample_event = sample_button.click(
+        sample, [model, scheduler, steps, seed, batch, class_name, guidance, eta],
+        [live_xt, live_x0, status, trajectory, scrub_slider, schedule_plot, downloads],
+        api_name="sample", concurrency_id="heavy")
+    stop_button.click(None, None, None, cancels=[sample_event], api_visibility="private")
+    scrub_slider.change(scrub, [model, scrub_slider, trajectory], [scrub_xt, scrub_x0, scrub_eps, schedule_plot],
+                        api_name="scrub", show_progress="hidden")
+    preview_inputs = [model, upload, mode, t, sigma, noise_seed]
+    t.release(noise_preview, preview_inputs, [noisy, schedule_plot], api_name="noise_preview", show_progress="hidden")
+    upload.upload(noise_preview, preview_inputs, [noisy, schedule_plot], api_visibility="private")
+    mode.change(noise_preview, preview_inputs, [noisy, schedule_plot], api_visibility="private")
+    estimate_button.click(estimate, upload, sigma, api_name="estimate_sigma")
+    denoise_event = denoise_button.click(
+        denoise, [model, upload, mode, t, sigma, denoise_steps, noise_seed, scheduler, class_name, guidance],
+        [denoised, baseline, denoise_text, trajectory, scrub_slider, downloads], api_name="denoise",
+        concurrency_id="heavy")
+    stop_button.click(None, None, None, cancels=[denoise_event], api_visibility="private")
+    compare_button.click(compare, [model, settings, compare_seed, class_name, guidance], gallery,
+                         api_name="compare", concurrency_id="heavy")
+    demo.load(class_update, model, [class_name, guidance], api_visibility="private")

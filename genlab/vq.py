@@ -1,0 +1,304 @@
+"""VQ operations on a diffusers `VQModel`: encode to code indices, decode, measure, explore and edit the codebook.
+
+VQ-VAE: van den Oord et al., "Neural Discrete Representation Learning" (arXiv:1711.00937):
+  z_q(x) = e_k with k = argmin_j ||E(x) - e_j||_2, x_hat = D(z_q(x)).
+VQGAN: Esser et al., "Taming Transformers" (arXiv:2012.09841) shares this interface.
+
+A model with downsampling factor f and K codes turns an H x W image into an (H/f) x (W/f) grid of
+indices, i.e. log2(K) / f^2 bits per pixel. Indices are (B, h, w) int64 tensors inside, and
+(h, w) numpy int arrays at the public API.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from . import metrics
+from .images import image_grid, limit_side, open_image, pad_to_multiple, pil_to_tensor, tensor_to_pil, tensor_to_uint8
+
+ATLAS_PAGE_SIZE = 256  # codes per atlas page; large codebooks (8192) are paged
+ATLAS_COLUMNS = 16
+
+
+@dataclass
+class Reconstruction:
+    """What `VQ.reconstruct` returns; `ssim` and `error_map` are computed on first access."""
+
+    input: Image.Image  # the image that was encoded (after any downscaling)
+    image: Image.Image  # the reconstruction, same size as `input`
+    indices: np.ndarray  # (h, w) code indices
+    num_codes: int
+    latency_s: float
+    resized_from: tuple[int, int] | None = None  # original (width, height) when downscaled
+    psnr: float = field(init=False)
+
+    def __post_init__(self):
+        self.psnr = metrics.psnr(self.input, self.image)
+
+    @property
+    def bits_per_pixel(self) -> float:
+        """log2(K) bits per token over the image's pixels (padding to a multiple of f included)."""
+        return self.indices.size * math.log2(self.num_codes) / (self.input.width * self.input.height)
+
+    @property
+    def compression_ratio(self) -> float:
+        return 24.0 / self.bits_per_pixel
+
+    @property
+    def distinct_codes(self) -> int:
+        return int(np.unique(self.indices).size)
+
+    @cached_property
+    def ssim(self) -> float:
+        return metrics.ssim(self.input, self.image)
+
+    @cached_property
+    def error_map(self) -> np.ndarray:
+        return metrics.abs_error_map(self.input, self.image)
+
+
+class VQ:
+    """A loaded VQ model plus the operations GenLab's tabs and notebooks use."""
+
+    def __init__(self, model, name: str = "vq"):
+        self.model, self.name = model, name
+        config = model.config
+        self.num_codes: int = config.num_vq_embeddings
+        self.downsample_factor: int = 2 ** (len(config.block_out_channels) - 1)
+        self.code_dim: int = config.vq_embed_dim or config.latent_channels
+        self._patches: dict[int, torch.Tensor] = {}  # code -> (3, P, P) decoded atlas patch
+        self._colors: np.ndarray | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def bits_per_token(self) -> float:
+        return math.log2(self.num_codes)
+
+    @property
+    def codebook(self) -> torch.Tensor:
+        """(K, D) fp32 code vectors."""
+        return self.model.quantize.embedding.weight.detach().float()
+
+    # ------------------------------------------------------------------------ core ops
+    @torch.inference_mode()
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1], H and W multiples of f -> (B, H/f, W/f) code indices."""
+        latents = self.model.encode(pixels.to(self.device, self.model.dtype)).latents  # (B, D, h, w)
+        batch, _, height, width = latents.shape
+        _, _, (_, _, indices) = self.model.quantize(latents.float())  # diffusers' own nearest-code rule
+        return indices.view(batch, height, width)
+
+    def check_indices(self, indices) -> torch.Tensor:
+        indices = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+        if indices.ndim == 2:
+            indices = indices[None]
+        if indices.ndim != 3 or min(indices.shape[1:]) < 1:
+            raise ValueError(f"indices must be an (h, w) grid, got shape {tuple(indices.shape)}")
+        low, high = int(indices.min()), int(indices.max())
+        if low < 0 or high >= self.num_codes:
+            raise ValueError(f"code indices must be in [0, {self.num_codes - 1}], got values from {low} to {high}")
+        return indices
+
+    @torch.inference_mode()
+    def decode_vectors(self, vectors: torch.Tensor) -> torch.Tensor:
+        """(B, D, h, w) code-space vectors (snapped or not) -> (B, 3, h*f, w*f) in [-1, 1]."""
+        vectors = vectors.to(self.device, self.model.dtype)
+        hidden = self.model.post_quant_conv(vectors)
+        spatial = vectors if self.model.config.norm_type == "spatial" else None
+        return self.model.decoder(hidden, spatial).float().clamp(-1, 1)
+
+    @torch.inference_mode()
+    def vectors_of(self, indices: torch.Tensor) -> torch.Tensor:
+        """(B, h, w) indices -> (B, D, h, w) code vectors."""
+        batch, height, width = indices.shape
+        return self.model.quantize.get_codebook_entry(indices.reshape(-1).to(self.device), (batch, height, width, self.code_dim))
+
+    def decode_tensor(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.decode_vectors(self.vectors_of(indices))
+
+    def decode_indices(self, indices) -> Image.Image:
+        """(h, w) int array -> PIL image of size (w*f, h*f)."""
+        return tensor_to_pil(self.decode_tensor(self.check_indices(indices))[0].cpu())
+
+    def reconstruct(self, image, max_side: int | None = 512) -> Reconstruction:
+        """Encode and decode an image; sides are reflect-padded to multiples of f and cropped back."""
+        start = time.perf_counter()
+        image = open_image(image)
+        original_size = image.size
+        image, resized = limit_side(image, max_side)
+        pixels, (height, width) = pad_to_multiple(pil_to_tensor(image), self.downsample_factor)
+        indices = self.encode(pixels)
+        decoded = self.decode_tensor(indices)[..., :height, :width]
+        reconstruction = Image.fromarray(tensor_to_uint8(decoded.cpu()), "RGB")
+        return Reconstruction(image, reconstruction, indices[0].cpu().numpy(), self.num_codes,
+                              time.perf_counter() - start, original_size if resized else None)
+
+    def indices_of(self, image, max_side: int | None = 512) -> np.ndarray:
+        image, _ = limit_side(open_image(image), max_side)
+        pixels, _ = pad_to_multiple(pil_to_tensor(image), self.downsample_factor)
+        return self.encode(pixels)[0].cpu().numpy()
+
+    # ------------------------------------------------------------------- statistics
+    def code_usage(self, images, max_side: int | None = 512) -> np.ndarray:
+        """(K,) int64: how often each code is used over the images (PIL, paths or index grids)."""
+        usage = np.zeros(self.num_codes, dtype=np.int64)
+        for item in images:
+            indices = item if isinstance(item, np.ndarray) and item.ndim == 2 else self.indices_of(item, max_side)
+            usage += np.bincount(np.asarray(indices).ravel(), minlength=self.num_codes)
+        return usage
+
+    def pca_2d(self) -> np.ndarray:
+        """(K, 2): the code vectors projected on their first two principal components."""
+        vectors = self.codebook.cpu().double()
+        centred = vectors - vectors.mean(dim=0)
+        _, _, v = torch.linalg.svd(centred, full_matrices=False)
+        components = v[:2].T if v.shape[0] >= 2 else torch.cat([v.T, torch.zeros_like(v.T)], dim=1)
+        return (centred @ components).numpy()
+
+    def code_colors(self, chunk: int = 512) -> np.ndarray:
+        """(K, 3) uint8 mean colour of each code decoded alone (one token); computed once."""
+        if self._colors is None:
+            colors = []
+            for start in range(0, self.num_codes, chunk):
+                codes = torch.arange(start, min(start + chunk, self.num_codes))
+                decoded = self.decode_tensor(codes.view(-1, 1, 1))  # (n, 3, f, f)
+                colors.append(((decoded.mean(dim=(2, 3)).cpu() + 1) * 127.5).round().clamp(0, 255).byte().numpy())
+            self._colors = np.concatenate(colors)
+        return self._colors
+
+    # ------------------------------------------------------------------------ atlas
+    @property
+    def patch_tokens(self) -> int:
+        """Side, in tokens, of the grid a code is tiled over for its atlas patch (>= 16 px)."""
+        return max(2, math.ceil(16 / self.downsample_factor))
+
+    def code_patches(self, codes) -> torch.Tensor:
+        """(N, 3, P, P) patches: each code tiled over a small grid and decoded. Cached per code."""
+        codes = [int(c) for c in codes]
+        missing = [c for c in codes if c not in self._patches]
+        side = self.patch_tokens
+        for start in range(0, len(missing), 128):
+            batch = torch.tensor(missing[start:start + 128]).view(-1, 1, 1).expand(-1, side, side)
+            for code, patch in zip(missing[start:start + 128], self.decode_tensor(batch).cpu()):
+                self._patches[code] = patch
+        return torch.stack([self._patches[c] for c in codes]) if codes else torch.zeros(0, 3, 1, 1)
+
+    def code_patch(self, code: int) -> Image.Image:
+        self.check_indices(np.array([[code]]))
+        return tensor_to_pil(self.code_patches([code])[0])
+
+    def atlas_order(self, usage: np.ndarray | None = None) -> np.ndarray:
+        """Codes sorted by usage (most used first); index order without usage."""
+        if usage is None:
+            return np.arange(self.num_codes)
+        return np.argsort(-np.asarray(usage), kind="stable")
+
+    def codebook_atlas(self, usage: np.ndarray | None = None, page: int = 0,
+                       page_size: int = ATLAS_PAGE_SIZE, columns: int = ATLAS_COLUMNS) -> Image.Image:
+        """One page of the atlas: code patches sorted by usage; unused codes dimmed and crossed out."""
+        order = self.atlas_order(usage)
+        pages = max(1, math.ceil(self.num_codes / page_size))
+        if not 0 <= page < pages:
+            raise ValueError(f"atlas page must be in [0, {pages - 1}], got {page}")
+        codes = order[page * page_size:(page + 1) * page_size]
+        tiles = []
+        for code, patch in zip(codes, self.code_patches(codes)):
+            tile = tensor_to_pil(patch)
+            if usage is not None and usage[code] == 0:
+                tile = Image.blend(tile, Image.new("RGB", tile.size, "white"), 0.6)
+                draw = ImageDraw.Draw(tile)
+                draw.line((0, 0, tile.width - 1, tile.height - 1), fill=(220, 0, 0))
+                draw.line((0, tile.height - 1, tile.width - 1, 0), fill=(220, 0, 0))
+            tiles.append(tile)
+        return image_grid(tiles, columns=columns, gap=1)
+
+    def atlas_pages(self, page_size: int = ATLAS_PAGE_SIZE) -> int:
+        return max(1, math.ceil(self.num_codes / page_size))
+
+    # ---------------------------------------------------------------------- editing
+    def _region(self, indices: np.ndarray, rows: tuple[int, int], cols: tuple[int, int]):
+        (r0, r1), (c0, c1) = sorted(map(int, rows)), sorted(map(int, cols))
+        height, width = indices.shape
+        if not (0 <= r0 < height and 0 <= c0 < width):
+            raise ValueError(f"the region must start inside the {height}x{width} token grid")
+        return slice(r0, min(r1, height - 1) + 1), slice(c0, min(c1, width - 1) + 1)
+
+    def replace_region(self, indices, rows: tuple[int, int], cols: tuple[int, int], code: int) -> np.ndarray:
+        """Set every cell with row in rows[0]..rows[1] and column in cols[0]..cols[1] (inclusive) to `code`."""
+        edited = np.array(indices, dtype=np.int64, copy=True)
+        self.check_indices(np.array([[code]]))
+        edited[self._region(edited, rows, cols)] = code
+        return edited
+
+    def resample_region(self, indices, rows, cols, usage: np.ndarray, seed: int = 0) -> np.ndarray:
+        """Refill the region with codes drawn from the usage distribution."""
+        edited = np.array(indices, dtype=np.int64, copy=True)
+        region = self._region(edited, rows, cols)
+        usage = np.asarray(usage, dtype=np.float64)
+        probs = usage / usage.sum() if usage.sum() > 0 else np.full(self.num_codes, 1.0 / self.num_codes)
+        rng = np.random.default_rng(seed)
+        edited[region] = rng.choice(self.num_codes, size=edited[region].shape, p=probs)
+        return edited
+
+    def swap_codes(self, indices, first: int, second: int) -> np.ndarray:
+        """Exchange two codes everywhere in the grid."""
+        self.check_indices(np.array([[first, second]]))
+        indices = np.asarray(indices, dtype=np.int64)
+        edited = indices.copy()
+        edited[indices == first], edited[indices == second] = second, first
+        return edited
+
+    def interpolate_codes(self, first: int, second: int, steps: int = 8) -> tuple[list[Image.Image], list[int]]:
+        """Decoded blends (1 - a) e_first + a e_second tiled over a patch, and the code each blend snaps to."""
+        self.check_indices(np.array([[first, second]]))
+        if not 2 <= steps <= 64:
+            raise ValueError(f"steps must be in [2, 64], got {steps}")
+        alphas = torch.linspace(0, 1, steps, dtype=torch.float32)
+        vectors = self.codebook[[first, second]].cpu()  # (2, D)
+        blends = (1 - alphas[:, None]) * vectors[0] + alphas[:, None] * vectors[1]  # (steps, D)
+        side = self.patch_tokens
+        grid = blends[:, :, None, None].expand(-1, -1, side, side)  # (steps, D, side, side)
+        images = [tensor_to_pil(t) for t in self.decode_vectors(grid).cpu()]
+        snapped = torch.cdist(blends, self.codebook.cpu()).argmin(dim=1).tolist()
+        return images, snapped
+
+
+def perplexity(usage: np.ndarray) -> float:
+    """exp(entropy) of the usage distribution; K when all K codes are equally used."""
+    usage = np.asarray(usage, dtype=np.float64)
+    if usage.sum() == 0:
+        return 0.0
+    probs = usage[usage > 0] / usage.sum()
+    return float(np.exp(-(probs * np.log(probs)).sum()))
+
+
+def index_colors(num_codes: int) -> np.ndarray:
+    """(K, 3) uint8: a fixed, well-spread colour per code index (golden-ratio hues)."""
+    import colorsys
+
+    hues = (np.arange(num_codes) * 0.6180339887) % 1.0
+    values = 0.65 + 0.35 * ((np.arange(num_codes) * 7) % 3) / 2
+    return np.array([[round(255 * c) for c in colorsys.hsv_to_rgb(h, 0.75, v)] for h, v in zip(hues, values)], np.uint8)
+
+
+def index_map_image(indices: np.ndarray, num_codes: int, cell: int = 4) -> Image.Image:
+    """The token grid drawn with one colour per code, each cell `cell` pixels wide."""
+    colors = index_colors(num_codes)[np.asarray(indices)]  # (h, w, 3)
+    return Image.fromarray(np.kron(colors, np.ones((cell, cell, 1), np.uint8)), "RGB")
+
+
+def heatmap_image(error: np.ndarray, vmax: float = 64.0) -> Image.Image:
+    """(H, W) absolute error (0..255) -> a black-red-yellow-white heat map image."""
+    scaled = np.clip(error / vmax, 0, 1)
+    rgb = np.stack([np.clip(3 * scaled, 0, 1), np.clip(3 * scaled - 1, 0, 1), np.clip(3 * scaled - 2, 0, 1)], -1)
+    return Image.fromarray((rgb * 255).round().astype(np.uint8), "RGB")

@@ -1,0 +1,172 @@
+"""The training CLI on tiny data: losses fall, checkpoints round-trip, resume continues, exports load."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+import genlab
+from genlab.train import common, ddpm, vq
+from genlab.train.__main__ import main as train_main
+
+TINY_VQ = ["--channels", "8,16", "--codes", "16", "--code-dim", "3", "--crop", "16", "--batch-size", "4",
+           "--threads", "1", "--cpu", "--log-every", "1", "--sample-every", "1000"]
+TINY_DDPM = ["--channels", "8,16", "--attention", "0,0", "--sample-size", "16", "--crop", "16", "--batch-size", "4",
+             "--threads", "1", "--cpu", "--log-every", "1", "--sample-every", "1000"]
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """12 small images in 3 classes: coloured discs on white, with labels.json."""
+    folder = tmp_path_factory.mktemp("tiny-data")
+    rng = np.random.default_rng(0)
+    labels = {}
+    for index in range(12):
+        array = np.full((24, 24, 3), 255, np.uint8)
+        yy, xx = np.mgrid[:24, :24]
+        colour = [(230, 40, 40), (40, 200, 40), (40, 40, 230)][index % 3]
+        radius = 5 + rng.integers(0, 5)
+        array[(yy - 12) ** 2 + (xx - 12) ** 2 < radius ** 2] = colour
+        Image.fromarray(array).save(folder / f"{index:02d}.png")
+        labels[f"{index:02d}.png"] = ["red", "green", "blue"][index % 3]
+    (folder / "labels.json").write_text(json.dumps(labels))
+    return folder
+
+
+def run_json(folder):
+    return json.loads((folder / "run.json").read_text())
+
+
+def test_vqvae_trains_exports_and_resumes(image_folder, tmp_path):
+    out, run_dir = tmp_path / "vq", tmp_path / "run"
+    base = ["vqvae", "--data", str(image_folder), "--out", str(out), "--run-dir", str(run_dir), *TINY_VQ]
+    train_main(base + ["--steps", "4", "--save-every", "2"])
+    assert run_json(run_dir / "checkpoint")["step"] == 4
+    for name in ("config.json", "diffusion_pytorch_model.safetensors", "README.md", "genlab.json"):
+        assert (out / name).is_file(), name
+    assert not list(out.glob("*.bin")) and not list(run_dir.rglob("*.bin")) and not list(run_dir.rglob("*.pt"))
+    saved = load_file(str(out / "diffusion_pytorch_model.safetensors"))
+    train_main(base + ["--steps", "7", "--resume"])
+    state = run_json(run_dir / "checkpoint")
+    assert state["step"] == 7 and len(state["commands"]) == 2  # continued, not restarted
+    resumed = load_file(str(out / "diffusion_pytorch_model.safetensors"))
+    assert any(not torch.equal(saved[k], resumed[k]) for k in saved)  # the resumed steps changed the weights
+    model = genlab.load_vq(out, device="cpu")
+    assert model.num_codes == 16 and model.downsample_factor == 2
+    card = (out / "README.md").read_text()
+    assert "steps: 7" in card and "wall time" in card and "--resume" in card
+
+
+def test_vq_loss_goes_down_and_codebook_stays_alive(image_folder):
+    common.seed_everything(0)
+    from genlab.train.__main__ import build_vq, parse_args
+
+    args = parse_args(["vqvae", "--data", str(image_folder), "--out", "unused", *TINY_VQ])
+    trainer = vq.VQAutoencoderForTraining(build_vq(args), decay=0.9, dead_threshold=0.2)
+    optimizer = torch.optim.Adam([p for p in trainer.parameters() if p.requires_grad], lr=3e-3)
+    batches = iter(common.RandomCrops(common.ImageFolder(image_folder), 16, 8, seed=0))
+    losses, used = [], set()
+    for step in range(60):
+        pixels, _ = next(batches)
+        reconstruction, indices, commitment = trainer(pixels)
+        loss = torch.nn.functional.mse_loss(reconstruction, pixels) + 0.25 * commitment
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        if step >= 50:
+            used |= set(indices.flatten().tolist())
+    assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:5])
+    assert len(used) >= 6  # of 16 codes: restarts keep the codebook from collapsing to one or two
+
+
+def test_ema_quantizer_matches_diffusers_quantizer():
+    """Training-time quantization must equal the exported VQModel's own nearest-code rule."""
+    from diffusers import VQModel
+
+    model = VQModel(block_out_channels=(8,), norm_num_groups=8, latent_channels=3, num_vq_embeddings=16)
+    quantizer = vq.EMAVectorQuantizer(model.quantize.embedding.weight).eval()
+    latents = torch.randn(2, 3, 5, 5)
+    quantized, indices, _ = quantizer(latents)
+    expected, _, (_, _, expected_indices) = model.quantize(latents)
+    assert torch.equal(indices.flatten(), expected_indices.flatten())
+    assert torch.allclose(quantized, expected, atol=1e-6)
+
+
+def test_dead_codes_restart_on_batch_latents():
+    codebook = torch.nn.Parameter(torch.zeros(4, 2))
+    quantizer = vq.EMAVectorQuantizer(codebook, decay=0.5, dead_threshold=0.5)
+    quantizer.initialized.fill_(True)
+    quantizer.cluster_size.zero_()  # every code looks dead
+    latents = torch.randn(1, 2, 4, 4) + 10.0
+    quantizer(latents)
+    assert (codebook.detach().abs().sum(dim=1) > 5).all()  # all four moved onto the data
+
+
+def test_ddpm_class_conditional_trains_and_resumes(image_folder, tmp_path):
+    out, run_dir = tmp_path / "dm", tmp_path / "run"
+    base = ["ddpm", "--data", str(image_folder), "--out", str(out), "--run-dir", str(run_dir), *TINY_DDPM,
+            "--label-dropout", "0.2", "--beta-schedule", "squaredcos_cap_v2", "--min-snr-gamma", "5"]
+    train_main(base + ["--steps", "3", "--save-every", "3"])
+    train_main(base + ["--steps", "5", "--resume"])
+    assert run_json(run_dir / "checkpoint")["step"] == 5
+    info = json.loads((out / "genlab.json").read_text())
+    assert info["classes"] == ["blue", "green", "red"] and info["null_class"] == 3
+    assert (out / "scheduler_config.json").is_file()
+    dm = genlab.load_diffusion(out, device="cpu")
+    assert dm.is_conditional and dm.unet.config.num_class_embeds == 4
+    run = dm.sample(seed=0, steps=3, class_label="red", guidance_scale=2.0)
+    assert run.image.size == (16, 16)
+
+
+def test_ddpm_loss_goes_down(image_folder):
+    from diffusers import DDPMScheduler
+
+    from genlab.train.__main__ import build_unet, parse_args
+
+    common.seed_everything(0)
+    args = parse_args(["ddpm", "--data", str(image_folder), "--out", "unused", *TINY_DDPM])
+    unet = build_unet(args, 0)
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=3e-3)
+    batches = iter(common.RandomCrops(common.ImageFolder(image_folder), 16, 8, seed=0))
+    generator = torch.Generator().manual_seed(0)
+    losses = []
+    for _ in range(40):
+        clean, _ = next(batches)
+        timesteps = ddpm.sample_timesteps(len(clean), 1000, 0, 0.0, generator)
+        loss = ddpm.diffusion_loss(unet, scheduler, clean, timesteps, None, 0.0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:5])
+
+
+def test_min_snr_weights_and_focus_sampling():
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    timesteps = torch.tensor([0, 500, 999])
+    weights = ddpm.min_snr_weights(scheduler.alphas_cumprod, timesteps, gamma=5.0)
+    assert weights[0] < 0.01 and weights[2] == pytest.approx(1.0)  # low noise is down-weighted, high noise not
+    drawn = ddpm.sample_timesteps(10_000, 1000, focus_max=100, focus_share=0.8, generator=torch.Generator().manual_seed(0))
+    assert 0.8 < (drawn < 100).float().mean() < 0.85
+
+
+def test_optimizer_state_round_trips_without_pickle(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randn(4, 3)).sum().backward()
+    optimizer.step()
+    common.save_optimizer(optimizer, tmp_path)
+    restored = torch.optim.AdamW(model.parameters(), lr=5.0)
+    common.load_optimizer(restored, tmp_path)
+    assert restored.param_groups[0]["lr"] == 1e-3
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert torch.equal(restored.state[model.weight][key], optimizer.state[model.weight][key])
