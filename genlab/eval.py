@@ -49,13 +49,16 @@ def eval_vq(model: str, folder: Path) -> str:
         usage += np.bincount(result.indices.ravel(), minlength=vq.num_codes)
         jpeg = metrics.jpeg_at_bpp(image, result.bits_per_pixel)
         rows.append((path.stem, result.psnr, result.ssim, jpeg.psnr, jpeg.bits_per_pixel,
-                     gradient_energy(result.image) / max(gradient_energy(image), 1e-9)))
+                     gradient_energy(result.image), gradient_energy(image)))
     table = ["| image | PSNR dB | SSIM | JPEG PSNR dB | JPEG bpp | sharpness |", "|---|---|---|---|---|---|"]
-    table += [f"| {name} | {p:.2f} | {s:.4f} | {jp:.2f} | {jb:.3f} | {g:.3f} |" for name, p, s, jp, jb, g in rows]
-    means = np.array([r[1:] for r in rows]).mean(axis=0)
+    table += [f"| {name} | {p:.2f} | {s:.4f} | {jp:.2f} | {jb:.3f} | {g / go:.3f} |" if go > 1.0 else
+              f"| {name} | {p:.2f} | {s:.4f} | {jp:.2f} | {jb:.3f} | (flat) |" for name, p, s, jp, jb, g, go in rows]
+    means = np.array([r[1:5] for r in rows]).mean(axis=0)
+    sharpness = sum(r[5] for r in rows) / max(sum(r[6] for r in rows), 1e-9)  # pooled: flat images cannot dominate
+    means = np.append(means, sharpness)
     active = int((usage > 0).sum())
     table.append(f"| **mean of {len(rows)}** | **{means[0]:.2f}** | **{means[1]:.4f}** | {means[2]:.2f} | "
-                 f"{means[3]:.3f} | {means[4]:.3f} |")
+                 f"{means[3]:.3f} | {means[4]:.3f} (pooled) |")
     summary = (f"\n{vq.name}: {vq.num_codes} codes, f = {vq.downsample_factor}, "
                f"{np.log2(vq.num_codes) / vq.downsample_factor ** 2:.3f} bits per pixel. Codes used over the folder: "
                f"**{active} of {vq.num_codes} ({active / vq.num_codes:.1%})**, perplexity {perplexity(usage):.1f}. "

@@ -126,6 +126,14 @@ OUTPUT_DIR = Path(tempfile.gettempdir()) / "genlab-outputs"
 MAX_OUTPUT_FILES = 200
 
 
+def file_stem(*parts) -> str:
+    """A safe file name stem from labels such as 'weights/vqvae-photo' or 'dpm++': 'vqvae-photo_dpmpp'."""
+    import re
+
+    cleaned = [re.sub(r"[^A-Za-z0-9._-]+", "-", Path(str(p).replace("+", "p")).name).strip("-.") for p in parts]
+    return "_".join(c for c in cleaned if c) or "genlab"
+
+
 def save_output(value, name: str) -> str:
     """Write a download (PIL image, numpy array or bytes) under the app's temp folder; returns its path.
 

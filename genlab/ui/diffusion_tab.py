@@ -16,7 +16,7 @@ from skimage.restoration import denoise_nl_means
 from ..diffusion import DiffusionRun, Step, estimate_sigma
 from ..images import image_grid, open_image, tensor_to_uint8
 from ..metrics import psnr
-from .common import Registry, SafeImage, example_images, save_output, user_errors
+from .common import Registry, SafeImage, example_images, file_stem, save_output, user_errors
 from .plots import schedule_figure
 
 SCHEDULER_CHOICES = [("DDPM", "ddpm"), ("DDIM", "ddim"), ("DPM-Solver++", "dpm++")]
@@ -97,7 +97,7 @@ def build(registry: Registry, demo: gr.Blocks) -> None:
                 gr.Slider(value=dm.default_guidance_scale, visible=True))
 
     def finish(run: DiffusionRun, label: str, steps: int, kind: str):
-        stem = f"{label}_{run.scheduler}_{steps}steps_seed{run.seed}_{kind}".replace("/", "-").replace("+", "p")
+        stem = file_stem(label, run.scheduler, f"{steps}steps", f"seed{run.seed}", kind)
         trajectory = pack_trajectory(run.trajectory.steps)
         scrub = gr.Slider(minimum=0, maximum=max(1, len(trajectory["timesteps"]) - 1), value=0, step=1,
                           interactive=True, label=f"step ({len(trajectory['timesteps'])} kept)")
@@ -196,7 +196,7 @@ def build(registry: Registry, demo: gr.Blocks) -> None:
         model = gr.Dropdown(registry.choices("diffusion"), value=registry.default("diffusion", "ddpm-emoji"),
                             label="Model")
         scheduler = gr.Radio(SCHEDULER_CHOICES, value="ddim", label="Scheduler")
-        class_name = gr.Dropdown([], label="Category", visible=False)
+        class_name = gr.Dropdown([], label="Category", visible=False, allow_custom_value=True)
         guidance = gr.Slider(0, 10, value=3.0, step=0.5, label="Guidance scale", visible=False)
     with gr.Tab("Sample"):
         with gr.Row():

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import gradio as gr
 import numpy as np
+import pandas as pd
 
 from .. import metrics
 from ..images import open_image
 from ..vq import heatmap_image, index_map_image
-from .common import Registry, SafeImage, example_images, save_output, user_errors
+from .common import Registry, SafeImage, example_images, file_stem, save_output, user_errors
 
 METRIC_ROWS = ("PSNR (dB)", "SSIM", "bits per pixel", "compression vs 24-bit RGB", "distinct codes used", "latency (ms)")
 
@@ -52,13 +53,14 @@ def build(registry: Registry) -> None:
         jpeg, jpeg_values = jpeg_column(result.input, result.bits_per_pixel)
         headers.append("JPEG (same bpp or less)")
         columns.append(jpeg_values)
-        table = [[name, *values] for name, *values in zip(METRIC_ROWS, *columns)]
+        table = pd.DataFrame([[name, *map(str, values)] for name, *values in zip(METRIC_ROWS, *columns)],
+                             columns=headers)
         note = (f"Downscaled from {result.resized_from[0]}x{result.resized_from[1]} to "
                 f"{result.input.width}x{result.input.height} (max side {int(max_side)})." if result.resized_from else
                 f"{result.input.width}x{result.input.height} pixels -> {result.indices.shape[0]}x{result.indices.shape[1]} tokens.")
-        png = save_output(result.image, f"reconstruction-{model}.png")
-        tokens = save_output(result.indices.astype(np.int32), f"tokens-{model}.npy")
-        return (result.input, *panels, *compare_panels, jpeg.image, gr.Dataframe(value=table, headers=headers),
+        png = save_output(result.image, f"{file_stem('reconstruction', model)}.png")
+        tokens = save_output(result.indices.astype(np.int32), f"{file_stem('tokens', model)}.npy")
+        return (result.input, *panels, *compare_panels, jpeg.image, table,
                 note, [png, tokens])
 
     gr.Markdown(

@@ -1,0 +1,175 @@
+"""The app through gradio_client: every main endpoint, streaming, readable errors, and that it keeps serving.
+
+The app is launched once on loopback with the tiny random checkpoints of conftest.py given as
+extra models (the `--model KIND=SOURCE` path), so these tests need no trained weights.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+
+from genlab.config import parse_args  # noqa: E402
+from genlab.ui import build_app  # noqa: E402
+from genlab.ui.common import OUTPUT_DIR  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app(tiny_vq_dir, tiny_cond_ddpm_dir):
+    """(client, vq label, diffusion label) for an app serving the tiny models."""
+    port = free_port()
+    config = parse_args(["--model", f"vq={tiny_vq_dir}", "--model", f"diffusion={tiny_cond_ddpm_dir}",
+                         "--port", str(port), "--max-file-mb", "1"], environ={})
+    demo = build_app(config)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                max_file_size="1mb", allowed_paths=[str(OUTPUT_DIR)])
+    client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+    yield client, str(tiny_vq_dir), str(tiny_cond_ddpm_dir)
+    client.close() if hasattr(client, "close") else None
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("upload") / "photo.png"
+    rng = np.random.default_rng(0)
+    base = np.linspace(0, 255, 30 * 44 * 3).reshape(30, 44, 3)
+    Image.fromarray(np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)).save(path)
+    return str(path)
+
+
+def image_size(path) -> tuple[int, int]:
+    return Image.open(path).size
+
+
+def test_reconstruct_returns_every_panel_and_metric(app, photo):
+    client, vq_label, _ = app
+    result = client.predict(handle_file(photo), vq_label, "", 512, api_name="/reconstruct")
+    original, reconstruction, error, tokens, _, _, _, jpeg, table, note, downloads = result
+    assert image_size(original) == image_size(reconstruction) == image_size(error) == (44, 30)
+    assert image_size(jpeg) == (44, 30)
+    rows = {row[0]: row[1:] for row in table["data"]}
+    assert set(rows) >= {"PSNR (dB)", "SSIM", "bits per pixel", "distinct codes used", "latency (ms)"}
+    assert table["headers"][-1].startswith("JPEG")
+    assert float(rows["bits per pixel"][0]) == pytest.approx(15 * 22 * 5 / (44 * 30), rel=1e-3)  # K = 32, f = 2
+    assert "44x30" in note
+    png, tokens_file = downloads
+    assert Path(png).name == "reconstruction_tiny-vq0.png" and Path(tokens_file).name == "tokens_tiny-vq0.npy"
+    assert np.load(tokens_file, allow_pickle=False).shape == (15, 22)
+
+
+def test_bad_upload_gives_readable_error_and_server_keeps_serving(app, photo, tmp_path):
+    client, vq_label, _ = app
+    svg = tmp_path / "drawing.svg"
+    svg.write_text('<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"></svg>')
+    with pytest.raises(Exception, match="SVG"):
+        client.predict(handle_file(str(svg)), vq_label, "", 512, api_name="/reconstruct")
+    text = tmp_path / "notes.png"
+    text.write_text("not a picture at all")
+    with pytest.raises(Exception, match="not an image"):
+        client.predict(handle_file(str(text)), vq_label, "", 512, api_name="/reconstruct")
+    result = client.predict(handle_file(photo), vq_label, "", 512, api_name="/reconstruct")
+    assert image_size(result[1]) == (44, 30)
+
+
+def test_upload_over_the_size_limit_is_refused_before_genlab(app, tmp_path):
+    client, vq_label, _ = app
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\x89PNG" + bytes(2 * 1024 * 1024))
+    with pytest.raises(Exception):
+        client.predict(handle_file(str(big)), vq_label, "", 512, api_name="/reconstruct")
+
+
+def test_unknown_model_is_a_readable_error(app, photo):
+    client, _, _ = app
+    with pytest.raises(Exception, match="(?i)model"):
+        client.predict(handle_file(photo), "no-such-model", "", 512, api_name="/reconstruct")
+
+
+def test_sample_streams_intermediate_frames_before_the_final_one(app):
+    client, _, dm_label = app
+    job = client.submit(dm_label, "ddim", 6, 0, 2, "a", 2.0, 0.0, api_name="/sample")
+    final = job.result()
+    outputs = job.outputs()
+    assert len(outputs) >= 3  # several streamed steps, then the final update
+    assert outputs[0][2].startswith("t = ")
+    assert final[2].startswith("done: 6 steps")
+    downloads = final[5]  # (x_t, x0, status, scrub slider, schedule plot, downloads): State is not sent
+    assert [Path(f).suffix for f in downloads] == [".png", ".gif"]
+    assert Path(downloads[0]).name == f"{Path(dm_label).name}_ddim_6steps_seed0_sample.png"
+    gif = Image.open(downloads[1])
+    assert gif.n_frames == 7  # six steps and the final image
+
+
+def test_sample_is_deterministic_and_rejects_absurd_values(app):
+    client, _, dm_label = app
+    first = client.predict(dm_label, "ddpm", 3, 7, 1, "b", 1.0, 0.0, api_name="/sample")
+    second = client.predict(dm_label, "ddpm", 3, 7, 1, "b", 1.0, 0.0, api_name="/sample")
+    assert np.array_equal(np.asarray(Image.open(first[0])), np.asarray(Image.open(second[0])))
+    with pytest.raises(Exception, match="maximum value 1000"):  # gradio's own slider check
+        client.predict(dm_label, "ddim", 10**9, 0, 1, "a", 1.0, 0.0, api_name="/sample")
+    with pytest.raises(Exception, match="maximum value 16"):
+        client.predict(dm_label, "ddim", 2, 0, 10**6, "a", 1.0, 0.0, api_name="/sample")
+    with pytest.raises(Exception, match="minimum value 0"):
+        client.predict(dm_label, "ddim", 2, -1, 1, "a", 1.0, 0.0, api_name="/sample")
+
+
+def test_scrub_shows_stored_steps(app):
+    client, _, dm_label = app
+    client.predict(dm_label, "ddim", 4, 0, 1, "a", 1.0, 0.0, api_name="/sample")
+    x_t, x0, eps, plot = client.predict(dm_label, 2, api_name="/scrub")
+    assert image_size(x_t) == image_size(x0) == image_size(eps)
+
+
+def test_denoise_and_noise_preview(app, photo):
+    client, _, dm_label = app
+    preview, _ = client.predict(dm_label, handle_file(photo), "clean", 100, 25, 0, api_name="/noise_preview")
+    assert image_size(preview) == (44, 30)
+    job = client.submit(dm_label, handle_file(photo), "clean", 200, 25, 4, 0, "ddim", "", 1.0, api_name="/denoise")
+    result = job.result()
+    denoised, baseline, text = result[:3]
+    assert image_size(denoised) == image_size(baseline) == (44, 30)
+    assert "PSNR" in text and "non-local means" in text
+    result = client.predict(dm_label, handle_file(photo), "noisy", 0, 25, None, 0, "ddim", "", 1.0,
+                            api_name="/denoise")
+    assert "sigma = 25.0" in result[2]
+    sigma = client.predict(handle_file(photo), api_name="/estimate_sigma")
+    assert 5 < sigma < 60  # the test photo carries noise of std 20
+
+
+def test_compare_samplers_in_one_grid(app):
+    client, _, dm_label = app
+    gallery = client.predict(dm_label, ["DDIM 10", "DPM-Solver++ 10"], 0, "a", 1.0, api_name="/compare")
+    assert [item["caption"] for item in gallery] == ["DDIM 10", "DPM-Solver++ 10"]
+    with pytest.raises(Exception, match="2 to 4"):
+        client.predict(dm_label, ["DDIM 10"], 0, "a", 1.0, api_name="/compare")
+
+
+def test_codebook_explorer_endpoints(app, photo):
+    client, vq_label, _ = app
+    atlas, _, _, stats, _, grid, _ = client.predict(handle_file(photo), vq_label, 0, api_name="/codebook")
+    assert Image.open(atlas).width > 0 and "perplexity" in stats
+    code, patch, positions, text = client.predict(vq_label, 1, 2, api_name="/cell")
+    assert f"code **{int(code)}**" in text
+    before, after, _, edit_text, = client.predict(vq_label, 0, 3, 0, 3, 5, api_name="/edit_replace")[:4]
+    assert "16 of 330 tokens differ" in edit_text
+    assert image_size(before) == image_size(after) == (44, 30)
+    _, _, _, reset_text = client.predict(vq_label, api_name="/edit_reset")[:4]
+    assert reset_text.startswith("0 of 330")
+    with pytest.raises(Exception, match="code"):
+        client.predict(vq_label, 0, 0, 0, 0, 10**6, api_name="/edit_replace")
+    blends, snapped = client.predict(vq_label, 0, 1, 4, api_name="/interpolate")
+    assert len(blends) == len(snapped) == 4
