@@ -79,7 +79,9 @@ def open_image(source, max_bytes: int | None = None) -> Image.Image:
     except InputError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise InputError(f"The image is too large to decode safely ({error}).") from None
+        raise InputError(
+            f"The image is too large to decode safely: GenLab accepts at most {MAX_PIXELS / 1e6:.0f} megapixels ({error})."
+        ) from None
     except UnidentifiedImageError:
         raise InputError(
             "This file is not an image GenLab can read: upload a PNG, JPEG, WebP, BMP, GIF or TIFF."
@@ -143,12 +145,19 @@ def tensor_to_pil(tensor: torch.Tensor) -> Image.Image:
     return Image.fromarray(tensor_to_uint8(tensor), "RGB")
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Reflect-pad (B, C, H, W) on the bottom/right so H and W are multiples; returns (x, (H, W))."""
+def pad_to_multiple(x: torch.Tensor, multiple: int, min_side: int | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Pad (B, C, H, W) on the bottom/right to multiples of `multiple`, at least `min_side`; returns (x, (H, W)).
+
+    `min_side` defaults to 2 * multiple, so the deepest feature map of a network that downsamples
+    by `multiple` is at least 2x2 (GroupNorm cannot normalise a single value per channel).
+    Reflect padding where the image is large enough, replicate padding otherwise.
+    """
+    min_side = 2 * multiple if min_side is None else min_side
     height, width = x.shape[-2:]
-    pad_h, pad_w = (-height) % multiple, (-width) % multiple
+    target_h = max(-(-height // multiple), -(-min_side // multiple)) * multiple
+    target_w = max(-(-width // multiple), -(-min_side // multiple)) * multiple
+    pad_h, pad_w = target_h - height, target_w - width
     if pad_h or pad_w:
-        # reflect needs pad < size; replicate handles 1-pixel-wide inputs
         mode = "reflect" if pad_h < height and pad_w < width else "replicate"
         x = torch.nn.functional.pad(x, (0, pad_w, 0, pad_h), mode=mode)
     return x, (height, width)

@@ -140,13 +140,18 @@ class VQ:
         indices = self.encode(pixels)
         decoded = self.decode_tensor(indices)[..., :height, :width]
         reconstruction = Image.fromarray(tensor_to_uint8(decoded.cpu()), "RGB")
-        return Reconstruction(image, reconstruction, indices[0].cpu().numpy(), self.num_codes,
+        return Reconstruction(image, reconstruction, self._visible(indices[0], height, width), self.num_codes,
                               time.perf_counter() - start, original_size if resized else None)
+
+    def _visible(self, indices: torch.Tensor, height: int, width: int) -> np.ndarray:
+        """The (ceil(H/f), ceil(W/f)) tokens covering the image (tiny images are padded further)."""
+        f = self.downsample_factor
+        return indices[: -(-height // f), : -(-width // f)].cpu().numpy()
 
     def indices_of(self, image, max_side: int | None = 512) -> np.ndarray:
         image, _ = limit_side(open_image(image), max_side)
-        pixels, _ = pad_to_multiple(pil_to_tensor(image), self.downsample_factor)
-        return self.encode(pixels)[0].cpu().numpy()
+        pixels, (height, width) = pad_to_multiple(pil_to_tensor(image), self.downsample_factor)
+        return self._visible(self.encode(pixels)[0], height, width)
 
     # ------------------------------------------------------------------- statistics
     def code_usage(self, images, max_side: int | None = 512) -> np.ndarray:

@@ -173,3 +173,64 @@ def test_codebook_explorer_endpoints(app, photo):
         client.predict(vq_label, 0, 0, 0, 0, 10**6, api_name="/edit_replace")
     blends, snapped = client.predict(vq_label, 0, 1, 4, api_name="/interpolate")
     assert len(blends) == len(snapped) == 4
+
+
+def hostile_files(folder: Path) -> dict[str, Path]:
+    """Odd and hostile uploads: each must be served or refused with readable text, never a traceback."""
+    import io
+
+    files = {}
+    bomb = Image.new("1", (20000, 20000))  # 400 megapixels, a few kB as PNG
+    bomb.save(folder / "bomb.png")
+    files["bomb"] = folder / "bomb.png"
+    good = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(good, format="PNG")
+    (folder / "truncated.png").write_bytes(good.getvalue()[: len(good.getvalue()) // 2])
+    files["truncated"] = folder / "truncated.png"
+    (folder / "empty.png").write_bytes(b"")
+    files["empty"] = folder / "empty.png"
+    (folder / "vector.svg").write_text('<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"/>')
+    files["svg"] = folder / "vector.svg"
+    (folder / "script.png").write_bytes(b"#!/bin/sh\nrm -rf /\n")
+    files["not an image"] = folder / "script.png"
+    Image.new("RGB", (1, 1), (0, 0, 255)).save(folder / "one.png")
+    files["1x1"] = folder / "one.png"
+    Image.fromarray(np.full((20, 30), 40000, np.uint16)).save(folder / "sixteen.png")
+    files["16-bit"] = folder / "sixteen.png"
+    Image.new("CMYK", (24, 24), (0, 255, 255, 0)).save(folder / "cmyk.jpg")
+    files["CMYK"] = folder / "cmyk.jpg"
+    frames = [Image.new("P", (16, 16), i) for i in (1, 2, 3)]
+    frames[0].save(folder / "anim.gif", save_all=True, append_images=frames[1:])
+    files["animated"] = folder / "anim.gif"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    Image.new("RGB", (40, 20), (10, 120, 10)).save(folder / "rotated.jpg", exif=exif)
+    files["EXIF-rotated"] = folder / "rotated.jpg"
+    Image.new("RGB", (4000, 3), (90, 90, 200)).save(folder / "strip.png")
+    files["extreme aspect"] = folder / "strip.png"
+    return files
+
+
+REFUSED = {"bomb": "megapixels", "truncated": "damaged", "empty": "empty", "svg": "SVG", "not an image": "not an image"}
+
+
+def test_hostile_uploads_are_served_or_refused_readably(app, tmp_path, photo):
+    import os
+
+    client, vq_label, _ = app
+    before = set(os.listdir("."))
+    for kind, path in hostile_files(tmp_path).items():
+        if kind in REFUSED:
+            with pytest.raises(Exception, match=REFUSED[kind]) as error:
+                client.predict(handle_file(str(path)), vq_label, "", 512, api_name="/reconstruct")
+            assert "Traceback" not in str(error.value), kind
+        else:
+            result = client.predict(handle_file(str(path)), vq_label, "", 512, api_name="/reconstruct")
+            width, height = image_size(result[1])
+            assert width >= 1 and height >= 1, kind
+            if kind == "EXIF-rotated":
+                assert (width, height) == (20, 40)
+            if kind == "extreme aspect":
+                assert width == 512
+    assert set(os.listdir(".")) == before  # nothing written beside the app
+    assert image_size(client.predict(handle_file(photo), vq_label, "", 512, api_name="/reconstruct")[1]) == (44, 30)

@@ -283,9 +283,16 @@ def test_pad_to_multiple_reflects_bottom_and_right():
 
 
 def test_pad_to_multiple_leaves_multiples_alone():
-    x = torch.randn(2, 3, 8, 4)
+    x = torch.randn(2, 3, 8, 12)
     padded, size = pad_to_multiple(x, 4)
-    assert size == (8, 4) and torch.equal(padded, x)
+    assert size == (8, 12) and torch.equal(padded, x)
+
+
+def test_pad_to_multiple_keeps_the_deepest_feature_map_at_least_2x2():
+    padded, size = pad_to_multiple(torch.randn(1, 3, 8, 4), 4)
+    assert size == (8, 4) and padded.shape[-2:] == (8, 8)  # 4 px wide would be 1 token after f = 4
+    padded, _ = pad_to_multiple(torch.randn(1, 3, 3, 3), 4, min_side=1)
+    assert padded.shape[-2:] == (4, 4)
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (1, 6), (6, 1), (2, 5)])
@@ -295,8 +302,9 @@ def test_pad_to_multiple_handles_inputs_too_small_to_reflect(shape):
     assert size == shape
     assert padded.shape[-2] % 4 == 0 and padded.shape[-1] % 4 == 0
     assert torch.equal(padded[..., : shape[0], : shape[1]], x)
+    assert min(padded.shape[-2:]) >= 8  # at least two tokens per side at f = 4
     if shape == (1, 1):
-        assert torch.equal(padded, x.expand(1, 3, 4, 4))
+        assert torch.equal(padded, x.expand(1, 3, 8, 8))
 
 
 def test_limit_side():

@@ -181,7 +181,7 @@ def build(registry: Registry) -> None:
 
     gr.Markdown("### What does each code mean?\nEvery code tiled over a small grid and decoded, sorted by how often "
                 "the reference set (examples + your image) uses it; unused codes are crossed out.")
-    state = gr.State({})
+    state = gr.State({}, time_to_live=3600)
     with gr.Row():
         with gr.Column(scale=1):
             image = SafeImage(label="Image", type="filepath", height=224)

@@ -22,26 +22,35 @@ from .plots import schedule_figure
 SCHEDULER_CHOICES = [("DDPM", "ddpm"), ("DDIM", "ddim"), ("DPM-Solver++", "dpm++")]
 COMPARE_CHOICES = ["DDIM 10", "DDIM 50", "DPM-Solver++ 10", "DPM-Solver++ 25", "DDPM 100", "DDPM 1000"]
 COMPARE_NAMES = {"DDIM": "ddim", "DPM-Solver++": "dpm++", "DDPM": "ddpm"}
-TRAJECTORY_BYTES = 48 * 2**20  # per visitor: a longer trajectory keeps evenly spaced steps only
+TRAJECTORY_BYTES = 16 * 2**20  # per visitor: a longer trajectory keeps evenly spaced steps only
+STATE_TTL_S = 3600  # a visitor's trajectory is dropped an hour after their last run
 DISPLAY_SIDE = 256
 
 
-def to_display(tensor) -> Image.Image:
-    """(B, 3, H, W) in [-1, 1] -> one PIL image (a grid for B > 1), upscaled for small samples."""
+def to_grid(tensor) -> Image.Image:
+    """(B, 3, H, W) in [-1, 1] -> one PIL image at native resolution (a grid for B > 1)."""
     images = [Image.fromarray(tensor_to_uint8(t)) for t in tensor]
-    image = images[0] if len(images) == 1 else image_grid(images, columns=min(4, len(images)))
+    return images[0] if len(images) == 1 else image_grid(images, columns=min(4, len(images)))
+
+
+def upscale(image: Image.Image) -> Image.Image:
+    """Small samples (32x32 emoji) are shown enlarged with visible pixels."""
     if max(image.size) < DISPLAY_SIDE:
         scale = DISPLAY_SIDE // max(image.size)
         image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
     return image
 
 
-def noise_display(tensor):
-    return to_display(tensor / tensor.abs().amax(dim=(1, 2, 3), keepdim=True).clamp(min=1e-6))
+def to_display(tensor) -> Image.Image:
+    return upscale(to_grid(tensor))
+
+
+def noise_grid(tensor) -> Image.Image:
+    return to_grid(tensor / tensor.abs().amax(dim=(1, 2, 3), keepdim=True).clamp(min=1e-6))
 
 
 def pack_trajectory(steps: list[Step]) -> dict:
-    """Keep the trajectory as uint8 arrays within TRAJECTORY_BYTES (every k-th step when too long)."""
+    """Keep the trajectory as native-size uint8 grids within TRAJECTORY_BYTES (every k-th step when too long)."""
     if not steps:
         return {"timesteps": [], "x_t": [], "x0": [], "eps": []}
     per_step = 3 * steps[0].x_t.numel()
@@ -49,9 +58,9 @@ def pack_trajectory(steps: list[Step]) -> dict:
     chosen = sorted(set(np.linspace(0, len(steps) - 1, keep).round().astype(int).tolist()))
     return {
         "timesteps": [steps[i].timestep for i in chosen],
-        "x_t": [np.asarray(to_display(steps[i].x_t)) for i in chosen],
-        "x0": [np.asarray(to_display(steps[i].pred_x0)) for i in chosen],
-        "eps": [np.asarray(noise_display(steps[i].pred_eps)) for i in chosen],
+        "x_t": [np.asarray(to_grid(steps[i].x_t)) for i in chosen],
+        "x0": [np.asarray(to_grid(steps[i].pred_x0)) for i in chosen],
+        "eps": [np.asarray(noise_grid(steps[i].pred_eps)) for i in chosen],
     }
 
 
@@ -126,8 +135,8 @@ def build(registry: Registry, demo: gr.Blocks) -> None:
         index = int(min(max(index, 0), len(trajectory["timesteps"]) - 1))
         t = trajectory["timesteps"][index]
         schedule = registry.diffusion(label).schedule()
-        return (Image.fromarray(trajectory["x_t"][index]), Image.fromarray(trajectory["x0"][index]),
-                Image.fromarray(trajectory["eps"][index]), schedule_figure(schedule, t))
+        return (*(upscale(Image.fromarray(trajectory[key][index])) for key in ("x_t", "x0", "eps")),
+                schedule_figure(schedule, t))
 
     @user_errors
     def noise_preview(label, image_path, mode, t, sigma_255, seed):
@@ -191,7 +200,7 @@ def build(registry: Registry, demo: gr.Blocks) -> None:
 
     gr.Markdown("### From noise to image, one step at a time\nx_t is the sample entering each step; x̂0 is the model's "
                 "guess of the clean image at that step (Ho et al. eq. 15).")
-    trajectory = gr.State({})
+    trajectory = gr.State({}, time_to_live=STATE_TTL_S)
     with gr.Row():
         model = gr.Dropdown(registry.choices("diffusion"), value=registry.default("diffusion", "ddpm-emoji"),
                             label="Model")
@@ -258,7 +267,8 @@ def build(registry: Registry, demo: gr.Blocks) -> None:
     scrub_slider.change(scrub, [model, scrub_slider, trajectory], [scrub_xt, scrub_x0, scrub_eps, schedule_plot],
                         api_name="scrub", show_progress="hidden")
     preview_inputs = [model, upload, mode, t, sigma, noise_seed]
-    t.release(noise_preview, preview_inputs, [noisy, schedule_plot], api_name="noise_preview", show_progress="hidden")
+    t.change(noise_preview, preview_inputs, [noisy, schedule_plot], api_name="noise_preview", show_progress="hidden",
+             trigger_mode="always_last")
     upload.upload(noise_preview, preview_inputs, [noisy, schedule_plot], api_visibility="private")
     mode.change(noise_preview, preview_inputs, [noisy, schedule_plot], api_visibility="private")
     estimate_button.click(estimate, upload, sigma, api_name="estimate_sigma")

@@ -1,0 +1,172 @@
+"""Load (issue 7): concurrent visitors, a soak for memory and temp-file growth, and a bounded queue.
+
+Like test_app.py, the app runs in this process on a free loopback port with the tiny random
+checkpoints of conftest.py, so the server's resident memory is this process's. The app's output
+folder is a private temporary one (other runs of the app write the shared default) with its cap
+lowered, so that the soak reaches the cap many times over.
+"""
+
+from __future__ import annotations
+
+import gc
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+gradio_client = pytest.importorskip("gradio_client")
+psutil = pytest.importorskip("psutil")
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.utils import QueueError, Status  # noqa: E402
+
+import genlab.models  # noqa: E402
+from genlab.config import parse_args  # noqa: E402
+from genlab.ui import build_app, common  # noqa: E402
+from genlab.ui.diffusion_tab import to_display  # noqa: E402
+
+VISITORS = 6
+QUEUE_SIZE = 8  # >= VISITORS, so test (a) never fills it; test (c) overfills it on purpose
+OUTPUT_CAP = 20  # common.MAX_OUTPUT_FILES while this module runs
+SOAK_CALLS, WARM_UP_CALLS = 300, 30
+RSS_GROWTH_LIMIT = 50 * 2**20
+CALL_TIMEOUT_S = 60  # no single call may hang the suite
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def make_photo(path, width: int, height: int, seed: int = 0) -> str:
+    rng = np.random.default_rng(seed)
+    base = np.linspace(0, 255, height * width * 3).reshape(height, width, 3)
+    Image.fromarray(np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)).save(path)
+    return str(path)
+
+
+def call(client: Client, *args, api_name: str):
+    return client.submit(*args, api_name=api_name).result(timeout=CALL_TIMEOUT_S)
+
+
+def pixels(path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
+
+
+@pytest.fixture(scope="module")
+def app(tiny_vq_dir, tiny_cond_ddpm_dir, tmp_path_factory):
+    """(url, vq label, diffusion label, output folder) of an app serving the tiny models."""
+    output_dir = tmp_path_factory.mktemp("genlab-outputs")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(common, "OUTPUT_DIR", output_dir)
+        patch.setattr(common, "MAX_OUTPUT_FILES", OUTPUT_CAP)
+        port = free_port()
+        config = parse_args(["--model", f"vq={tiny_vq_dir}", "--model", f"diffusion={tiny_cond_ddpm_dir}",
+                             "--port", str(port)], environ={})
+        config.queue_size = QUEUE_SIZE
+        demo = build_app(config)
+        demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                    allowed_paths=[str(output_dir)])
+        yield f"http://127.0.0.1:{port}/", str(tiny_vq_dir), str(tiny_cond_ddpm_dir), output_dir
+        demo.close()
+
+
+def test_concurrent_visitors_each_get_their_own_right_sized_results(app, tmp_path):
+    url, vq_label, dm_label, _ = app
+    widths = [40 + 2 * i for i in range(VISITORS)]  # a different size per visitor shows any mix-up
+    photos = [make_photo(tmp_path / f"photo{i}.png", width, 30, seed=i) for i, width in enumerate(widths)]
+    results: dict[int, list] = {i: [] for i in range(VISITORS)}
+    errors = []
+    start = threading.Barrier(VISITORS)
+
+    def visitor(i: int):
+        try:
+            client = Client(url, verbose=False)
+            start.wait(timeout=60)
+            for _ in range(2):
+                reconstruction = call(client, handle_file(photos[i]), vq_label, "", 512, api_name="/reconstruct")
+                sample = call(client, dm_label, "ddim", 3, i, 1, "a", 2.0, 0.0, api_name="/sample")
+                results[i].append((reconstruction, sample))
+            client.close()
+        except Exception as error:  # collected: an exception in a thread would not fail the test
+            errors.append(f"visitor {i}: {error!r}")
+
+    threads = [threading.Thread(target=visitor, args=(i,)) for i in range(VISITORS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=240)
+    assert not errors
+    assert not any(thread.is_alive() for thread in threads)
+
+    dm = genlab.models.load_diffusion(dm_label, device="cpu")
+    for i, width in enumerate(widths):
+        expected = np.asarray(to_display(dm.sample(seed=i, steps=3, scheduler="ddim", batch=1, class_label="a",
+                                                   guidance_scale=2.0, eta=0.0).trajectory.final), dtype=np.int16)
+        assert len(results[i]) == 2
+        for reconstruction, sample in results[i]:
+            original, rebuilt = reconstruction[:2]
+            assert Image.open(original).size == Image.open(rebuilt).size == (width, 30)
+            tokens = reconstruction[-1][1]
+            assert np.load(tokens, allow_pickle=False).shape == (15, width // 2)  # f = 2
+            final_xt, final_x0, status = sample[:3]
+            assert status == f"done: 3 steps, seed {i}"
+            assert Image.open(final_xt).size == (256, 256)  # 16 px sample shown at 16x
+            assert np.abs(pixels(final_xt) - expected).max() <= 1  # this visitor's seed, not another's
+
+
+def test_soak_keeps_memory_and_the_output_folder_bounded(app, tmp_path):
+    url, vq_label, dm_label, output_dir = app
+    photo = make_photo(tmp_path / "photo.png", 44, 30)
+    client = Client(url, verbose=False)
+    call(client, dm_label, "ddim", 4, 0, 1, "a", 1.0, 0.0, api_name="/sample")  # a trajectory for /scrub
+    endpoints = [
+        lambda k: call(client, handle_file(photo), vq_label, "", 512, api_name="/reconstruct"),
+        lambda k: call(client, dm_label, handle_file(photo), "clean", 10 * k % 1000, 25, k, api_name="/noise_preview"),
+        lambda k: call(client, dm_label, k % 4, api_name="/scrub"),
+        lambda k: call(client, handle_file(photo), api_name="/estimate_sigma"),
+    ]
+    process = psutil.Process()
+    rss_after_warm_up = None
+    for k in range(WARM_UP_CALLS + SOAK_CALLS):
+        if k == WARM_UP_CALLS:
+            gc.collect()
+            rss_after_warm_up = process.memory_info().rss
+        endpoints[k % len(endpoints)](k)
+    gc.collect()
+    growth = process.memory_info().rss - rss_after_warm_up
+    client.close()
+
+    assert growth < RSS_GROWTH_LIMIT, f"RSS grew by {growth / 2**20:.0f} MiB over {SOAK_CALLS} calls"
+    files_written = 2 * (WARM_UP_CALLS + SOAK_CALLS) // len(endpoints) + 2  # PNG + tokens per reconstruct
+    assert files_written > 5 * OUTPUT_CAP  # the cap was reached many times over
+    entries = list(output_dir.iterdir())
+    assert 2 <= len(entries) <= OUTPUT_CAP  # the newest outputs stay, the oldest go
+
+
+def test_queue_is_bounded(app):
+    assert parse_args([], environ={}).queue_size > 0  # the app's default config bounds the queue too
+    url, _, dm_label, _ = app
+    client = Client(url, verbose=False)
+    # Long runs (1000 DDPM steps): one runs, QUEUE_SIZE wait, the rest must be turned away.
+    jobs = [client.submit(dm_label, "ddpm", 1000, k, 1, "a", 2.0, 0.0, api_name="/sample")
+            for k in range(QUEUE_SIZE + 6)]
+    deadline = time.monotonic() + CALL_TIMEOUT_S
+    while any(not job.done() and job.status().code == Status.STARTING for job in jobs):
+        assert time.monotonic() < deadline, "the server answered not every submission"
+        time.sleep(0.05)
+    rejected = [job for job in jobs if job.done() and isinstance(job.exception(), QueueError)]
+    accepted = [job for job in jobs if job not in rejected]
+    for job in accepted:
+        job.cancel()
+    for job in accepted:
+        while not job.done():
+            assert time.monotonic() < deadline + CALL_TIMEOUT_S, "a cancelled run kept going"
+            time.sleep(0.05)
+    client.close()
+
+    assert len(rejected) >= 1
+    assert len(accepted) <= QUEUE_SIZE + 2  # one running, QUEUE_SIZE waiting, one more if a run ended early

@@ -1,0 +1,87 @@
+"""VQ operations beyond the basic API: odd input modes, edit locality, large-codebook atlas cap."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import genlab
+from genlab.vq import ATLAS_PAGE_SIZE
+
+from conftest import build_vq
+
+
+def photo(size=(64, 48), seed=0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: size[1], : size[0]]
+    base = np.stack([xx * 255 / size[0], yy * 255 / size[1], np.full_like(xx, 128.0)], -1)
+    return Image.fromarray(np.clip(base + rng.normal(0, 10, base.shape), 0, 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "LA", "P", "I;16"])
+def test_reconstruct_accepts_every_mode_as_rgb(tiny_vq, mode):
+    image = photo().convert("RGBA") if mode in ("RGBA", "LA") else photo()
+    if mode == "I;16":
+        array = (np.asarray(photo().convert("L"), np.uint16) * 257)
+        image = Image.fromarray(array, mode="I;16")
+    else:
+        image = image.convert(mode)
+    result = tiny_vq.reconstruct(image)
+    assert result.image.mode == "RGB" and result.image.size == (64, 48)
+    assert result.input.mode == "RGB"
+
+
+def test_transparent_pixels_become_white_before_encoding(tiny_vq):
+    image = Image.new("RGBA", (32, 32), (10, 200, 30, 0))
+    result = tiny_vq.reconstruct(image)
+    assert np.all(np.asarray(result.input) == 255)
+
+
+def test_large_input_is_downscaled_and_reported(tiny_vq):
+    result = tiny_vq.reconstruct(photo((1200, 300)), max_side=256)
+    assert result.input.size == (256, 64) and result.image.size == (256, 64)
+    assert result.resized_from == (1200, 300)
+
+
+def test_token_edit_changes_pixels_only_near_the_edited_cells(tiny_vq):
+    """Replace one 2x2 block of tokens in a 32x32 grid; measure where the decoded pixels change.
+
+    The decoder's GroupNorm uses image-wide statistics, so far pixels may move a little; the
+    change must be concentrated around the edit (within the decoder's receptive field).
+    """
+    f = tiny_vq.downsample_factor
+    indices = tiny_vq.indices_of(photo((32 * f, 32 * f)))
+    before = np.asarray(tiny_vq.decode_indices(indices), np.float64)
+    current = int(indices[15, 15])
+    edited = tiny_vq.replace_region(indices, (15, 16), (15, 16), (current + 7) % tiny_vq.num_codes)
+    assert (edited != indices).sum() >= 1 and (edited != indices)[:15].sum() == 0
+    after = np.asarray(tiny_vq.decode_indices(edited), np.float64)
+    change = np.abs(after - before).mean(axis=-1)  # (H, W)
+    near = np.zeros_like(change, bool)
+    near[(15 - 4) * f:(17 + 4) * f, (15 - 4) * f:(17 + 4) * f] = True  # the edit plus 4 tokens around it
+    assert change[near].mean() > 5 * change[~near].mean()  # tests/test_weights.py measures the trained model
+
+
+def test_swap_and_resample_keep_other_cells(tiny_vq):
+    indices = tiny_vq.indices_of(photo())
+    a, b = (int(c) for c in np.unique(indices)[:2])
+    swapped = tiny_vq.swap_codes(indices, a, b)
+    assert np.array_equal(swapped == b, indices == a) and np.array_equal(swapped == a, indices == b)
+    usage = np.zeros(tiny_vq.num_codes, np.int64)
+    usage[3] = 1  # only code 3 can be drawn
+    resampled = tiny_vq.resample_region(indices, (0, 1), (0, 2), usage, seed=0)
+    assert np.all(resampled[:2, :3] == 3) and np.array_equal(resampled[2:], indices[2:])
+
+
+def test_atlas_of_an_8192_code_model_builds_within_its_cap(tmp_path):
+    folder = build_vq(tmp_path / "big", seed=4, num_vq_embeddings=8192, lookup_from_codebook=True)
+    vq = genlab.load_vq(folder, device="cpu")
+    assert vq.num_codes == 8192 and vq.atlas_pages() == 8192 // ATLAS_PAGE_SIZE
+    page = vq.codebook_atlas(page=3)
+    assert len(vq._patches) == ATLAS_PAGE_SIZE  # only the requested page was decoded (lazily)
+    vq.codebook_atlas(page=3)
+    assert len(vq._patches) == ATLAS_PAGE_SIZE  # and cached
+    assert page.width > 0
+    with pytest.raises(ValueError, match="page"):
+        vq.codebook_atlas(page=vq.atlas_pages())

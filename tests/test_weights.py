@@ -1,0 +1,75 @@
+"""Quality floors on the shipped weights (weights/): they load on CPU, and do what their cards say.
+
+These use the trained models, so they check behaviour a random model cannot show: reconstructions
+close to the input, edits that stay local, denoising from a small t that returns near the input,
+and emoji samples on a light background.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import genlab
+from genlab.metrics import psnr
+from genlab.models import WEIGHTS_DIR
+from genlab.ui.common import EXAMPLES_DIR
+
+
+def shipped(name: str):
+    folder = WEIGHTS_DIR / name
+    if not list(folder.glob("*.safetensors")):
+        pytest.skip(f"weights/{name} is not trained yet")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def rocket() -> Image.Image:
+    return genlab.open_image(EXAMPLES_DIR / "rocket.png")
+
+
+@pytest.mark.parametrize("name", ["vqvae-photo", "vqgan-photo"])
+def test_vq_reconstructs_a_held_out_photo(name, rocket):
+    vq = genlab.load_vq(shipped(name), device="cpu")
+    assert vq.downsample_factor == 4  # a 256x256 image becomes 64x64 tokens
+    result = vq.reconstruct(rocket)
+    assert result.indices.shape == (64, 64)
+    assert result.psnr > 20.0, f"{name}: {result.psnr:.2f} dB on rocket.png"
+    assert result.distinct_codes > 100
+
+
+@pytest.mark.parametrize("name", ["vqvae-photo", "vqgan-photo"])
+def test_token_edit_stays_local_on_the_trained_model(name, rocket):
+    vq = genlab.load_vq(shipped(name), device="cpu")
+    indices = vq.indices_of(rocket)
+    before = np.asarray(vq.decode_indices(indices), np.float64)
+    edited = vq.replace_region(indices, (30, 33), (30, 33), int(np.bincount(indices.ravel()).argmin()))
+    after = np.asarray(vq.decode_indices(edited), np.float64)
+    change = np.abs(after - before).mean(axis=-1)  # (256, 256)
+    f = vq.downsample_factor
+    near = np.zeros_like(change, bool)
+    near[(30 - 4) * f:(34 + 4) * f, (30 - 4) * f:(34 + 4) * f] = True  # 4 tokens around the 4x4 edit
+    assert change[near].mean() > 20 * change[~near].mean()
+    assert np.percentile(change[~near], 99) < 3.0  # far pixels move by under 3/255 (GroupNorm is image-wide)
+
+
+def test_emoji_samples_are_light_backgrounds_and_differ():
+    dm = genlab.load_diffusion(shipped("ddpm-emoji"), device="cpu")
+    assert dm.is_conditional and "Smileys & Emotion" in dm.classes
+    run = dm.sample(seed=0, steps=20, batch=4, class_label="Smileys & Emotion", record=False)
+    images = np.stack([np.asarray(i, np.float64) for i in run.images])  # (4, 32, 32, 3)
+    border = np.concatenate([images[:, :3].reshape(4, -1, 3), images[:, -3:].reshape(4, -1, 3)], axis=1)
+    assert border.mean() > 170, "emoji sit on a light background"
+    assert np.abs(images[0] - images[1]).mean() > 10, "different seeds in a batch give different emoji"
+
+
+def test_denoising_from_a_small_t_returns_close_to_the_input(rocket):
+    for name in ("ddpm-photo", "ddpm-emoji"):
+        if list((WEIGHTS_DIR / name).glob("*.safetensors")):
+            break
+    dm = genlab.load_diffusion(shipped(name), device="cpu")
+    image = rocket.resize((64, 64), Image.Resampling.LANCZOS)
+    run = dm.denoise(image, t=20, steps=4, seed=0)
+    assert run.psnr > 25.0, f"{name}: {run.psnr:.2f} dB after noising to t=20"
+    assert run.psnr > psnr(image, run.noisy), "the result is closer to the original than the noised input"
