@@ -375,10 +375,19 @@ class DiffusionModel:
         return self._last(self.sample_stream(*args, **kwargs))
 
     def _prepare(self, image, max_side: int):
-        from .images import limit_side, open_image, pad_to_multiple, pil_to_tensor
+        """(PIL image, padded (1, 3, H', W') pixels, (H, W)); a (1, 3, H, W) float tensor in [-1, 1]
+        is taken as is (no 8-bit rounding, e.g. exactly Gaussian-noised evaluation inputs)."""
+        from .images import limit_side, open_image, pad_to_multiple, pil_to_tensor, tensor_to_pil
 
-        image, _ = limit_side(open_image(image), max_side)
-        pixels, (height, width) = pad_to_multiple(pil_to_tensor(image), self.size_multiple)
+        if isinstance(image, torch.Tensor):
+            if image.ndim != 4 or image.shape[:2] != (1, 3):
+                raise ValueError(f"a tensor image must be (1, 3, H, W) in [-1, 1], got {tuple(image.shape)}")
+            pixels = image.float()
+            image = tensor_to_pil(pixels.clamp(-1, 1)[0])
+        else:
+            image, _ = limit_side(open_image(image), max_side)
+            pixels = pil_to_tensor(image)
+        pixels, (height, width) = pad_to_multiple(pixels, self.size_multiple)
         return image, pixels, (height, width)
 
     def check_timestep(self, t) -> int:

@@ -83,7 +83,7 @@ def eval_denoise(model: str, folder: Path, sigmas=(15, 25, 50), steps: int = 1) 
             rng = np.random.default_rng(1000 * index + sigma)
             noisy = clean + rng.normal(0, sigma / 255.0, clean.shape)  # unclipped Gaussian noise
             tensor = torch.from_numpy(noisy * 2 - 1).float().permute(2, 0, 1)[None]
-            run = dm._last(denoise_tensor_stream(dm, tensor, sigma / 255.0, steps))
+            run = dm.denoise(tensor, sigma=sigma / 255.0, steps=steps, record=False)
             ours = (run.trajectory.final[0].permute(1, 2, 0).numpy() + 1) / 2
             scores = results[sigma]
             scores["noisy"].append(psnr_float(clean, noisy))
@@ -95,19 +95,6 @@ def eval_denoise(model: str, folder: Path, sigmas=(15, 25, 50), steps: int = 1) 
         table.append(f"| {sigma} | {n:.2f} | {m:.2f} | **{g:.2f}** | **{g - m:+.2f} dB** |")
     return "\n".join(table) + (f"\n\nMean over {len(paths)} held-out photos; GenLab = {steps}-step reverse process "
                                f"(the x0 estimate at the matching timestep). Noise: seeded, unclipped Gaussian.")
-
-
-def denoise_tensor_stream(dm, noisy: torch.Tensor, sigma: float, steps: int):
-    """dm.denoise_stream for an exact float noisy image (no 8-bit rounding of the noisy input)."""
-    from .diffusion import DiffusionRun, Trajectory, set_timesteps_from, timestep_for_sigma
-    from .images import pad_to_multiple
-
-    pixels, (height, width) = pad_to_multiple(noisy, dm.size_multiple)
-    start = timestep_for_sigma(dm.alphas_cumprod, sigma)
-    sampler = dm.scheduler("ddim")
-    timesteps = set_timesteps_from(sampler, start, steps)
-    plan = dm._plan(sampler, pixels * float(dm.alphas_cumprod[start]) ** 0.5, dm.class_index(None), None, 0.0, 0)
-    return dm._stream(plan, DiffusionRun(Trajectory(), "ddim", 0, timesteps), (height, width), record=False)
 
 
 def psnr_float(clean: np.ndarray, test: np.ndarray) -> float:

@@ -61,6 +61,9 @@ def app(tiny_vq_dir, tiny_cond_ddpm_dir, tmp_path_factory):
     """(url, vq label, diffusion label, output folder) of an app serving the tiny models."""
     output_dir = tmp_path_factory.mktemp("genlab-outputs")
     with pytest.MonkeyPatch.context() as patch:
+        # gradio's cache is content-addressed and shared by every gradio process on the machine, and an
+        # app deletes the files it cached when it closes: a private cache keeps other runs out of ours.
+        patch.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio-cache")))
         patch.setattr(common, "OUTPUT_DIR", output_dir)
         patch.setattr(common, "MAX_OUTPUT_FILES", OUTPUT_CAP)
         port = free_port()

@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw
 
 from ..images import open_image
 from ..vq import VQ, index_map_image, perplexity
-from .common import Registry, SafeImage, example_images, user_errors
+from .common import OUTPUT_HEIGHT, Registry, SafeImage, example_images, user_errors
 from .plots import pca_figure, usage_figure
 
 _reference_usage: dict[str, np.ndarray] = {}
@@ -189,7 +189,8 @@ def build(registry: Registry) -> None:
             model = gr.Dropdown(registry.choices("vq"), value=registry.default("vq", "vqgan-photo"), label="Model")
             analyze_button = gr.Button("Analyze", variant="primary")
         with gr.Column(scale=2):
-            atlas = gr.Image(label="Codebook atlas (click a tile to pick its code)", format="png", interactive=False)
+            atlas = gr.Image(label="Codebook atlas (click a tile to pick its code)", format="png", interactive=False,
+                             height=480)
             page = gr.Slider(0, 1, value=0, step=1, label="Atlas page (256 codes each)")
     with gr.Row():
         stats = gr.Markdown()
@@ -198,8 +199,8 @@ def build(registry: Registry) -> None:
         pca_plot = gr.Plot(label="PCA of code vectors (colour = the code's mean colour)")
     gr.Markdown("#### Image ↔ codes: click a cell of the token grid")
     with gr.Row():
-        grid = gr.Image(label="Token grid (click a cell)", format="png", interactive=False)
-        positions = gr.Image(label="Where the code is used", format="png", interactive=False)
+        grid = gr.Image(label="Token grid (click a cell)", format="png", interactive=False, height=OUTPUT_HEIGHT)
+        positions = gr.Image(label="Where the code is used", format="png", interactive=False, height=OUTPUT_HEIGHT)
         with gr.Column():
             patch = gr.Image(label="Code patch", format="png", interactive=False, height=110)
             cell_text = gr.Markdown()
@@ -223,16 +224,16 @@ def build(registry: Registry) -> None:
         swap_button = gr.Button("Swap codes")
         reset_button = gr.Button("Reset")
     with gr.Row():
-        before = gr.Image(label="before", format="png", interactive=False)
-        after = gr.Image(label="after", format="png", interactive=False)
+        before = gr.Image(label="before", format="png", interactive=False, height=OUTPUT_HEIGHT)
+        after = gr.Image(label="after", format="png", interactive=False, height=OUTPUT_HEIGHT)
     edit_text = gr.Markdown()
     gr.Markdown("#### Interpolate between two codes")
     with gr.Row():
         first, second = gr.Number(0, label="code A", precision=0), gr.Number(1, label="code B", precision=0)
         steps = gr.Slider(2, 16, value=8, step=1, label="steps")
         interpolate_button = gr.Button("Interpolate")
-    blends = gr.Gallery(label="decoded blends (1-a) e_A + a e_B", columns=8, height=180)
-    snapped = gr.Gallery(label="the code each blend snaps to", columns=8, height=180)
+    blends = gr.Gallery(label="decoded blends (1-a) e_A + a e_B", columns=8, height="auto", format="png")
+    snapped = gr.Gallery(label="the code each blend snaps to", columns=8, height="auto", format="png")
 
     analyze_button.click(analyze, [image, model, page],
                          [atlas, page, usage_plot, stats, pca_plot, grid, positions, state],

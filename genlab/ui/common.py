@@ -17,6 +17,7 @@ from ..images import InputError
 from ..models import ModelLoadError, ModelSpec
 
 log = logging.getLogger("genlab")
+OUTPUT_HEIGHT = 256  # output images get a fixed height so small results are not squashed under their labels
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "examples"
 NOT_TRAINED = "not trained yet"
 
@@ -114,12 +115,13 @@ class Registry:
         return [(f"{label} ({NOT_TRAINED})" if self.status.get(label) == NOT_TRAINED else label, label)
                 for label in table]
 
-    def default(self, kind: str, prefer: str | None = None) -> str | None:
+    def default(self, kind: str, prefer: str | None = None, exclude: str | None = None) -> str | None:
+        """The preferred model if trained, else the first trained one (never `exclude`)."""
         table = self.config.vq_models if kind == "vq" else self.config.diffusion_models
-        trained = [label for label in table if self.status.get(label) != NOT_TRAINED]
+        trained = [label for label in table if self.status.get(label) != NOT_TRAINED and label != exclude]
         if prefer in trained:
             return prefer
-        return trained[0] if trained else next(iter(table), None)
+        return trained[0] if trained else None
 
 
 OUTPUT_DIR = Path(tempfile.gettempdir()) / "genlab-outputs"

@@ -16,7 +16,7 @@ from skimage.restoration import denoise_nl_means
 from ..diffusion import DiffusionRun, Step, estimate_sigma
 from ..images import image_grid, open_image, tensor_to_uint8
 from ..metrics import psnr
-from .common import Registry, SafeImage, example_images, file_stem, save_output, user_errors
+from .common import OUTPUT_HEIGHT, Registry, SafeImage, example_images, file_stem, save_output, user_errors
 from .plots import schedule_figure
 
 SCHEDULER_CHOICES = [("DDPM", "ddpm"), ("DDIM", "ddim"), ("DPM-Solver++", "dpm++")]
@@ -218,8 +218,8 @@ def build(registry: Registry, demo: gr.Blocks) -> None:
             stop_button = gr.Button("Stop", variant="stop")
         status = gr.Markdown()
         with gr.Row():
-            live_xt = gr.Image(label="x_t (live)", format="png", interactive=False)
-            live_x0 = gr.Image(label="x̂0 (live)", format="png", interactive=False)
+            live_xt = gr.Image(label="x_t (live)", format="png", interactive=False, height=OUTPUT_HEIGHT)
+            live_x0 = gr.Image(label="x̂0 (live)", format="png", interactive=False, height=OUTPUT_HEIGHT)
     with gr.Tab("Denoise an upload"):
         with gr.Row():
             with gr.Column():
@@ -230,15 +230,15 @@ def build(registry: Registry, demo: gr.Blocks) -> None:
                                  ("My photo is already noisy: give sigma", "noisy")], value="clean", label="Mode")
                 t = gr.Slider(0, 999, value=250, step=1, label="t (forward-noise the image to this timestep)")
                 with gr.Row():
-                    sigma = gr.Slider(0, 100, value=25, step=0.5, label="sigma (0-255 units)")
-                    estimate_button = gr.Button("Estimate sigma")
+                    sigma = gr.Slider(0, 100, value=25, step=0.5, label="sigma (0-255 units)", visible=False)
+                    estimate_button = gr.Button("Estimate sigma", visible=False)
                 denoise_steps = gr.Number(None, label="Steps (empty = default)", precision=0, minimum=1)
                 noise_seed = gr.Number(0, label="Noise seed", precision=0, minimum=0)
                 denoise_button = gr.Button("Denoise from here", variant="primary")
         with gr.Row():
-            noisy = gr.Image(label="x_t = q(x_t | x_0) (no model call)", format="png", interactive=False)
-            denoised = gr.Image(label="GenLab (reverse process)", format="png", interactive=False)
-            baseline = gr.Image(label="scikit-image non-local means, same sigma", format="png", interactive=False)
+            noisy = gr.Image(label="x_t = q(x_t | x_0) (no model call)", format="png", interactive=False, height=OUTPUT_HEIGHT)
+            denoised = gr.Image(label="GenLab (reverse process)", format="png", interactive=False, height=OUTPUT_HEIGHT)
+            baseline = gr.Image(label="scikit-image non-local means, same sigma", format="png", interactive=False, height=OUTPUT_HEIGHT)
         denoise_text = gr.Markdown()
     with gr.Tab("Compare samplers"):
         with gr.Row():
@@ -246,14 +246,15 @@ def build(registry: Registry, demo: gr.Blocks) -> None:
                                         label="Same initial noise through 2-4 settings")
             compare_seed = gr.Number(0, label="Seed", precision=0, minimum=0)
             compare_button = gr.Button("Compare", variant="primary")
-        gallery = gr.Gallery(label="Same noise, different samplers", columns=4, height=300)
-    gr.Markdown("#### Scrub the last run (no recomputation)")
+        gallery = gr.Gallery(label="Same noise, different samplers", columns=4, height="auto", format="png",
+                             object_fit="contain")
+    gr.Markdown("#### Scrub the last sample or denoise run (no recomputation)")
     with gr.Row():
         scrub_slider = gr.Slider(0, 1, value=0, step=1, label="step", interactive=True)
     with gr.Row():
-        scrub_xt = gr.Image(label="x_t", format="png", interactive=False)
-        scrub_x0 = gr.Image(label="x̂0", format="png", interactive=False)
-        scrub_eps = gr.Image(label="ε̂ (predicted noise)", format="png", interactive=False)
+        scrub_xt = gr.Image(label="x_t", format="png", interactive=False, height=OUTPUT_HEIGHT)
+        scrub_x0 = gr.Image(label="x̂0", format="png", interactive=False, height=OUTPUT_HEIGHT)
+        scrub_eps = gr.Image(label="ε̂ (predicted noise)", format="png", interactive=False, height=OUTPUT_HEIGHT)
         schedule_plot = gr.Plot(label="Noise schedule")
     downloads = gr.File(label="Downloads (PNG, GIF; MP4 when ffmpeg is installed)", file_count="multiple",
                         interactive=False)
@@ -264,8 +265,11 @@ def build(registry: Registry, demo: gr.Blocks) -> None:
         [live_xt, live_x0, status, trajectory, scrub_slider, schedule_plot, downloads],
         api_name="sample", concurrency_id="heavy")
     stop_button.click(None, None, None, cancels=[sample_event], api_visibility="private")
+    scrub_inputs, scrub_outputs = [model, scrub_slider, trajectory], [scrub_xt, scrub_x0, scrub_eps, schedule_plot]
+    sample_event.success(scrub, scrub_inputs, scrub_outputs, api_name="scrub_after_sample", api_visibility="private",
+                         show_progress="hidden")
     scrub_slider.change(scrub, [model, scrub_slider, trajectory], [scrub_xt, scrub_x0, scrub_eps, schedule_plot],
-                        api_name="scrub", show_progress="hidden")
+                        api_name="scrub", show_progress="hidden", trigger_mode="always_last")
     preview_inputs = [model, upload, mode, t, sigma, noise_seed]
     t.change(noise_preview, preview_inputs, [noisy, schedule_plot], api_name="noise_preview", show_progress="hidden",
              trigger_mode="always_last")
@@ -277,6 +281,10 @@ def build(registry: Registry, demo: gr.Blocks) -> None:
         [denoised, baseline, denoise_text, trajectory, scrub_slider, downloads], api_name="denoise",
         concurrency_id="heavy")
     stop_button.click(None, None, None, cancels=[denoise_event], api_visibility="private")
+    denoise_event.success(scrub, scrub_inputs, scrub_outputs, api_name="scrub_after_denoise", api_visibility="private",
+                          show_progress="hidden")
+    mode.change(lambda m: (gr.Slider(visible=m == "clean"), gr.Slider(visible=m == "noisy"), gr.Button(visible=m == "noisy")),
+                mode, [t, sigma, estimate_button], api_visibility="private")
     compare_button.click(compare, [model, settings, compare_seed, class_name, guidance], gallery,
                          api_name="compare", concurrency_id="heavy")
     demo.load(class_update, model, [class_name, guidance], api_visibility="private")

@@ -9,9 +9,10 @@ import pandas as pd
 from .. import metrics
 from ..images import open_image
 from ..vq import heatmap_image, index_map_image
-from .common import Registry, SafeImage, example_images, file_stem, save_output, user_errors
+from .common import OUTPUT_HEIGHT, Registry, SafeImage, example_images, file_stem, save_output, user_errors
 
-METRIC_ROWS = ("PSNR (dB)", "SSIM", "bits per pixel", "compression vs 24-bit RGB", "distinct codes used", "latency (ms)")
+METRIC_ROWS = ("PSNR (dB)", "SSIM", "bits per pixel", "compression vs 24-bit RGB", "distinct codes used (JPEG: quality)",
+               "latency (ms)")
 
 
 def reconstruct_one(registry: Registry, label: str, image, max_side: int):
@@ -28,9 +29,8 @@ def reconstruct_one(registry: Registry, label: str, image, max_side: int):
 
 def jpeg_column(image, bpp: float):
     jpeg = metrics.jpeg_at_bpp(image, bpp)
-    note = "" if jpeg.within_budget else " (quality 1 still exceeds the rate)"
     return jpeg, [round(jpeg.psnr, 2), round(metrics.ssim(image, jpeg.image), 4), round(jpeg.bits_per_pixel, 4),
-                  f"{24 / jpeg.bits_per_pixel:.1f}x", f"quality {jpeg.quality}{note}", "-"]
+                  f"{24 / jpeg.bits_per_pixel:.1f}x", f"quality {jpeg.quality}", "-"]
 
 
 def build(registry: Registry) -> None:
@@ -51,7 +51,8 @@ def build(registry: Registry) -> None:
             columns.append(compare_column)
         progress(0.8, desc="JPEG at the same bit rate")
         jpeg, jpeg_values = jpeg_column(result.input, result.bits_per_pixel)
-        headers.append("JPEG (same bpp or less)")
+        headers.append("JPEG at <= the same bpp" if jpeg.within_budget else
+                       "JPEG at quality 1 (cannot go as low as the model's bpp)")
         columns.append(jpeg_values)
         table = pd.DataFrame([[name, *map(str, values)] for name, *values in zip(METRIC_ROWS, *columns)],
                              columns=headers)
@@ -72,23 +73,24 @@ def build(registry: Registry) -> None:
             image = SafeImage(label="Image (PNG, JPEG, WebP, BMP, GIF, TIFF)", type="filepath", height=256)
             gr.Examples(example_images(), inputs=image, label="Examples (held-out photos and Noto Emoji; see assets/CREDITS.md)")
         with gr.Column(scale=1):
-            model = gr.Dropdown(registry.choices("vq"), value=registry.default("vq", "vqvae-photo"), label="Model")
-            compare = gr.Dropdown([("(none)", "")] + registry.choices("vq"), value=registry.default("vq", "vqgan-photo") or "",
-                                  label="Compare with")
+            first = registry.default("vq", "vqvae-photo")
+            model = gr.Dropdown(registry.choices("vq"), value=first, label="Model")
+            compare = gr.Dropdown([("(none)", "")] + registry.choices("vq"),
+                                  value=registry.default("vq", "vqgan-photo", exclude=first) or "", label="Compare with")
             max_side = gr.Slider(32, 1024, value=512, step=32, label="Max side (larger uploads are downscaled)")
             run = gr.Button("Reconstruct", variant="primary")
             note = gr.Markdown()
     with gr.Row():
-        original = gr.Image(label="original", format="png", interactive=False)
-        rec = gr.Image(label="reconstruction", format="png", interactive=False)
-        error = gr.Image(label="absolute error", format="png", interactive=False)
-        tokens = gr.Image(label="token indices (codes as colours)", format="png", interactive=False)
+        original = gr.Image(label="original", format="png", interactive=False, height=OUTPUT_HEIGHT)
+        rec = gr.Image(label="reconstruction", format="png", interactive=False, height=OUTPUT_HEIGHT)
+        error = gr.Image(label="absolute error", format="png", interactive=False, height=OUTPUT_HEIGHT)
+        tokens = gr.Image(label="token indices (codes as colours)", format="png", interactive=False, height=OUTPUT_HEIGHT)
     with gr.Row():
         gr.Markdown("**Compare model** →")
-        rec_b = gr.Image(label="reconstruction (compare)", format="png", interactive=False)
-        error_b = gr.Image(label="absolute error (compare)", format="png", interactive=False)
-        tokens_b = gr.Image(label="token indices (compare)", format="png", interactive=False)
-        jpeg = gr.Image(label="JPEG at the same bits per pixel", format="png", interactive=False)
+        rec_b = gr.Image(label="reconstruction (compare)", format="png", interactive=False, height=OUTPUT_HEIGHT)
+        error_b = gr.Image(label="absolute error (compare)", format="png", interactive=False, height=OUTPUT_HEIGHT)
+        tokens_b = gr.Image(label="token indices (compare)", format="png", interactive=False, height=OUTPUT_HEIGHT)
+        jpeg = gr.Image(label="JPEG at the same bits per pixel", format="png", interactive=False, height=OUTPUT_HEIGHT)
     table = gr.Dataframe(headers=["metric"], label="Metrics", interactive=False)
     downloads = gr.File(label="Downloads: reconstruction (PNG) and token grid (.npy)", file_count="multiple",
                         interactive=False)
