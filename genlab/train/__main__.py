@@ -64,6 +64,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     # architecture
     parser.add_argument("--channels", help="block_out_channels, comma separated")
     parser.add_argument("--layers-per-block", type=int)
+    parser.add_argument("--norm-groups", type=int, default=None,
+                        help="GroupNorm groups (default: most groups with >= 4 channels each); with --init, overrides its config")
     # VQ
     parser.add_argument("--codes", type=int, help="codebook size K")
     parser.add_argument("--code-dim", type=int, help="code vector dimension (vq_embed_dim)")
@@ -105,7 +107,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def norm_groups(channels) -> int:
-    return math.gcd(*channels, 32)
+    """The most GroupNorm groups (<= 32) that divide every width while keeping >= 4 channels per group.
+
+    One channel per group is InstanceNorm: it removes each channel's mean over the image, i.e. the
+    absolute colour a small network needs to carry (seen as colour shifts with 16 groups of 16).
+    """
+    return max(g for g in range(1, 33) if all(c % g == 0 for c in channels) and min(channels) // g >= 4)
+
+
+def init_overrides(args) -> dict:
+    """Config overrides applied when starting from --init (e.g. a corrected norm_num_groups)."""
+    return {"norm_num_groups": args.norm_groups} if args.norm_groups else {}
 
 
 # ------------------------------------------------------------------------------------ VQ
@@ -114,13 +126,14 @@ def build_vq(args) -> VQModel:
     return VQModel(
         down_block_types=("DownEncoderBlock2D",) * count, up_block_types=("UpDecoderBlock2D",) * count,
         block_out_channels=args.channels, layers_per_block=args.layers_per_block, latent_channels=args.code_dim,
-        vq_embed_dim=args.code_dim, num_vq_embeddings=args.codes, norm_num_groups=norm_groups(args.channels),
+        vq_embed_dim=args.code_dim, num_vq_embeddings=args.codes,
+        norm_num_groups=args.norm_groups or norm_groups(args.channels),
         mid_block_add_attention=False, sample_size=args.crop,
     )
 
 
 def train_vq(args, accelerator: Accelerator, data: common.ImageFolder, state: common.RunState) -> None:
-    model = VQModel.from_pretrained(args.init) if args.init else build_vq(args)
+    model = VQModel.from_pretrained(args.init, **init_overrides(args)) if args.init else build_vq(args)
     checkpoint = args.run_dir / "checkpoint"
     if args.resume and (checkpoint / "model").exists():
         model = VQModel.from_pretrained(checkpoint / "model")
@@ -254,7 +267,7 @@ def build_unet(args, num_classes: int) -> UNet2DModel:
     up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention))
     return UNet2DModel(
         sample_size=args.sample_size, block_out_channels=args.channels, layers_per_block=args.layers_per_block,
-        down_block_types=down, up_block_types=up, norm_num_groups=norm_groups(args.channels),
+        down_block_types=down, up_block_types=up, norm_num_groups=args.norm_groups or norm_groups(args.channels),
         add_attention=any(attention), attention_head_dim=32,
         num_class_embeds=num_classes + 1 if num_classes else None,  # the last class is "no label" (CFG)
     )
@@ -273,8 +286,8 @@ def train_ddpm(args, accelerator: Accelerator, data: common.ImageFolder, state: 
     if resuming:
         unet, ema_start = UNet2DModel.from_pretrained(checkpoint / "model"), UNet2DModel.from_pretrained(checkpoint / "ema")
     elif args.init:
-        unet = UNet2DModel.from_pretrained(args.init)
-        ema_start = UNet2DModel.from_pretrained(args.init)
+        unet = UNet2DModel.from_pretrained(args.init, **init_overrides(args))
+        ema_start = UNet2DModel.from_pretrained(args.init, **init_overrides(args))
     else:
         unet = build_unet(args, len(classes))
         ema_start = None
