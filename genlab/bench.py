@@ -9,7 +9,13 @@ Rows, all on one device (CUDA when available, else CPU; `--device` overrides) an
   atlas page, cold            `VQ.codebook_atlas(page=0)` on a fresh VQ object (empty patch cache)
   sampling step / loop ratio  GenLab's recorded DDIM loop against diffusers' `DDIMPipeline` on the
                               same UNet, steps, batch and noise; repeats interleaved, medians
-  first streamed frame        `/sample` through gradio_client on an in-process app, submit to first frame
+  first streamed frame        `/sample` through gradio_client on that same app.py server, from submit to
+                              the first intermediate frame (each job is then cancelled)
+
+The first-frame rows talk to a server in its own process, as a browser does. A server launched
+in this process would share the client's GIL: while it streams a frame every few milliseconds
+(batch 1 on CPU), the client thread waits for the GIL and the first frame appears several times
+later than a real visitor sees it.
 
 Each timed value is the median of the repeats. Embedded models that are not trained yet give
 "n/a" rows instead of failing the run. Timings taken while other jobs use the CPU are inflated:
@@ -36,6 +42,7 @@ import torch
 
 from . import models
 from .models import EMBEDDED, WEIGHTS_DIR
+from .vq import ATLAS_PAGE_SIZE
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_PHOTO = Path(__file__).resolve().parent / "assets" / "examples" / "rocket.png"
@@ -102,28 +109,32 @@ def example_photo(side: int):
 
 
 # --------------------------------------------------------------------------------- rows
-def app_start_seconds(device: torch.device, timeout_s: float = 120.0) -> float:
-    """Spawn the app as a user would and poll its page until it answers 200."""
+@contextlib.contextmanager
+def serving_app(device: torch.device, timeout_s: float = 120.0):
+    """Start `python app.py` as a user would; yields (url, seconds until its page answered 200)."""
     port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
     command = [sys.executable, "app.py", "--port", str(port), "--device", device.type]
+    url = f"http://127.0.0.1:{port}/"
     with tempfile.TemporaryFile() as log:
         start = time.perf_counter()
         process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
-            while time.perf_counter() - start < timeout_s:
+            while True:
                 if process.poll() is not None:
                     log.seek(0)
                     tail = log.read().decode(errors="replace").strip().splitlines()[-3:]
-                    raise RuntimeError(f"app.py exited with code {process.returncode}: {' | '.join(tail)}")
+                    raise RuntimeError(f"app.py exited with code {process.returncode}: {' / '.join(tail)}")
+                if time.perf_counter() - start > timeout_s:
+                    raise TimeoutError(f"app.py did not serve within {timeout_s:.0f} s")
                 try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as response:
+                    with urllib.request.urlopen(url, timeout=2) as response:
                         if response.status == 200:
-                            return time.perf_counter() - start
+                            break
                 except OSError:  # not listening yet (connection refused, reset, timeout)
                     pass
                 time.sleep(0.05)
-            raise TimeoutError(f"app.py did not serve within {timeout_s:.0f} s")
+            yield url, time.perf_counter() - start
         finally:
             process.terminate()
             try:
@@ -182,8 +193,8 @@ class NullClassUNet(torch.nn.Module):
     """The UNet with class_labels fixed to the null class, so that DDIMPipeline, which calls
     `unet(sample, t)`, runs the same unconditional model GenLab runs for class_label=None.
 
-    Its own cost per step is one `torch.full` of B labels (microseconds), negligible against a
-    UNet call, so the loop ratio measures the two loops, not this wrapper.
+    Its own cost per step, one more module call and a `torch.full` of B labels (tens of
+    microseconds), is negligible against a UNet call, so the loop ratio measures the two loops.
     """
 
     def __init__(self, unet, null_class: int):
@@ -233,53 +244,40 @@ def sampling_loop(dm, device: torch.device, repeats: int) -> dict:
             "max_diff": float(np.abs(ours - results["pipeline"][0]).max())}
 
 
-def first_frame_ms(dm, device: torch.device, repeats: int, batches=(1, 16)) -> dict[int, float]:
-    """Submit /sample on an in-process app (UI defaults: DDIM 50, first class, guidance 3) and time
-    the first streamed frame; each job is cancelled once its first frame arrived."""
+def first_frame_ms(url: str, dm, repeats: int, batches=(1, 16)) -> dict[int, float]:
+    """Submit /sample with the UI's defaults (DDIM 50, first class, guidance 3) and time the first
+    streamed frame; each job is cancelled once that frame arrived."""
     from gradio_client import Client
 
-    from .config import parse_args
-    from .ui import build_app
-    from .ui.common import OUTPUT_DIR
-
-    port = free_port()
-    config = parse_args(["--port", str(port), "--device", device.type], environ={})
-    demo = build_app(config)
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                allowed_paths=[str(OUTPUT_DIR)])
     class_name = dm.classes[0] if dm.is_conditional else ""
-    # The server shares this process (and its GIL) with the client, as in the app tests.
+    client = Client(url, verbose=False)
+
+    def first_frame(batch: int) -> float:
+        start = time.perf_counter()
+        job = client.submit(DIFFUSION_MODEL, "ddim", SAMPLE_STEPS, 0, batch, class_name, 3.0, 0.0, api_name="/sample")
+        try:
+            next(iter(job))
+        except StopIteration:
+            job.result()  # raises the server's error; a run without frames is a failure too
+            raise RuntimeError("/sample finished without streaming a frame") from None
+        elapsed = time.perf_counter() - start
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "cancelling also cancels /denoise": nothing else runs
+            job.cancel()
+        deadline = time.perf_counter() + 60
+        while not job.done() and time.perf_counter() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)  # let the server finish the cancelled step before the next submit
+        return elapsed
+
     try:
-        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-
-        def first_frame(batch: int) -> float:
-            start = time.perf_counter()
-            job = client.submit(DIFFUSION_MODEL, "ddim", SAMPLE_STEPS, 0, batch, class_name, 3.0, 0.0,
-                                api_name="/sample")
-            try:
-                next(iter(job))
-            except StopIteration:
-                job.result()  # raises the server's error; a run without frames is a failure too
-                raise RuntimeError("/sample finished without streaming a frame") from None
-            elapsed = time.perf_counter() - start
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # "cancelling also cancels /denoise": nothing else runs
-                job.cancel()
-            deadline = time.perf_counter() + 60
-            while not job.done() and time.perf_counter() < deadline:
-                time.sleep(0.01)
-            time.sleep(0.2)  # let the server finish the cancelled step before the next submit
-            return elapsed
-
         results = {}
         for batch in batches:
-            first_frame(batch)  # warm-up: this batch size's first UNet call
+            first_frame(batch)  # warm-up: model load, this batch size's first UNet call
             results[batch] = 1000 * statistics.median(first_frame(batch) for _ in range(repeats))
-        client.close()
         return results
     finally:
-        with contextlib.redirect_stdout(sys.stderr):  # gradio prints "Closing server ..."; stdout is the table's
-            demo.close()
+        client.close()
 
 
 # --------------------------------------------------------------------------------- table
@@ -297,53 +295,64 @@ def failure(error: Exception) -> str:
     return f"n/a ({type(error).__name__}: {str(error)[:80]})"
 
 
+ROW_ORDER = ["start", "rss", "rec256", "rec512", "atlas", "step", "ratio", "first_frame", "first_frame_ui"]
+
+
 def run(device: torch.device, repeats: int) -> list[list[str]]:
-    rows = []
+    rows: dict[str, list[str]] = {}
 
     try:
         memory = resident_memory(device)
         skipped = f"; {', '.join(memory['missing'])} not trained" if memory["missing"] else ""
         gpu = f" + {memory['gpu_mb']:.0f} MB GPU" if device.type == "cuda" else ""
-        rows.append(row(f"resident memory: {', '.join(memory['loaded']) or 'no models'} + app{skipped}",
-                        memory["rss_mb"], "rss", " MB" + gpu, "{:.0f}"))
+        rows["rss"] = row(f"resident memory: {', '.join(memory['loaded']) or 'no models'} + app{skipped}",
+                          memory["rss_mb"], "rss", " MB" + gpu, "{:.0f}")
     except Exception as error:
-        rows.append(row("resident memory, every embedded model + app", failure(error), "rss"))
-    # After the probe, so that both cold-start costs are not paid here: a warm page cache, as on a re-start.
-    try:
-        rows.append(row("app start to serving (`python app.py`)", app_start_seconds(device), "start", " s", "{:.2f}"))
-    except Exception as error:
-        rows.append(row("app start to serving (`python app.py`)", failure(error), "start"))
+        rows["rss"] = row("resident memory, every embedded model + app", failure(error), "rss")
 
+    frame_names = {1: "first streamed frame, /sample via gradio_client (batch 1, guidance 3)",
+                   16: "first streamed frame, /sample via gradio_client (batch 16, the UI default, guidance 3)"}
+    frame_keys = {1: ("first_frame", "first_frame"), 16: ("first_frame_ui", None)}  # row, target
+    # After the memory probe, so the start does not pay the cold page cache alone: a re-start.
+    try:
+        with serving_app(device) as (url, start_s):
+            rows["start"] = row("app start to serving (`python app.py`)", start_s, "start", " s", "{:.2f}")
+            try:
+                dm = load_embedded(DIFFUSION_MODEL, device)  # its class names, as the UI's dropdown shows
+                for batch, ms in first_frame_ms(url, dm, repeats).items():
+                    key, target = frame_keys[batch]
+                    rows[key] = row(frame_names[batch], ms, target, " ms", "{:.0f}")
+            except Exception as error:
+                for batch, (key, target) in frame_keys.items():
+                    rows[key] = row(frame_names[batch], failure(error), target)
+    except Exception as error:
+        rows["start"] = row("app start to serving (`python app.py`)", failure(error), "start")
+        for batch, (key, target) in frame_keys.items():
+            rows.setdefault(key, row(frame_names[batch], failure(error), target))
+
+    rec_names = {"rec256": f"reconstruction 256² ({VQ_MODEL})", "rec512": f"reconstruction 512² ({VQ_MODEL})",
+                 "atlas": f"atlas page 0, cold ({VQ_MODEL})"}
     try:
         vq = load_embedded(VQ_MODEL, device)
-        rows.append(row(f"reconstruction 256² ({VQ_MODEL})", reconstruction_ms(vq, 256, device, repeats), "rec256", " ms"))
-        rows.append(row(f"reconstruction 512² ({VQ_MODEL})", reconstruction_ms(vq, 512, device, repeats), None, " ms"))
-        rows.append(row(f"atlas page 0, cold ({vq.num_codes} codes, {min(256, vq.num_codes)} tiles)",
-                        atlas_cold_ms(vq, device, repeats), None, " ms"))
+        rows["rec256"] = row(rec_names["rec256"], reconstruction_ms(vq, 256, device, repeats), "rec256", " ms")
+        rows["rec512"] = row(rec_names["rec512"], reconstruction_ms(vq, 512, device, repeats), None, " ms")
+        rows["atlas"] = row(f"atlas page 0, cold ({VQ_MODEL}: {vq.num_codes} codes, "
+                            f"{min(ATLAS_PAGE_SIZE, vq.num_codes)} tiles)", atlas_cold_ms(vq, device, repeats), None, " ms")
     except Exception as error:
-        for name, key in (("reconstruction 256²", "rec256"), ("reconstruction 512²", None), ("atlas page 0, cold", None)):
-            rows.append(row(f"{name} ({VQ_MODEL})", failure(error), key))
+        for key, name in rec_names.items():
+            rows.setdefault(key, row(name, failure(error), "rec256" if key == "rec256" else None))
 
+    step_name = f"sampling step ({DIFFUSION_MODEL}, DDIM {SAMPLE_STEPS}, batch 1, unconditional)"
     try:
         dm = load_embedded(DIFFUSION_MODEL, device)
         loop = sampling_loop(dm, device, repeats)
-        rows.append(row(f"sampling step ({DIFFUSION_MODEL}, DDIM {SAMPLE_STEPS}, batch 1, unconditional)",
-                        loop["step_ms"], None, " ms"))
-        rows.append(row(f"loop ratio GenLab record=True / DDIMPipeline (same image: max abs diff {loop['max_diff']:.1e})",
-                        loop["ratio"], "ratio", "", "{:.3f}"))
+        rows["step"] = row(step_name, loop["step_ms"], None, " ms")
+        rows["ratio"] = row(f"loop ratio GenLab record=True / DDIMPipeline (same image: max abs diff "
+                            f"{loop['max_diff']:.1e})", loop["ratio"], "ratio", "", "{:.3f}")
     except Exception as error:
-        rows.append(row(f"sampling step ({DIFFUSION_MODEL}, DDIM {SAMPLE_STEPS}, batch 1)", failure(error)))
-        rows.append(row("loop ratio GenLab / DDIMPipeline", failure(error), "ratio"))
-
-    try:
-        dm = load_embedded(DIFFUSION_MODEL, device)
-        for batch, ms in first_frame_ms(dm, device, repeats).items():
-            label = "batch 1" if batch == 1 else f"batch {batch} (UI default)"
-            rows.append(row(f"first streamed frame, /sample via gradio_client ({label}, guidance 3)", ms,
-                            "first_frame" if batch == 1 else None, " ms", "{:.0f}"))
-    except Exception as error:
-        rows.append(row("first streamed frame, /sample via gradio_client", failure(error), "first_frame"))
-    return rows
+        rows["step"] = row(step_name, failure(error))
+        rows["ratio"] = row("loop ratio GenLab record=True / DDIMPipeline", failure(error), "ratio")
+    return [rows[key] for key in ROW_ORDER]
 
 
 def markdown(rows: list[list[str]]) -> str:
@@ -354,7 +363,7 @@ def markdown(rows: list[list[str]]) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m genlab.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available, else cpu")
-    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per row (default 5, 2 with --quick)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per row (default 5, 3 with --quick)")
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     parser.add_argument("--memory-probe", action="store_true", help=argparse.SUPPRESS)  # the RSS row's subprocess
     args = parser.parse_args(argv)
@@ -362,7 +371,7 @@ def main(argv=None) -> None:
     if args.memory_probe:
         print(json.dumps(memory_probe(device.type)))
         return
-    repeats = args.repeats or (2 if args.quick else 5)
+    repeats = args.repeats or (3 if args.quick else 5)
     if repeats < 1:
         parser.error(f"--repeats must be at least 1, got {repeats}")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")

@@ -18,9 +18,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 
 # No test may reach the Hub; set before anything imports huggingface_hub, which reads it at import.
 os.environ["HF_HUB_OFFLINE"] = "1"
+# gradio's file cache is shared between processes and emptied when an app closes: give each test
+# session its own, so parallel runs (or a running app) cannot delete each other's files.
+os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="genlab-test-gradio-")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

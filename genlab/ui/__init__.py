@@ -12,7 +12,7 @@ import gradio as gr
 from .. import models
 from ..config import AppConfig
 from . import codebook_tab, diffusion_tab, reconstruct_tab
-from .common import OUTPUT_DIR, Registry
+from .common import OUTPUT_DIR, Registry, install_atomic_image_cache
 
 HEAVY_CONCURRENCY = 1
 
@@ -27,6 +27,7 @@ def status_markdown(registry: Registry) -> str:
 
 def build_app(config: AppConfig) -> gr.Blocks:
     models.DEFAULT_DEVICE = config.device
+    install_atomic_image_cache()
     registry = Registry(config)
     with gr.Blocks(title="GenLab", delete_cache=(900, 3600)) as demo:
         gr.Markdown("# GenLab\nVQ-VAE, VQGAN and diffusion models, opened up: reconstruct, explore the codebook, "

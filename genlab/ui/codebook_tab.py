@@ -195,8 +195,8 @@ def build(registry: Registry) -> None:
     with gr.Row():
         stats = gr.Markdown()
     with gr.Row():
-        usage_plot = gr.Plot(label="Usage")
-        pca_plot = gr.Plot(label="PCA of code vectors (colour = the code's mean colour)")
+        usage_plot = gr.Image(label="Usage", format="png", interactive=False)
+        pca_plot = gr.Image(label="PCA of code vectors (colour = the code's mean colour)", format="png", interactive=False)
     gr.Markdown("#### Image ↔ codes: click a cell of the token grid")
     with gr.Row():
         grid = gr.Image(label="Token grid (click a cell)", format="png", interactive=False, height=OUTPUT_HEIGHT)
@@ -240,15 +240,17 @@ def build(registry: Registry) -> None:
                          api_name="codebook", concurrency_id="heavy")
     page.release(atlas_page, [model, page, state], atlas, api_name="atlas", concurrency_id="heavy")
     atlas.select(atlas_click, [model, page, state], code, api_visibility="private").then(
-        code_positions, [model, code, state], [patch, positions, cell_text], api_visibility="private")
-    grid.select(grid_click, [model, state], [row, col, code, patch, positions, cell_text], api_visibility="private")
-    cell_button.click(cell_info, [model, row, col, state], [code, patch, positions, cell_text], api_name="cell")
-    code_button.click(code_positions, [model, code, state], [patch, positions, cell_text], api_name="code_positions")
+        code_positions, [model, code, state], [patch, positions, cell_text], api_visibility="private",
+        concurrency_id="heavy")
+    grid.select(grid_click, [model, state], [row, col, code, patch, positions, cell_text], api_visibility="private",
+                concurrency_id="heavy")
+    cell_button.click(cell_info, [model, row, col, state], [code, patch, positions, cell_text], api_name="cell", concurrency_id="heavy")
+    code_button.click(code_positions, [model, code, state], [patch, positions, cell_text], api_name="code_positions", concurrency_id="heavy")
     edit_outputs = [before, after, grid, edit_text, state]
     replace_button.click(edit_replace, [model, row0, row1, col0, col1, edit_code, state], edit_outputs,
-                         api_name="edit_replace")
+                         api_name="edit_replace", concurrency_id="heavy")
     resample_button.click(edit_resample, [model, row0, row1, col0, col1, seed, state], edit_outputs,
-                          api_name="edit_resample")
-    swap_button.click(edit_swap, [model, swap_a, swap_b, state], edit_outputs, api_name="edit_swap")
-    reset_button.click(edit_reset, [model, state], edit_outputs, api_name="edit_reset")
-    interpolate_button.click(interpolate, [model, first, second, steps], [blends, snapped], api_name="interpolate")
+                          api_name="edit_resample", concurrency_id="heavy")
+    swap_button.click(edit_swap, [model, swap_a, swap_b, state], edit_outputs, api_name="edit_swap", concurrency_id="heavy")
+    reset_button.click(edit_reset, [model, state], edit_outputs, api_name="edit_reset", concurrency_id="heavy")
+    interpolate_button.click(interpolate, [model, first, second, steps], [blends, snapped], api_name="interpolate", concurrency_id="heavy")

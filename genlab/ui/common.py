@@ -5,8 +5,10 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 import gradio as gr
@@ -124,8 +126,40 @@ class Registry:
         return trained[0] if trained else None
 
 
-OUTPUT_DIR = Path(tempfile.gettempdir()) / "genlab-outputs"
+# One folder per process: an app never prunes files another app (or test run) has handed out.
+OUTPUT_DIR = Path(tempfile.gettempdir()) / f"genlab-outputs-{os.getpid()}"
 MAX_OUTPUT_FILES = 200
+_output_lock = threading.Lock()
+
+
+def install_atomic_image_cache() -> None:
+    """Make gradio write cached output images atomically (temp file + os.replace).
+
+    gradio 6.31's `processing_utils.save_pil_to_cache` names the file by a hash of its bytes and
+    rewrites it in place, so two visitors receiving a byte-identical image at the same moment (a
+    schedule plot, an example's result) can download a truncated file. Its `save_file_to_cache`
+    already writes atomically; this gives images the same treatment. Idempotent.
+    """
+    from gradio import processing_utils
+
+    original = processing_utils.save_pil_to_cache
+    if getattr(original, "_genlab_atomic", False):
+        return
+
+    def save_pil_to_cache(img, cache_dir: str, name: str = "image", format: str = "webp") -> str:
+        data = processing_utils.encode_pil_to_bytes(img, format)
+        folder = Path(cache_dir) / processing_utils.hash_bytes(data)
+        folder.mkdir(exist_ok=True, parents=True)
+        target = (folder / f"{name}.{format}").resolve()
+        if not target.exists():
+            handle, staging = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
+            with os.fdopen(handle, "wb") as file:
+                file.write(data)
+            os.replace(staging, target)
+        return str(target)
+
+    save_pil_to_cache._genlab_atomic = True
+    processing_utils.save_pil_to_cache = save_pil_to_cache
 
 
 def file_stem(*parts) -> str:
@@ -136,6 +170,13 @@ def file_stem(*parts) -> str:
     return "_".join(c for c in cleaned if c) or "genlab"
 
 
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
 def save_output(value, name: str) -> str:
     """Write a download (PIL image, numpy array or bytes) under the app's temp folder; returns its path.
 
@@ -144,16 +185,17 @@ def save_output(value, name: str) -> str:
     """
     import numpy as np
 
-    OUTPUT_DIR.mkdir(exist_ok=True)
-    folder = Path(tempfile.mkdtemp(dir=OUTPUT_DIR))
-    path = folder / Path(name).name
-    if hasattr(value, "save"):
-        value.save(path)
-    elif isinstance(value, np.ndarray):
-        np.save(path, value, allow_pickle=False)
-    else:
-        path.write_bytes(value)
-    entries = sorted(OUTPUT_DIR.iterdir(), key=lambda p: p.stat().st_mtime)
-    for old in entries[:-MAX_OUTPUT_FILES]:
-        shutil.rmtree(old, ignore_errors=True)
+    with _output_lock:
+        OUTPUT_DIR.mkdir(exist_ok=True)
+        folder = Path(tempfile.mkdtemp(dir=OUTPUT_DIR))
+        path = folder / Path(name).name
+        if hasattr(value, "save"):
+            value.save(path)
+        elif isinstance(value, np.ndarray):
+            np.save(path, value, allow_pickle=False)
+        else:
+            path.write_bytes(value)
+        entries = sorted(OUTPUT_DIR.iterdir(), key=_mtime)
+        for old in entries[:-MAX_OUTPUT_FILES]:
+            shutil.rmtree(old, ignore_errors=True)
     return str(path)

@@ -255,7 +255,8 @@ def build(registry: Registry, demo: gr.Blocks) -> None:
         scrub_xt = gr.Image(label="x_t", format="png", interactive=False, height=OUTPUT_HEIGHT)
         scrub_x0 = gr.Image(label="x̂0", format="png", interactive=False, height=OUTPUT_HEIGHT)
         scrub_eps = gr.Image(label="ε̂ (predicted noise)", format="png", interactive=False, height=OUTPUT_HEIGHT)
-        schedule_plot = gr.Plot(label="Noise schedule")
+        schedule_plot = gr.Image(label="Noise schedule (ᾱ_t, log-SNR)", format="png", interactive=False,
+                                 height=OUTPUT_HEIGHT)
     downloads = gr.File(label="Downloads (PNG, GIF; MP4 when ffmpeg is installed)", file_count="multiple",
                         interactive=False)
 
