@@ -212,7 +212,7 @@ def load_vq(source, subfolder: str | None = None, device=None):
             model = model.half()
             model.quantize.float()  # codebook look-ups stay fp32
         info = genlab_info(folder)
-        return VQ(model, name=info.get("title") or ModelSpec(str(source), subfolder).label)
+        return VQ(model, name=info.get("title") or ModelSpec(str(source), subfolder).label, tile=info.get("tile"))
 
     return cached(("vq", str(source), subfolder, str(device)), build)
 

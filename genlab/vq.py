@@ -21,6 +21,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from . import metrics
+from .tiling import apply_tiled
 from .images import image_grid, limit_side, open_image, pad_to_multiple, pil_to_tensor, tensor_to_pil, tensor_to_uint8
 
 ATLAS_PAGE_SIZE = 256  # codes per atlas page; large codebooks (8192) are paged
@@ -67,12 +68,18 @@ class Reconstruction:
 class VQ:
     """A loaded VQ model plus the operations GenLab's tabs and notebooks use."""
 
-    def __init__(self, model, name: str = "vq"):
+    def __init__(self, model, name: str = "vq", tile: int | None = None, tile_margin: int = 0):
+        """`tile`: the training crop in pixels (genlab.json); larger inputs are encoded and decoded
+        in windows of that size plus `tile_margin` pixels of context (see genlab.tiling)."""
         self.model, self.name = model, name
         config = model.config
         self.num_codes: int = config.num_vq_embeddings
         self.downsample_factor: int = 2 ** (len(config.block_out_channels) - 1)
         self.code_dim: int = config.vq_embed_dim or config.latent_channels
+        f = self.downsample_factor
+        if tile is not None and (tile % f or tile_margin % f):
+            raise ValueError(f"tile ({tile}) and tile_margin ({tile_margin}) must be multiples of f = {f}")
+        self.tile, self.tile_margin = tile, tile_margin
         self._patches: dict[int, torch.Tensor] = {}  # code -> (3, P, P) decoded atlas patch
         self._colors: np.ndarray | None = None
 
@@ -93,6 +100,11 @@ class VQ:
     @torch.inference_mode()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [-1, 1], H and W multiples of f -> (B, H/f, W/f) code indices."""
+        if self.tile:
+            return apply_tiled(self._encode_window, pixels, self.tile, self.tile_margin, 1 / self.downsample_factor)
+        return self._encode_window(pixels)
+
+    def _encode_window(self, pixels: torch.Tensor) -> torch.Tensor:
         latents = self.model.encode(pixels.to(self.device, self.model.dtype)).latents  # (B, D, h, w)
         batch, _, height, width = latents.shape
         _, _, (_, _, indices) = self.model.quantize(latents.float())  # diffusers' own nearest-code rule
@@ -112,6 +124,12 @@ class VQ:
     @torch.inference_mode()
     def decode_vectors(self, vectors: torch.Tensor) -> torch.Tensor:
         """(B, D, h, w) code-space vectors (snapped or not) -> (B, 3, h*f, w*f) in [-1, 1]."""
+        if self.tile:
+            f = self.downsample_factor
+            return apply_tiled(self._decode_window, vectors, self.tile // f, self.tile_margin // f, f)
+        return self._decode_window(vectors)
+
+    def _decode_window(self, vectors: torch.Tensor) -> torch.Tensor:
         vectors = vectors.to(self.device, self.model.dtype)
         hidden = self.model.post_quant_conv(vectors)
         spatial = vectors if self.model.config.norm_type == "spatial" else None

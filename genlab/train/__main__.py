@@ -241,7 +241,8 @@ def save_vq_samples(model: VQModel, pixels: torch.Tensor, path: Path) -> None:
 def export_vq(args, model: VQModel, state: common.RunState, fixed: torch.Tensor) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(args.out, safe_serialization=True)
-    (args.out / "genlab.json").write_text(json.dumps({"kind": "vq", "title": args.out.name}, indent=1))
+    info = {"kind": "vq", "title": args.out.name, "tile": args.crop}  # tile: see genlab.tiling
+    (args.out / "genlab.json").write_text(json.dumps(info, indent=1))
     state.save(args.out)
     save_vq_samples(model, fixed, args.out / "samples.png")
     kind = "VQGAN" if args.kind == "vqgan" else "VQ-VAE"
