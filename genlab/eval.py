@@ -59,11 +59,12 @@ def eval_vq(model: str, folder: Path) -> str:
     active = int((usage > 0).sum())
     table.append(f"| **mean of {len(rows)}** | **{means[0]:.2f}** | **{means[1]:.4f}** | {means[2]:.2f} | "
                  f"{means[3]:.3f} | {means[4]:.3f} (pooled) |")
+    tiling = f" Applied in {vq.tile}x{vq.tile} windows (genlab.json `tile`, see genlab/tiling.py)." if vq.tile else ""
     summary = (f"\n{vq.name}: {vq.num_codes} codes, f = {vq.downsample_factor}, "
                f"{np.log2(vq.num_codes) / vq.downsample_factor ** 2:.3f} bits per pixel. Codes used over the folder: "
                f"**{active} of {vq.num_codes} ({active / vq.num_codes:.1%})**, perplexity {perplexity(usage):.1f}. "
                f"Mean PSNR **{means[0]:.2f} dB**, SSIM {means[1]:.4f}; JPEG at no more than the same bpp: "
-               f"{means[2]:.2f} dB. Sharpness (gradient energy of reconstruction / original): {means[4]:.3f}.")
+               f"{means[2]:.2f} dB. Sharpness (gradient energy of reconstruction / original): {means[4]:.3f}.{tiling}")
     return "\n".join(table) + "\n" + summary
 
 
