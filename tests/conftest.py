@@ -125,6 +125,19 @@ def tiny_cond_ddpm_dir(tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="session")
+def photo_path(tmp_path_factory):
+    """A 44x30 PNG: a colour gradient plus Gaussian noise of std 20, for upload tests."""
+    import numpy as np
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("upload") / "photo.png"
+    rng = np.random.default_rng(0)
+    base = np.linspace(0, 255, 30 * 44 * 3).reshape(30, 44, 3)
+    Image.fromarray(np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)).save(path)
+    return path
+
+
 @pytest.fixture
 def vq_copy(tiny_vq_dir, tmp_path):
     """A private, writable copy of the tiny VQ checkpoint, for tests that damage it."""

@@ -16,7 +16,7 @@ import genlab
 import genlab.models
 from genlab.images import pil_to_tensor, tensor_to_uint8
 
-from conftest import DOWNSAMPLE, NUM_CODES, build_vq
+from conftest import DOWNSAMPLE, NUM_CODES
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 

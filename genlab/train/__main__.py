@@ -303,8 +303,7 @@ def train_ddpm(args, accelerator: Accelerator, data: common.ImageFolder, state: 
         common.load_optimizer(optimizer, checkpoint)
     unet, optimizer = accelerator.prepare(unet, optimizer)
     ema.to(accelerator.device)
-    batches = iter(common.RandomCrops(data, args.crop, args.batch_size, args.seed + state.step + accelerator.process_index,
-                                      flip=not classes or True))
+    batches = iter(common.RandomCrops(data, args.crop, args.batch_size, args.seed + state.step + accelerator.process_index))
     generator = torch.Generator().manual_seed(args.seed + state.step)
     timer = common.Timer(state.wall_seconds)
     progress = tqdm(total=args.steps, initial=state.step, disable=not accelerator.is_main_process, desc="ddpm")
