@@ -24,7 +24,7 @@ def test_reconstruct_accepts_every_mode_as_rgb(tiny_vq, mode):
     image = photo().convert("RGBA") if mode in ("RGBA", "LA") else photo()
     if mode == "I;16":
         array = (np.asarray(photo().convert("L"), np.uint16) * 257)
-        image = Image.fromarray(array, mode="I;16")
+        image = Image.fromarray(array)  # uint16 -> mode I;16
     else:
         image = image.convert(mode)
     result = tiny_vq.reconstruct(image)
