@@ -213,19 +213,25 @@ class Frame:
 
     @property
     def x_t(self):
-        return _as_image(self.step.x_t)
+        return as_image(self.step.x_t)
 
     @property
     def x0(self):
-        return _as_image(self.step.pred_x0)
+        return as_image(self.step.pred_x0)
 
     @property
     def eps(self):
         noise = self.step.pred_eps
-        return _as_image((noise / noise.abs().amax(dim=(1, 2, 3), keepdim=True).clamp(min=1e-6)))
+        return noise_as_image(noise)
 
 
-def _as_image(tensor: torch.Tensor):
+def noise_as_image(noise: torch.Tensor):
+    """(B, 3, H, W) predicted noise, scaled per sample to [-1, 1], as one image (a grid for B > 1)."""
+    return as_image(noise / noise.abs().amax(dim=(1, 2, 3), keepdim=True).clamp(min=1e-6))
+
+
+def as_image(tensor: torch.Tensor):
+    """(B, 3, H, W) in [-1, 1] -> one PIL image at native resolution (a grid of 4 columns for B > 1)."""
     from .images import image_grid, tensor_to_pil
 
     images = [tensor_to_pil(t) for t in tensor]
@@ -257,7 +263,7 @@ class DiffusionRun:
 
     @property
     def image(self):
-        return _as_image(self.trajectory.final)
+        return as_image(self.trajectory.final)
 
     @property
     def psnr(self) -> float | None:

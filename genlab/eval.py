@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from skimage.restoration import denoise_nl_means
 
 from . import metrics
 from .data import list_images
@@ -68,12 +67,6 @@ def eval_vq(model: str, folder: Path) -> str:
     return "\n".join(table) + "\n" + summary
 
 
-def nlm(noisy: np.ndarray, sigma: float) -> np.ndarray:
-    """scikit-image non-local means with the settings its documentation recommends (h = 0.8 sigma)."""
-    return denoise_nl_means(noisy, h=0.8 * sigma, sigma=sigma, fast_mode=True, patch_size=5, patch_distance=6,
-                            channel_axis=-1)
-
-
 def eval_denoise(model: str, folder: Path, sigmas=(15, 25, 50), steps: int = 1) -> str:
     dm = load_diffusion(model, device="cpu")
     results = {s: {"noisy": [], "nlm": [], "genlab": []} for s in sigmas}
@@ -88,7 +81,7 @@ def eval_denoise(model: str, folder: Path, sigmas=(15, 25, 50), steps: int = 1) 
             ours = (run.trajectory.final[0].permute(1, 2, 0).numpy() + 1) / 2
             scores = results[sigma]
             scores["noisy"].append(psnr_float(clean, noisy))
-            scores["nlm"].append(psnr_float(clean, nlm(np.clip(noisy, 0, 1), sigma / 255.0)))
+            scores["nlm"].append(psnr_float(clean, metrics.non_local_means(np.clip(noisy, 0, 1), sigma / 255.0)))
             scores["genlab"].append(psnr_float(clean, ours))
     table = ["| sigma (0-255) | noisy PSNR | non-local means | GenLab | GenLab - NLM |", "|---|---|---|---|---|"]
     for sigma in sigmas:

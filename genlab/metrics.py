@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+from skimage.restoration import denoise_nl_means
 
 
 def as_uint8(image) -> np.ndarray:
@@ -75,3 +76,10 @@ def jpeg_at_bpp(image: Image.Image, target_bpp: float) -> JpegResult:
         best = (1, len(data) * 8 / pixels, decoded)
     quality, bpp, decoded = best
     return JpegResult(decoded, quality, bpp, psnr(image, decoded), within)
+
+
+def non_local_means(noisy: np.ndarray, sigma: float) -> np.ndarray:
+    """The denoising baseline: scikit-image's non-local means on an (H, W, 3) float image in [0, 1],
+    noise std `sigma` on the same scale, with the settings its documentation recommends (h = 0.8 sigma)."""
+    return denoise_nl_means(noisy, h=0.8 * sigma, sigma=sigma, fast_mode=True, patch_size=5, patch_distance=6,
+                            channel_axis=-1)

@@ -11,11 +11,10 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 from PIL import Image
-from skimage.restoration import denoise_nl_means
 
-from ..diffusion import DiffusionRun, Step, estimate_sigma
-from ..images import image_grid, open_image, tensor_to_uint8
-from ..metrics import psnr
+from ..diffusion import DiffusionRun, Step, as_image, estimate_sigma, noise_as_image
+from ..images import image_grid, open_image
+from ..metrics import non_local_means, psnr
 from .common import OUTPUT_HEIGHT, Registry, SafeImage, example_images, file_stem, save_output, user_errors
 from .plots import schedule_figure
 
@@ -27,10 +26,7 @@ STATE_TTL_S = 3600  # a visitor's trajectory is dropped an hour after their last
 DISPLAY_SIDE = 256
 
 
-def to_grid(tensor) -> Image.Image:
-    """(B, 3, H, W) in [-1, 1] -> one PIL image at native resolution (a grid for B > 1)."""
-    images = [Image.fromarray(tensor_to_uint8(t)) for t in tensor]
-    return images[0] if len(images) == 1 else image_grid(images, columns=min(4, len(images)))
+to_grid, noise_grid = as_image, noise_as_image  # native resolution; a grid for B > 1
 
 
 def upscale(image: Image.Image) -> Image.Image:
@@ -43,10 +39,6 @@ def upscale(image: Image.Image) -> Image.Image:
 
 def to_display(tensor) -> Image.Image:
     return upscale(to_grid(tensor))
-
-
-def noise_grid(tensor) -> Image.Image:
-    return to_grid(tensor / tensor.abs().amax(dim=(1, 2, 3), keepdim=True).clamp(min=1e-6))
 
 
 def pack_trajectory(steps: list[Step]) -> dict:
@@ -88,10 +80,7 @@ def export_files(run: DiffusionRun, stem: str) -> list[str]:
 
 def build(registry: Registry, demo: gr.Blocks) -> None:
     def nlm(noisy: Image.Image, sigma: float) -> Image.Image:
-        """scikit-image's non-local means at the same sigma (h = 0.8 sigma, as its docs advise)."""
-        array = np.asarray(noisy, dtype=np.float64) / 255.0
-        result = denoise_nl_means(array, h=0.8 * sigma, sigma=sigma, fast_mode=True, patch_size=5,
-                                  patch_distance=6, channel_axis=-1)
+        result = non_local_means(np.asarray(noisy, dtype=np.float64) / 255.0, sigma)
         return Image.fromarray((np.clip(result, 0, 1) * 255).round().astype(np.uint8))
 
     def class_update(label):
