@@ -9,8 +9,9 @@ Rows, all on one device (CUDA when available, else CPU; `--device` overrides) an
   atlas page, cold            `VQ.codebook_atlas(page=0)` on a fresh VQ object (empty patch cache)
   sampling step / loop ratio  GenLab's recorded DDIM loop against diffusers' `DDIMPipeline` on the
                               same UNet, steps, batch and noise; repeats interleaved, medians
-  first streamed frame        `/sample` through gradio_client on that same app.py server, from submit to
-                              the first intermediate frame (each job is then cancelled)
+  first streamed frame        `/sample` on that same app.py server through gradio's browser protocol
+                              (queue/join, the event stream, then GET of the frame's images), from
+                              submit to the first frame on screen (each job is then cancelled)
 
 The first-frame rows talk to a server in its own process, as a browser does. A server launched
 in this process would share the client's GIL: while it streams a frame every few milliseconds
@@ -35,7 +36,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-import warnings
+import uuid
 from pathlib import Path
 
 import torch
@@ -245,39 +246,50 @@ def sampling_loop(dm, device: torch.device, repeats: int) -> dict:
 
 
 def first_frame_ms(url: str, dm, repeats: int, batches=(1, 16)) -> dict[int, float]:
-    """Submit /sample with the UI's defaults (DDIM 50, first class, guidance 3) and time the first
-    streamed frame; each job is cancelled once that frame arrived."""
-    from gradio_client import Client
+    """Time to the first streamed frame of /sample with the UI's defaults (DDIM 50, first class,
+    guidance 3), speaking gradio's browser protocol as the page's JavaScript does: POST
+    /gradio_api/queue/join, read the event stream /gradio_api/queue/data until the first
+    `process_generating` message, then GET the images it names (the frame is visible only then).
+    Each job is cancelled once that frame arrived."""
+    import httpx
 
     class_name = dm.classes[0] if dm.is_conditional else ""
-    client = Client(url, verbose=False)
+    base = url.rstrip("/")
+    with httpx.Client(timeout=60) as http:
+        fn_index = next(d["id"] for d in http.get(f"{base}/config").json()["dependencies"]
+                        if d.get("api_name") == "sample")
 
-    def first_frame(batch: int) -> float:
-        start = time.perf_counter()
-        job = client.submit(DIFFUSION_MODEL, "ddim", SAMPLE_STEPS, 0, batch, class_name, 3.0, 0.0, api_name="/sample")
-        try:
-            next(iter(job))
-        except StopIteration:
-            job.result()  # raises the server's error; a run without frames is a failure too
-            raise RuntimeError("/sample finished without streaming a frame") from None
-        elapsed = time.perf_counter() - start
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "cancelling also cancels /denoise": nothing else runs
-            job.cancel()
-        deadline = time.perf_counter() + 60
-        while not job.done() and time.perf_counter() < deadline:
-            time.sleep(0.01)
-        time.sleep(0.2)  # let the server finish the cancelled step before the next submit
-        return elapsed
+        def first_frame(batch: int) -> float:
+            session = uuid.uuid4().hex[:12]
+            start = time.perf_counter()
+            joined = http.post(f"{base}/gradio_api/queue/join", json={
+                "data": [DIFFUSION_MODEL, "ddim", SAMPLE_STEPS, 0, batch, class_name, 3.0, 0.0],
+                "fn_index": fn_index, "session_hash": session, "event_data": None, "trigger_id": None})
+            joined.raise_for_status()
+            elapsed = None
+            with http.stream("GET", f"{base}/gradio_api/queue/data", params={"session_hash": session}) as events:
+                for line in events.iter_lines():
+                    message = json.loads(line[5:]) if line.startswith("data:") else {}
+                    if message.get("msg") == "process_completed":
+                        raise RuntimeError(f"/sample ended before streaming a frame: {message.get('output')}")
+                    if message.get("msg") == "process_generating":
+                        for value in message["output"]["data"]:
+                            if isinstance(value, dict) and value.get("url"):
+                                http.get(value["url"]).raise_for_status()
+                        elapsed = time.perf_counter() - start
+                        break
+            if elapsed is None:
+                raise RuntimeError("/sample's event stream closed without a frame")
+            http.post(f"{base}/gradio_api/cancel",
+                      json={"session_hash": session, "fn_index": fn_index, "event_id": joined.json()["event_id"]})
+            time.sleep(0.5)  # let the server finish the cancelled step before the next submit
+            return elapsed
 
-    try:
         results = {}
         for batch in batches:
             first_frame(batch)  # warm-up: model load, this batch size's first UNet call
             results[batch] = 1000 * statistics.median(first_frame(batch) for _ in range(repeats))
         return results
-    finally:
-        client.close()
 
 
 # --------------------------------------------------------------------------------- table
@@ -310,8 +322,8 @@ def run(device: torch.device, repeats: int) -> list[list[str]]:
     except Exception as error:
         rows["rss"] = row("resident memory, every embedded model + app", failure(error), "rss")
 
-    frame_names = {1: "first streamed frame, /sample via gradio_client (batch 1, guidance 3)",
-                   16: "first streamed frame, /sample via gradio_client (batch 16, the UI default, guidance 3)"}
+    frame_names = {1: "first streamed frame of /sample, browser protocol, images fetched (batch 1, guidance 3)",
+                   16: "first streamed frame of /sample, browser protocol, images fetched (batch 16, the UI default)"}
     frame_keys = {1: ("first_frame", "first_frame"), 16: ("first_frame_ui", None)}  # row, target
     # After the memory probe, so the start does not pay the cold page cache alone: a re-start.
     try:

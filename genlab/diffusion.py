@@ -365,12 +365,18 @@ class DiffusionModel:
         if size % self.size_multiple or not self.size_multiple <= size <= MAX_SIDE:
             raise ValueError(f"size must be a multiple of {self.size_multiple} up to {MAX_SIDE}, got {size}")
         label = self.class_index(class_label)
-        noise = _seed_noise((batch, self.unet.config.in_channels, size, size), seed)
+        noise = self.initial_noise(seed, batch, size)
         sampler = self.scheduler(scheduler)
         sampler.set_timesteps(steps)
         plan = self._plan(sampler, noise * sampler.init_noise_sigma, label, guidance_scale, eta, seed)
         run = DiffusionRun(Trajectory(), scheduler, int(seed), [int(t) for t in sampler.timesteps])
         return self._stream(plan, run, None, record)
+
+    def initial_noise(self, seed: int = 0, batch: int = 1, size: int | None = None) -> torch.Tensor:
+        """(batch, C, size, size): the x_T ~ N(0, I) that `sample(seed=seed, batch=batch)` starts from
+        (before the scheduler's `init_noise_sigma`, which is 1 for DDPM, DDIM and DPM-Solver++)."""
+        size = int(size or self.sample_size)
+        return _seed_noise((batch, self.unet.config.in_channels, size, size), seed)
 
     def sample(self, *args, **kwargs) -> DiffusionRun:
         """Sample from pure noise; the same seed and settings give the same images.

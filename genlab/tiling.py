@@ -37,8 +37,11 @@ def apply_tiled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, cor
         return fn(x)
     rows, cols = math.ceil(height / core), math.ceil(width / core)
     pad = (margin, margin + cols * core - width, margin, margin + rows * core - height)
-    mode = "reflect" if max(pad) < min(height, width) else "replicate"
-    padded = F.pad(x.float(), pad, mode=mode).to(x.dtype)
+    if any(pad):
+        mode = "reflect" if max(pad) < min(height, width) else "replicate"
+        padded = F.pad(x.float(), pad, mode=mode).to(x.dtype)
+    else:  # the image is a whole number of windows
+        padded = x
     side = core + 2 * margin
     windows = [padded[..., r * core:r * core + side, c * core:c * core + side] for r in range(rows) for c in range(cols)]
     stacked = torch.cat(windows)  # (rows*cols*B, C, side, side)

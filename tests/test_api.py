@@ -260,6 +260,8 @@ def test_sample_stream_yields_steps_then_the_run(tiny_dm, monkeypatch):
     assert isinstance(run, genlab.DiffusionRun) and len(steps) == 4
     assert [step.timestep for step in steps] == run.timesteps
     assert (as_array(run.image) == as_array(tiny_dm.sample(seed=0, steps=4).image)).all()
+    torch.testing.assert_close(steps[0].x_t, tiny_dm.initial_noise(seed=0), atol=0, rtol=0)  # what the UI shows first
+    assert not torch.equal(tiny_dm.initial_noise(seed=0), tiny_dm.initial_noise(seed=1))
     calls = record_unet_calls(monkeypatch, tiny_dm)
     stream = tiny_dm.sample_stream(seed=0, steps=4)
     next(stream), next(stream)

@@ -100,8 +100,11 @@ def test_sample_streams_intermediate_frames_before_the_final_one(app):
     job = client.submit(dm_label, "ddim", 6, 0, 2, "a", 2.0, 0.0, api_name="/sample")
     final = job.result()
     outputs = job.outputs()
-    assert len(outputs) >= 3  # several streamed steps, then the final update
-    assert outputs[0][2].startswith("t = ")
+    assert len(outputs) >= 4  # x_T, several streamed steps, then the final update
+    assert outputs[0][2] == "x_T: pure noise" and outputs[0][1] is None  # shown before the first UNet call
+    assert outputs[1][2].startswith("t = ")
+    x_T, first_step_input = (np.asarray(Image.open(outputs[i][0])) for i in (0, 1))
+    assert np.array_equal(x_T, first_step_input)  # the noise shown first is the sample's real x_T
     assert final[2].startswith("done: 6 steps")
     downloads = final[5]  # (x_t, x0, status, scrub slider, schedule plot, downloads): State is not sent
     assert [Path(f).suffix for f in downloads] == [".png", ".gif"]
@@ -139,9 +142,12 @@ def test_denoise_and_noise_preview(app, photo):
     denoised, baseline, text = result[:3]
     assert image_size(denoised) == image_size(baseline) == (44, 30)
     assert "PSNR" in text and "non-local means" in text
-    result = client.predict(dm_label, handle_file(photo), "noisy", 0, 25, None, 0, "ddim", "", 1.0,
+    # Steps 0 is the form's default (the browser sends 0 for an empty gr.Number): about 50 t / T steps.
+    result = client.predict(dm_label, handle_file(photo), "clean", 200, 25, 0, 0, "ddim", "", 1.0, api_name="/denoise")
+    assert "denoised in 10 steps" in result[2]
+    result = client.predict(dm_label, handle_file(photo), "noisy", 0, 25, 0, 0, "ddim", "", 1.0,
                             api_name="/denoise")
-    assert "sigma = 25.0" in result[2]
+    assert "sigma = 25.0/255; 1 step." in result[2]  # the x0 estimate by default
     sigma = client.predict(handle_file(photo), api_name="/estimate_sigma")
     assert 5 < sigma < 60  # the test photo carries noise of std 20
 

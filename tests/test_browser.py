@@ -18,6 +18,10 @@ from __future__ import annotations
 import os
 import re
 import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -43,6 +47,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ACTION_MS = 60_000  # per action: the CPU is slow and shared
 LOAD_MS = 60_000
+EMBEDDED_MS = 180_000  # per action on the real models (16 emoji x 50 steps, a photo denoise)
 
 TABS = ("VQ-VAE reconstruction", "VQGAN codebook", "Diffusion, step by step")
 DIFFUSION_SUBTABS = ("Sample", "Denoise an upload", "Compare samplers")
@@ -333,7 +338,7 @@ def test_diffusion_denoise_an_upload(page, photo, shots):
     open_tab(page, "Denoise an upload")
     upload(page, "Image", photo)
     expect_image(page, "x_t = q(x_t | x_0) (no model call)")  # the upload's preview, before any button
-    set_number(page, "Steps (empty = default)", 4)
+    set_number(page, "Steps (0 = default)", 4)
     page.get_by_role("button", name="Denoise from here").click()
     expect(page.get_by_text(re.compile(r"PSNR vs the original: GenLab .* dB"))).to_be_visible(timeout=ACTION_MS)
     expect_image(page, "GenLab (reverse process)")
@@ -354,3 +359,93 @@ def test_diffusion_compare_samplers(page, shots):
         expect(images.nth(index)).to_have_attribute("src", re.compile(r"/file=.+"))
     expect(page.locator(".toast-body")).to_have_count(0)
     screenshot(page, shots, "07-diffusion-compare")
+
+
+# --------------------------------------------------------------- the embedded models, as shipped
+@pytest.fixture(scope="module")
+def embedded_app():
+    """`python app.py` as a user starts it: the models committed in weights/, on this machine's CPU."""
+    missing = [name for name in genlab.models.EMBEDDED  # REPO/weights: the `app` fixture patches WEIGHTS_DIR
+               if not list((REPO / "weights" / name).glob("*.safetensors"))]
+    assert not missing, f"weights/ lacks the embedded models {missing}"
+    port = free_port()
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
+    server = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=REPO, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + LOAD_MS / 1000
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                if server.poll() is not None:
+                    pytest.fail(f"app.py exited with {server.returncode}: {server.stderr.read()[-2000:]}")
+                if time.monotonic() > deadline:
+                    pytest.fail("app.py did not answer within the load timeout")
+                time.sleep(0.25)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_embedded_models_end_to_end(browser, embedded_app, shots):
+    """Every tab's main action on the shipped weights: the checks of issues 4-6 in a real browser."""
+    rocket = REPO / "genlab" / "assets" / "examples" / "rocket.png"
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(EMBEDDED_MS)
+    page = context.new_page()
+    js_errors: list[str] = []
+    page.on("pageerror", lambda error: js_errors.append(str(error)))
+    page.goto(embedded_app, timeout=LOAD_MS)
+    expect(page.get_by_role("button", name="Reconstruct")).to_be_visible(timeout=LOAD_MS)
+
+    upload(page, RECONSTRUCT_UPLOAD, rocket)
+    page.get_by_role("button", name="Reconstruct").click()
+    expect_image(page, "reconstruction")
+    expect(block(page, "Metrics").get_by_text("PSNR (dB)", exact=True).filter(visible=True).first).to_be_visible()
+    screenshot(page, shots, "10-embedded-reconstruct")
+
+    open_tab(page, "VQGAN codebook")
+    upload(page, "Image", rocket)
+    page.get_by_role("button", name="Analyze").click()
+    expect_image(page, "Token grid (click a cell)")
+    expect_image(page, "Codebook atlas (click a tile to pick its code)")
+    screenshot(page, shots, "11-embedded-codebook")
+
+    open_tab(page, "Diffusion, step by step")
+    model = page.get_by_label("Model", exact=True).filter(visible=True)
+    expect(model).to_have_value("ddpm-emoji")
+    page.get_by_role("button", name="Sample", exact=True).click()  # the UI defaults: 16 samples, DDIM 50
+    expect(page.get_by_text(re.compile(r"^done: 50 steps, seed 0"))).to_be_visible(timeout=EMBEDDED_MS)
+    expect_image(page, "x̂0 (live)")
+    set_number(page, "step (50 kept)", 10, slider=True)
+    for label in ("x_t", "x̂0", "ε̂ (predicted noise)", "Noise schedule (ᾱ_t, log-SNR)"):
+        expect_image(page, label)
+    screenshot(page, shots, "12-embedded-sample")
+
+    open_tab(page, "Denoise an upload")
+    expect(model).to_have_value("ddpm-photo")  # the photo denoiser is this sub-tab's default
+    upload(page, "Image", rocket)
+    expect_image(page, "x_t = q(x_t | x_0) (no model call)")
+    page.get_by_role("button", name="Denoise from here").click()
+    expect(page.get_by_text(re.compile(r"PSNR vs the original: GenLab .* dB"))).to_be_visible(timeout=EMBEDDED_MS)
+    expect_image(page, "GenLab (reverse process)")
+    expect_image(page, "scikit-image non-local means, same sigma")
+    page.get_by_label("My photo is already noisy: give sigma", exact=True).check()
+    page.get_by_role("button", name="Estimate sigma").click()
+    page.get_by_role("button", name="Denoise from here").click()
+    expect(page.get_by_text(re.compile(r"^Started at t = \d+ for sigma"))).to_be_visible(timeout=EMBEDDED_MS)
+    screenshot(page, shots, "13-embedded-denoise")
+
+    open_tab(page, "Compare samplers")
+    expect(model).to_have_value("ddpm-emoji")
+    page.get_by_role("button", name="Compare", exact=True).click()
+    expect(block(page, "Same noise, different samplers").locator("img")).to_have_count(3, timeout=EMBEDDED_MS)
+    screenshot(page, shots, "14-embedded-compare")
+    expect(page.locator(".toast-body")).to_have_count(0)
+    context.close()
+    assert not js_errors, f"uncaught JavaScript errors in the page: {js_errors}"

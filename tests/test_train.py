@@ -170,3 +170,22 @@ def test_optimizer_state_round_trips_without_pickle(tmp_path):
     assert restored.param_groups[0]["lr"] == 1e-3
     for key in ("exp_avg", "exp_avg_sq"):
         assert torch.equal(restored.state[model.weight][key], optimizer.state[model.weight][key])
+    common.load_optimizer(restored, tmp_path, lr=2e-4)  # a resumed run with a new --lr
+    assert restored.param_groups[0]["lr"] == 2e-4
+    assert torch.equal(restored.state[model.weight]["exp_avg"], optimizer.state[model.weight]["exp_avg"])
+
+
+def test_presets_fill_every_unset_option_and_flags_win():
+    from genlab.train.__main__ import PRESETS, parse_args
+
+    base = ["ddpm", "--data", "d", "--out", "o"]
+    denoiser = parse_args(base + ["--preset", "photo-denoiser"])
+    for key, value in PRESETS["photo-denoiser"].items():  # e.g. the denoiser's low-t focus
+        expected = tuple(int(c) for c in value.split(",")) if key == "channels" else value
+        expected = tuple(bool(int(a)) for a in value.split(",")) if key == "attention" else expected
+        assert getattr(denoiser, key) == expected, key
+    assert denoiser.t_focus_share > 0
+    emoji = parse_args(base + ["--preset", "emoji"])
+    assert emoji.t_focus_max == 0 and emoji.t_focus_share == 0.0  # not in the preset: off
+    flagged = parse_args(base + ["--preset", "photo-denoiser", "--t-focus-max", "50", "--lr", "1e-4"])
+    assert flagged.t_focus_max == 50 and flagged.lr == 1e-4

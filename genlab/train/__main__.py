@@ -36,7 +36,7 @@ PRESETS = {
                   lr=1e-3, beta_schedule="squaredcos_cap_v2", min_snr_gamma=5.0, label_dropout=0.1),
     "photo-denoiser": dict(channels="32,64,64", layers_per_block=1, attention="0,0,0", sample_size=64, crop=64,
                            batch_size=16, lr=1e-3, beta_schedule="linear", min_snr_gamma=0.0,
-                           t_focus_max=250, t_focus_share=0.8, label_dropout=0.0),
+                           t_focus_max=200, t_focus_share=0.9, label_dropout=0.0),
 }
 
 
@@ -51,7 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-minutes", type=float, default=None, help="stop (and export) after this wall time")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--crop", type=int, help="training crop side in pixels")
-    parser.add_argument("--lr", type=float)
+    parser.add_argument("--lr", type=float, help="learning rate (also applied on --resume)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true", help="continue from --run-dir/checkpoint")
     parser.add_argument("--init", type=Path, default=None, help="start from an exported weights folder")
@@ -84,15 +84,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--beta-schedule", choices=["linear", "scaled_linear", "squaredcos_cap_v2"])
     parser.add_argument("--min-snr-gamma", type=float)
     parser.add_argument("--label-dropout", type=float)
-    parser.add_argument("--t-focus-max", type=int, default=0)
-    parser.add_argument("--t-focus-share", type=float, default=0.0)
+    parser.add_argument("--t-focus-max", type=int, help="focus part of the timesteps on [0, this)")
+    parser.add_argument("--t-focus-share", type=float, help="share of each batch drawn from the focus range")
     parser.add_argument("--ema-decay", type=float, default=0.9999, help="upper bound of the warmed-up EMA decay")
     args = parser.parse_args(argv)
     preset = PRESETS.get(args.preset or ("vq-photo" if args.kind != "ddpm" else "emoji"))
     for key, value in preset.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
-    for key in ("min_snr_gamma", "label_dropout"):
+    for key in ("min_snr_gamma", "label_dropout", "t_focus_max", "t_focus_share"):
         if getattr(args, key, None) is None:
             setattr(args, key, 0.0)
     args.channels = tuple(int(c) for c in str(args.channels).split(","))
@@ -151,7 +151,7 @@ def train_vq(args, accelerator: Accelerator, data: common.ImageFolder, state: co
         discriminator = vq.PatchDiscriminator(args.disc_channels, args.disc_layers)
         disc_optimizer = torch.optim.Adam(discriminator.parameters(), lr=args.lr, betas=(0.5, 0.9))
     if args.resume and (checkpoint / "model").exists():
-        common.load_optimizer(optimizer, checkpoint)
+        common.load_optimizer(optimizer, checkpoint, lr=args.lr)
         common.load_modules({"quantizer": trainer.quantizer}, checkpoint)
         if discriminator is not None and (checkpoint / "discriminator.safetensors").exists():
             common.load_modules({"discriminator": discriminator}, checkpoint)
@@ -300,7 +300,7 @@ def train_ddpm(args, accelerator: Accelerator, data: common.ImageFolder, state: 
     ema.optimization_step = state.step
     optimizer = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
     if resuming:
-        common.load_optimizer(optimizer, checkpoint)
+        common.load_optimizer(optimizer, checkpoint, lr=args.lr)
     unet, optimizer = accelerator.prepare(unet, optimizer)
     ema.to(accelerator.device)
     batches = iter(common.RandomCrops(data, args.crop, args.batch_size, args.seed + state.step + accelerator.process_index))

@@ -107,6 +107,9 @@ def build(registry: Registry, demo: gr.Blocks) -> None:
         stream = dm.sample_stream(seed=int(seed), steps=int(steps), scheduler=scheduler, batch=int(batch),
                                   class_label=class_name or None, guidance_scale=guidance, eta=eta)
         schedule = dm.schedule()
+        # x_T first: the visitor sees the run start before the first (batched, guided) UNet call
+        yield (to_display(dm.initial_noise(int(seed), int(batch))), None, "x_T: pure noise",
+               gr.skip(), gr.skip(), gr.skip(), gr.skip())
         for item in stream:
             if isinstance(item, Step):
                 yield (to_display(item.x_t), to_display(item.pred_x0), f"t = {item.timestep}",
@@ -169,8 +172,9 @@ def build(registry: Registry, demo: gr.Blocks) -> None:
                     f"{len(run.trajectory.steps)} steps. PSNR vs the original: GenLab {psnr(reference, result):.2f} dB, "
                     f"non-local means {psnr(reference, baseline):.2f} dB, noisy input {psnr(reference, run.noisy):.2f} dB.")
         else:
-            text = (f"Started at t = {run.start_timestep} for sigma = {sigma * 255:.1f}/255; {len(run.trajectory.steps)} "
-                    "steps. No clean original, so no PSNR: compare with non-local means by eye.")
+            count = len(run.trajectory.steps)
+            text = (f"Started at t = {run.start_timestep} for sigma = {sigma * 255:.1f}/255; {count} "
+                    f"step{'' if count == 1 else 's'}. No clean original, so no PSNR: compare with non-local means by eye.")
         trajectory, scrub_slider, files = finish(run, label, len(run.trajectory.steps), "denoise")
         yield result, baseline, text, trajectory, scrub_slider, files
 
@@ -190,13 +194,15 @@ def build(registry: Registry, demo: gr.Blocks) -> None:
     gr.Markdown("### From noise to image, one step at a time\nx_t is the sample entering each step; x̂0 is the model's "
                 "guess of the clean image at that step (Ho et al. eq. 15).")
     trajectory = gr.State({}, time_to_live=STATE_TTL_S)
+    # Each sub-tab has its natural embedded model: the emoji sampler, the photo denoiser.
+    sampler_default = registry.default("diffusion", "ddpm-emoji")
+    denoiser_default = registry.default("diffusion", "ddpm-photo")
     with gr.Row():
-        model = gr.Dropdown(registry.choices("diffusion"), value=registry.default("diffusion", "ddpm-emoji"),
-                            label="Model")
+        model = gr.Dropdown(registry.choices("diffusion"), value=sampler_default, label="Model")
         scheduler = gr.Radio(SCHEDULER_CHOICES, value="ddim", label="Scheduler")
         class_name = gr.Dropdown([], label="Category", visible=False, allow_custom_value=True)
         guidance = gr.Slider(0, 10, value=3.0, step=0.5, label="Guidance scale", visible=False)
-    with gr.Tab("Sample"):
+    with gr.Tab("Sample") as sample_tab:
         with gr.Row():
             steps = gr.Slider(1, 1000, value=50, step=1, label="Steps")
             seed = gr.Number(0, label="Seed", precision=0, minimum=0)
@@ -209,7 +215,7 @@ def build(registry: Registry, demo: gr.Blocks) -> None:
         with gr.Row():
             live_xt = gr.Image(label="x_t (live)", format="png", interactive=False, height=OUTPUT_HEIGHT)
             live_x0 = gr.Image(label="x̂0 (live)", format="png", interactive=False, height=OUTPUT_HEIGHT)
-    with gr.Tab("Denoise an upload"):
+    with gr.Tab("Denoise an upload") as denoise_tab:
         with gr.Row():
             with gr.Column():
                 upload = SafeImage(label="Image", type="filepath", height=256)
@@ -221,7 +227,8 @@ def build(registry: Registry, demo: gr.Blocks) -> None:
                 with gr.Row():
                     sigma = gr.Slider(0, 100, value=25, step=0.5, label="sigma (0-255 units)", visible=False)
                     estimate_button = gr.Button("Estimate sigma", visible=False)
-                denoise_steps = gr.Number(None, label="Steps (empty = default)", precision=0, minimum=1)
+                denoise_steps = gr.Number(0, label="Steps (0 = default)", precision=0, minimum=0, maximum=1000,
+                                          info="default: 1 step (the x̂0 estimate) for sigma, about 50·t/1000 for t")
                 noise_seed = gr.Number(0, label="Noise seed", precision=0, minimum=0)
                 denoise_button = gr.Button("Denoise from here", variant="primary")
         with gr.Row():
@@ -229,7 +236,7 @@ def build(registry: Registry, demo: gr.Blocks) -> None:
             denoised = gr.Image(label="GenLab (reverse process)", format="png", interactive=False, height=OUTPUT_HEIGHT)
             baseline = gr.Image(label="scikit-image non-local means, same sigma", format="png", interactive=False, height=OUTPUT_HEIGHT)
         denoise_text = gr.Markdown()
-    with gr.Tab("Compare samplers"):
+    with gr.Tab("Compare samplers") as compare_tab:
         with gr.Row():
             settings = gr.CheckboxGroup(COMPARE_CHOICES, value=["DDIM 10", "DDIM 50", "DPM-Solver++ 10"],
                                         label="Same initial noise through 2-4 settings")
@@ -249,6 +256,16 @@ def build(registry: Registry, demo: gr.Blocks) -> None:
     downloads = gr.File(label="Downloads (PNG, GIF; MP4 when ffmpeg is installed)", file_count="multiple",
                         interactive=False)
 
+    def switch(current: str, source: str, target: str):
+        """Entering a sub-tab while the other sub-tab's embedded default is chosen picks this one's
+        (Sample and Compare: ddpm-emoji, Denoise: ddpm-photo); any other model (e.g. a --model checkpoint) stays."""
+        return target if current == source and target else gr.skip()
+
+    denoise_tab.select(lambda current: switch(current, sampler_default, denoiser_default), model, model,
+                       api_visibility="private", show_progress="hidden")
+    for tab in (sample_tab, compare_tab):
+        tab.select(lambda current: switch(current, denoiser_default, sampler_default), model, model,
+                   api_visibility="private", show_progress="hidden")
     model.change(class_update, model, [class_name, guidance], api_visibility="private")
     sample_event = sample_button.click(
         sample, [model, scheduler, steps, seed, batch, class_name, guidance, eta],
