@@ -113,10 +113,11 @@ def test_ddpm_class_conditional_trains_and_resumes(image_folder, tmp_path):
     base = ["ddpm", "--data", str(image_folder), "--out", str(out), "--run-dir", str(run_dir), *TINY_DDPM,
             "--label-dropout", "0.2", "--beta-schedule", "squaredcos_cap_v2", "--min-snr-gamma", "5"]
     train_main(base + ["--steps", "3", "--save-every", "3"])
-    train_main(base + ["--steps", "5", "--resume"])
+    train_main(base + ["--steps", "5", "--resume", "--guidance-scale", "1.5"])
     assert run_json(run_dir / "checkpoint")["step"] == 5
     info = json.loads((out / "genlab.json").read_text())
     assert info["classes"] == ["blue", "green", "red"] and info["null_class"] == 3
+    assert info["default_guidance_scale"] == 1.5
     assert (out / "scheduler_config.json").is_file()
     dm = genlab.load_diffusion(out, device="cpu")
     assert dm.is_conditional and dm.unet.config.num_class_embeds == 4

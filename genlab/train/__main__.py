@@ -86,6 +86,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--label-dropout", type=float)
     parser.add_argument("--t-focus-max", type=int, help="focus part of the timesteps on [0, this)")
     parser.add_argument("--t-focus-share", type=float, help="share of each batch drawn from the focus range")
+    parser.add_argument("--guidance-scale", type=float, default=3.0,
+                        help="classifier-free guidance for the sample grids, exported as the model's default")
     parser.add_argument("--ema-decay", type=float, default=0.9999, help="upper bound of the warmed-up EMA decay")
     args = parser.parse_args(argv)
     preset = PRESETS.get(args.preset or ("vq-photo" if args.kind != "ddpm" else "emoji"))
@@ -348,12 +350,14 @@ def train_ddpm(args, accelerator: Accelerator, data: common.ImageFolder, state: 
         if state.step % args.sample_every == 0 and accelerator.is_main_process:
             ema_model = UNet2DModel.from_config(accelerator.unwrap_model(unet).config)
             ema.copy_to(ema_model.parameters())
-            save_ddpm_samples(ema_model, scheduler, classes, args.run_dir / "samples" / f"{state.step:06d}.png")
+            save_ddpm_samples(ema_model, scheduler, classes, args.run_dir / "samples" / f"{state.step:06d}.png",
+                              guidance_scale=args.guidance_scale)
     save()
     progress.close()
 
 
-def save_ddpm_samples(unet: UNet2DModel, scheduler, classes: list[str], path: Path, count: int = 16) -> None:
+def save_ddpm_samples(unet: UNet2DModel, scheduler, classes: list[str], path: Path, count: int = 16,
+                      guidance_scale: float = 3.0) -> None:
     generator = torch.Generator().manual_seed(0)
     size = unet.config.sample_size
     noise = torch.randn((count, 3, size, size), generator=generator)
@@ -362,7 +366,7 @@ def save_ddpm_samples(unet: UNet2DModel, scheduler, classes: list[str], path: Pa
     labels = torch.arange(count) % len(classes) if classes else None
     unet.eval()
     run = reverse_process(unet, sampler, noise, class_labels=labels, null_class=len(classes) if classes else None,
-                          guidance_scale=3.0, record=False)
+                          guidance_scale=guidance_scale, record=False)
     common.save_grid(run.final, path, columns=4)
 
 
@@ -372,10 +376,10 @@ def export_ddpm(args, unet: UNet2DModel, scheduler, classes: list[str], state: c
     scheduler.save_pretrained(args.out)
     info = {"kind": "diffusion", "title": args.out.name}
     if classes:
-        info.update(classes=classes, null_class=len(classes), default_guidance_scale=3.0)
+        info.update(classes=classes, null_class=len(classes), default_guidance_scale=args.guidance_scale)
     (args.out / "genlab.json").write_text(json.dumps(info, indent=1))
     state.save(args.out)
-    save_ddpm_samples(unet, scheduler, classes, args.out / "samples.png")
+    save_ddpm_samples(unet, scheduler, classes, args.out / "samples.png", guidance_scale=args.guidance_scale)
     conditional = (f"Class-conditional on {len(classes)} classes ({', '.join(classes)}) with label dropout "
                    f"{args.label_dropout}, so classifier-free guidance works (class {len(classes)} = no label). "
                    if classes else "")
@@ -388,7 +392,7 @@ def export_ddpm(args, unet: UNet2DModel, scheduler, classes: list[str], state: c
         f"beta schedule over 1000 steps. {conditional}{focus}Min-SNR-gamma weighting: {args.min_snr_gamma or 'off'}. "
         "Exported weights are the EMA weights.",
         f"`{args.data}`, random {args.crop}x{args.crop} crops, batch {args.batch_size}.",
-        state, "`samples.png`: 16 samples, 50 DDIM steps, seed 0" + (", guidance 3, classes in order" if classes else "")
+        state, "`samples.png`: 16 samples, 50 DDIM steps, seed 0" + (f", guidance {args.guidance_scale:g}, classes in order" if classes else "")
         + ".\n\n",
     )
 
