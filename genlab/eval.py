@@ -159,10 +159,15 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, classes: int, s
     return model, balanced_accuracy(predicted, labels[test], classes)
 
 
+def per_class_recall(predicted: torch.Tensor, labels: torch.Tensor, classes: int) -> list[float | None]:
+    """For each class, the share of its items predicted as it (None where `labels` has none)."""
+    return [(predicted[labels == c] == c).float().mean().item() if (labels == c).any() else None
+            for c in range(classes)]
+
+
 def balanced_accuracy(predicted: torch.Tensor, labels: torch.Tensor, classes: int) -> float:
     """Mean over the classes present in `labels` of the share predicted correctly."""
-    recalls = [(predicted[labels == c] == c).float().mean().item() for c in range(classes) if (labels == c).any()]
-    return float(np.mean(recalls))
+    return float(np.mean([r for r in per_class_recall(predicted, labels, classes) if r is not None]))
 
 
 def eval_emoji(model: str, data: Path, out: Path, per_class: int = 8, steps: int = 50, guidance: float | None = None) -> str:
@@ -191,7 +196,7 @@ def eval_emoji(model: str, data: Path, out: Path, per_class: int = 8, steps: int
         predicted = classifier(samples).argmax(1)
     requested = torch.as_tensor(requested)
     follows = (predicted == requested).float().mean().item()
-    follows_each = [(predicted[requested == c] == c).float().mean().item() for c in range(len(dm.classes))]
+    follows_each = per_class_recall(predicted, requested, len(dm.classes))  # every class is requested
     s_light, s_colour, s_div = emoji_stats(samples)
     pick = torch.randperm(len(real_images), generator=torch.Generator().manual_seed(0))[: len(samples)]
     r_light, r_colour, r_div = emoji_stats(real_images[pick])

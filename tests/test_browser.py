@@ -15,13 +15,9 @@ pytest temporary folder.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -34,8 +30,11 @@ except ImportError as error:  # pragma: no cover - depends on the machine
 else:
     PLAYWRIGHT_ERROR = None
 
+import torch  # noqa: E402
+
 import genlab.config  # noqa: E402
 import genlab.models  # noqa: E402
+from genlab.bench import free_port, serving_app  # noqa: E402
 from genlab.config import parse_args  # noqa: E402
 from genlab.ui import build_app  # noqa: E402
 from genlab.ui.common import OUTPUT_DIR  # noqa: E402
@@ -69,12 +68,6 @@ if MISSING and not REQUIRE_BROWSER:
 
 
 # ------------------------------------------------------------------------------ fixtures
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def app(tiny_vq_dir, tiny_vq_lookup_dir, tiny_cond_ddpm_dir, tmp_path_factory):
     """(url, vq label, second vq label, diffusion label) of an app that serves only the tiny models."""
@@ -108,19 +101,25 @@ def browser():
         chromium.close()
 
 
-@pytest.fixture
-def page(browser, app):
-    """A fresh page on the app, loaded; fails the test on any uncaught JavaScript error."""
+@contextlib.contextmanager
+def opened_page(browser, url: str, action_ms: int = ACTION_MS):
+    """A fresh page on the app at `url`, loaded; fails on any uncaught JavaScript error."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(ACTION_MS)
+    context.set_default_timeout(action_ms)
     page = context.new_page()
     js_errors: list[str] = []
     page.on("pageerror", lambda error: js_errors.append(str(error)))
-    page.goto(app[0], timeout=LOAD_MS)
+    page.goto(url, timeout=LOAD_MS)
     expect(page.get_by_role("button", name="Reconstruct")).to_be_visible(timeout=LOAD_MS)
     yield page
     context.close()
     assert not js_errors, f"uncaught JavaScript errors in the page: {js_errors}"
+
+
+@pytest.fixture
+def page(browser, app):
+    with opened_page(browser, app[0]) as page:
+        yield page
 
 
 @pytest.fixture(scope="module")
@@ -364,45 +363,22 @@ def test_diffusion_compare_samplers(page, shots):
 # --------------------------------------------------------------- the embedded models, as shipped
 @pytest.fixture(scope="module")
 def embedded_app():
-    """`python app.py` as a user starts it: the models committed in weights/, on this machine's CPU."""
+    """`python app.py` as a user starts it (the bench's launcher): the models committed in weights/."""
     missing = [name for name in genlab.models.EMBEDDED  # REPO/weights: the `app` fixture patches WEIGHTS_DIR
                if not list((REPO / "weights" / name).glob("*.safetensors"))]
     assert not missing, f"weights/ lacks the embedded models {missing}"
-    port = free_port()
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
-    server = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=REPO, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + LOAD_MS / 1000
-        while True:
-            try:
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                if server.poll() is not None:
-                    pytest.fail(f"app.py exited with {server.returncode}: {server.stderr.read()[-2000:]}")
-                if time.monotonic() > deadline:
-                    pytest.fail("app.py did not answer within the load timeout")
-                time.sleep(0.25)
+    with serving_app(torch.device("cpu"), timeout_s=LOAD_MS / 1000) as (url, _):
         yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def test_embedded_models_end_to_end(browser, embedded_app, shots):
     """Every tab's main action on the shipped weights: the checks of issues 4-6 in a real browser."""
-    rocket = REPO / "genlab" / "assets" / "examples" / "rocket.png"
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(EMBEDDED_MS)
-    page = context.new_page()
-    js_errors: list[str] = []
-    page.on("pageerror", lambda error: js_errors.append(str(error)))
-    page.goto(embedded_app, timeout=LOAD_MS)
-    expect(page.get_by_role("button", name="Reconstruct")).to_be_visible(timeout=LOAD_MS)
+    with opened_page(browser, embedded_app, EMBEDDED_MS) as page:
+        click_through_embedded_models(page, shots)
 
+
+def click_through_embedded_models(page, shots) -> None:
+    rocket = REPO / "genlab" / "assets" / "examples" / "rocket.png"
     upload(page, RECONSTRUCT_UPLOAD, rocket)
     page.get_by_role("button", name="Reconstruct").click()
     expect_image(page, "reconstruction")
@@ -447,5 +423,3 @@ def test_embedded_models_end_to_end(browser, embedded_app, shots):
     expect(block(page, "Same noise, different samplers").locator("img")).to_have_count(3, timeout=EMBEDDED_MS)
     screenshot(page, shots, "14-embedded-compare")
     expect(page.locator(".toast-body")).to_have_count(0)
-    context.close()
-    assert not js_errors, f"uncaught JavaScript errors in the page: {js_errors}"

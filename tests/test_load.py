@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import gc
-import socket
 import threading
 import time
 
@@ -24,6 +23,7 @@ from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.utils import QueueError, Status  # noqa: E402
 
 import genlab.models  # noqa: E402
+from genlab.bench import free_port  # noqa: E402
 from genlab.config import parse_args  # noqa: E402
 from genlab.ui import build_app, common  # noqa: E402
 from genlab.ui.diffusion_tab import to_display  # noqa: E402
@@ -35,12 +35,6 @@ SOAK_CALLS, WARM_UP_CALLS = 300, 30  # multiples of SOAK_CLIENTS
 SOAK_CLIENTS = 3
 RSS_GROWTH_LIMIT = 50 * 2**20
 CALL_TIMEOUT_S = 60  # no single call may hang the suite
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def make_photo(path, width: int, height: int, seed: int = 0) -> str:

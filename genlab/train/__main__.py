@@ -356,8 +356,8 @@ def train_ddpm(args, accelerator: Accelerator, data: common.ImageFolder, state: 
     progress.close()
 
 
-def save_ddpm_samples(unet: UNet2DModel, scheduler, classes: list[str], path: Path, count: int = 16,
-                      guidance_scale: float = 3.0) -> None:
+def save_ddpm_samples(unet: UNet2DModel, scheduler, classes: list[str], path: Path, *, guidance_scale: float,
+                      count: int = 16) -> None:
     generator = torch.Generator().manual_seed(0)
     size = unet.config.sample_size
     noise = torch.randn((count, 3, size, size), generator=generator)

@@ -167,15 +167,15 @@ def build(registry: Registry, demo: gr.Blocks) -> None:
         sigma = run.sigma
         reference = run.reference
         baseline = nlm(run.noisy, sigma)
+        count = len(run.trajectory.steps)
         if reference is not None:
             text = (f"Noised to t = {run.start_timestep} (sigma = {sigma * 255:.1f}/255) and denoised in "
-                    f"{len(run.trajectory.steps)} steps. PSNR vs the original: GenLab {psnr(reference, result):.2f} dB, "
+                    f"{count} steps. PSNR vs the original: GenLab {psnr(reference, result):.2f} dB, "
                     f"non-local means {psnr(reference, baseline):.2f} dB, noisy input {psnr(reference, run.noisy):.2f} dB.")
         else:
-            count = len(run.trajectory.steps)
             text = (f"Started at t = {run.start_timestep} for sigma = {sigma * 255:.1f}/255; {count} "
                     f"step{'' if count == 1 else 's'}. No clean original, so no PSNR: compare with non-local means by eye.")
-        trajectory, scrub_slider, files = finish(run, label, len(run.trajectory.steps), "denoise")
+        trajectory, scrub_slider, files = finish(run, label, count, "denoise")
         yield result, baseline, text, trajectory, scrub_slider, files
 
     @user_errors
