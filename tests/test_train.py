@@ -176,6 +176,21 @@ def test_optimizer_state_round_trips_without_pickle(tmp_path):
     assert torch.equal(restored.state[model.weight]["exp_avg"], optimizer.state[model.weight]["exp_avg"])
 
 
+def test_class_power_rebalances_the_classes_drawn(tmp_path):
+    """8 images of one class, 2 of another: power 1 keeps 80/20, 0.5 gives sqrt(8):sqrt(2) = 2:1, 0 gives 50/50."""
+    labels = {}
+    for index in range(10):
+        Image.fromarray(np.full((8, 8, 3), 20 * index, np.uint8)).save(tmp_path / f"{index}.png")
+        labels[f"{index}.png"] = "common" if index < 8 else "rare"
+    (tmp_path / "labels.json").write_text(json.dumps(labels))
+    folder = common.ImageFolder(tmp_path)
+    rare = folder.classes.index("rare")
+    for power, share in ((1.0, 0.2), (0.5, 1 / 3), (0.0, 0.5)):
+        batches = iter(common.RandomCrops(folder, 8, 500, seed=0, class_power=power))
+        drawn = torch.cat([next(batches)[1] for _ in range(8)])  # 4,000 labels
+        assert (drawn == rare).float().mean().item() == pytest.approx(share, abs=0.03), power
+
+
 def test_presets_fill_every_unset_option_and_flags_win():
     from genlab.train.__main__ import PRESETS, parse_args
 
@@ -188,5 +203,6 @@ def test_presets_fill_every_unset_option_and_flags_win():
     assert denoiser.t_focus_share > 0
     emoji = parse_args(base + ["--preset", "emoji"])
     assert emoji.t_focus_max == 0 and emoji.t_focus_share == 0.0  # not in the preset: off
+    assert emoji.class_power == PRESETS["emoji"]["class_power"] and denoiser.class_power == 1.0
     flagged = parse_args(base + ["--preset", "photo-denoiser", "--t-focus-max", "50", "--lr", "1e-4"])
     assert flagged.t_focus_max == 50 and flagged.lr == 1e-4

@@ -33,7 +33,7 @@ PRESETS = {
     # small enough to train in hours on 2 CPU cores, and to reconstruct 256^2 in ~100 ms
     "vq-photo": dict(channels="16,32,64", layers_per_block=1, codes=1024, code_dim=4, crop=64, batch_size=16, lr=1e-3),
     "emoji": dict(channels="32,64,64", layers_per_block=1, attention="0,0,1", sample_size=32, crop=32, batch_size=32,
-                  lr=1e-3, beta_schedule="squaredcos_cap_v2", min_snr_gamma=5.0, label_dropout=0.1),
+                  lr=1e-3, beta_schedule="squaredcos_cap_v2", min_snr_gamma=5.0, label_dropout=0.1, class_power=0.5),
     "photo-denoiser": dict(channels="32,64,64", layers_per_block=1, attention="0,0,0", sample_size=64, crop=64,
                            batch_size=16, lr=1e-3, beta_schedule="linear", min_snr_gamma=0.0,
                            t_focus_max=200, t_focus_share=0.9, label_dropout=0.0),
@@ -53,6 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--crop", type=int, help="training crop side in pixels")
     parser.add_argument("--lr", type=float, help="learning rate (also applied on --resume)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--class-power", type=float,
+                        help="draw class c with probability ~ n_c ** this (1: as in the data, 0: classes equally)")
     parser.add_argument("--resume", action="store_true", help="continue from --run-dir/checkpoint")
     parser.add_argument("--init", type=Path, default=None, help="start from an exported weights folder")
     parser.add_argument("--save-every", type=int, default=250)
@@ -97,6 +99,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     for key in ("min_snr_gamma", "label_dropout", "t_focus_max", "t_focus_share"):
         if getattr(args, key, None) is None:
             setattr(args, key, 0.0)
+    if args.class_power is None:
+        args.class_power = 1.0
     args.channels = tuple(int(c) for c in str(args.channels).split(","))
     if args.attention is not None:
         args.attention = tuple(bool(int(a)) for a in str(args.attention).split(","))
@@ -305,7 +309,8 @@ def train_ddpm(args, accelerator: Accelerator, data: common.ImageFolder, state: 
         common.load_optimizer(optimizer, checkpoint, lr=args.lr)
     unet, optimizer = accelerator.prepare(unet, optimizer)
     ema.to(accelerator.device)
-    batches = iter(common.RandomCrops(data, args.crop, args.batch_size, args.seed + state.step + accelerator.process_index))
+    batches = iter(common.RandomCrops(data, args.crop, args.batch_size, args.seed + state.step + accelerator.process_index,
+                                      class_power=args.class_power if classes else 1.0))
     generator = torch.Generator().manual_seed(args.seed + state.step)
     timer = common.Timer(state.wall_seconds)
     progress = tqdm(total=args.steps, initial=state.step, disable=not accelerator.is_main_process, desc="ddpm")
@@ -391,7 +396,9 @@ def export_ddpm(args, unet: UNet2DModel, scheduler, classes: list[str], state: c
         f"parameters, {args.sample_size}x{args.sample_size} samples, fully convolutional) with a {args.beta_schedule} "
         f"beta schedule over 1000 steps. {conditional}{focus}Min-SNR-gamma weighting: {args.min_snr_gamma or 'off'}. "
         "Exported weights are the EMA weights.",
-        f"`{args.data}`, random {args.crop}x{args.crop} crops, batch {args.batch_size}.",
+        f"`{args.data}`, random {args.crop}x{args.crop} crops, batch {args.batch_size}"
+        + (f"; class c drawn with probability proportional to n_c^{args.class_power:g}" if classes and args.class_power != 1 else "")
+        + ".",
         state, "`samples.png`: 16 samples, 50 DDIM steps, seed 0" + (f", guidance {args.guidance_scale:g}, classes in order" if classes else "")
         + ".\n\n",
     )

@@ -64,13 +64,25 @@ class ImageFolder:
 class RandomCrops:
     """Endless batches of random (optionally flipped) crops, sampled in proportion to image area.
 
-    Images smaller than the crop are reflect-padded. Returns (B, 3, S, S) in [-1, 1] and labels (B,).
+    `class_power` reweights a labelled folder so that class c is drawn with probability proportional
+    to n_c ** class_power: 1 keeps the data's own mix, 0 draws every class equally often, 0.5 is
+    square-root sampling (Mahajan et al., arXiv:1805.00932), which gives rare classes more steps
+    without repeating a handful of images endlessly. Unlabelled images (-1) form one group.
+
+    Images smaller than the crop are edge-padded. Returns (B, 3, S, S) in [-1, 1] and labels (B,).
     """
 
-    def __init__(self, folder: ImageFolder, crop: int, batch_size: int, seed: int, flip: bool = True):
+    def __init__(self, folder: ImageFolder, crop: int, batch_size: int, seed: int, flip: bool = True,
+                 class_power: float = 1.0):
         self.folder, self.crop, self.batch_size, self.flip = folder, crop, batch_size, flip
         areas = np.array([max(1, (h - crop + 1) * (w - crop + 1)) for h, w, _ in (i.shape for i in folder.images)], float)
-        self.weights = areas / areas.sum()
+        weights = areas / areas.sum()
+        if class_power != 1.0:
+            _, group, counts = np.unique(folder.labels_array, return_inverse=True, return_counts=True)
+            mass = np.bincount(group, weights=weights)  # (G,) each group's share of the draws so far
+            target = counts.astype(float) ** class_power
+            weights = weights * (target / target.sum() / mass)[group]
+        self.weights = weights / weights.sum()
         self.rng = np.random.default_rng(seed)
 
     def _crop(self, image: np.ndarray) -> np.ndarray:
