@@ -39,6 +39,9 @@ PRESETS = {
                            t_focus_max=200, t_focus_share=0.9, label_dropout=0.0),
 }
 
+# options a preset may leave out, and the value that switches each off
+OFF = dict(min_snr_gamma=0.0, label_dropout=0.0, t_focus_max=0, t_focus_share=0.0, class_power=1.0)
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m genlab.train", description=__doc__.split("\n\n")[0])
@@ -96,11 +99,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     for key, value in preset.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
-    for key in ("min_snr_gamma", "label_dropout", "t_focus_max", "t_focus_share"):
+    for key, off in OFF.items():
         if getattr(args, key, None) is None:
-            setattr(args, key, 0.0)
-    if args.class_power is None:
-        args.class_power = 1.0
+            setattr(args, key, off)
     args.channels = tuple(int(c) for c in str(args.channels).split(","))
     if args.attention is not None:
         args.attention = tuple(bool(int(a)) for a in str(args.attention).split(","))
