@@ -191,6 +191,32 @@ def test_class_power_rebalances_the_classes_drawn(tmp_path):
         assert (drawn == rare).float().mean().item() == pytest.approx(share, abs=0.03), power
 
 
+def test_lr_schedule_continues_its_curve_on_resume(image_folder, tmp_path):
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    schedule = common.lr_scheduler(optimizer, "cosine", 1e-3, warmup=2, total=10, step=0)
+    curve = []
+    for _ in range(10):
+        curve.append(schedule.get_last_lr()[0])
+        optimizer.step()
+        schedule.step()
+    assert curve[0] == 0.0 and curve[2] == pytest.approx(1e-3) and curve[6] < curve[4] < curve[2]
+    restarted = torch.optim.AdamW(model.parameters(), lr=5.0)  # as after load_optimizer: a stale lr
+    resumed = common.lr_scheduler(restarted, "cosine", 1e-3, warmup=2, total=10, step=6)
+    assert resumed.get_last_lr()[0] == pytest.approx(curve[6]) == restarted.param_groups[0]["lr"]
+
+    # through the CLI: the optimizer a checkpoint stores runs at the schedule's rate, which ends at 0
+    run_dir = tmp_path / "run"
+    base = ["ddpm", "--data", str(image_folder), "--out", str(tmp_path / "dm"), "--run-dir", str(run_dir), *TINY_DDPM,
+            "--lr-schedule", "cosine", "--warmup-steps", "1", "--lr", "1e-3"]
+    stored_lr = lambda: json.loads((run_dir / "checkpoint" / "optimizer.json").read_text())["param_groups"][0]["lr"]
+    train_main(base + ["--steps", "4", "--save-every", "2"])
+    assert stored_lr() == pytest.approx(0.0, abs=1e-12)  # the constant 1e-3 of --lr would be stored otherwise
+    train_main(base + ["--steps", "8", "--save-every", "2", "--resume"])  # a longer curve, again ending at 0
+    assert stored_lr() == pytest.approx(0.0, abs=1e-12)
+    assert "cosine, 1 warmup steps over 8 steps" in (tmp_path / "dm" / "README.md").read_text()
+
+
 def test_presets_fill_every_unset_option_and_flags_win():
     from genlab.train.__main__ import PRESETS, parse_args
 
@@ -204,5 +230,6 @@ def test_presets_fill_every_unset_option_and_flags_win():
     emoji = parse_args(base + ["--preset", "emoji"])
     assert emoji.t_focus_max == 0 and emoji.t_focus_share == 0.0  # not in the preset: off
     assert emoji.class_power == PRESETS["emoji"]["class_power"] and denoiser.class_power == 1.0
+    assert (emoji.lr_schedule, emoji.warmup_steps) == ("cosine", 500) and denoiser.lr_schedule == "constant"
     flagged = parse_args(base + ["--preset", "photo-denoiser", "--t-focus-max", "50", "--lr", "1e-4"])
     assert flagged.t_focus_max == 50 and flagged.lr == 1e-4

@@ -33,14 +33,16 @@ PRESETS = {
     # small enough to train in hours on 2 CPU cores, and to reconstruct 256^2 in ~100 ms
     "vq-photo": dict(channels="16,32,64", layers_per_block=1, codes=1024, code_dim=4, crop=64, batch_size=16, lr=1e-3),
     "emoji": dict(channels="32,64,64", layers_per_block=1, attention="0,0,1", sample_size=32, crop=32, batch_size=32,
-                  lr=1e-3, beta_schedule="squaredcos_cap_v2", min_snr_gamma=5.0, label_dropout=0.1, class_power=0.5),
+                  lr=1e-3, lr_schedule="cosine", warmup_steps=500, beta_schedule="squaredcos_cap_v2",
+                  min_snr_gamma=5.0, label_dropout=0.1, class_power=0.5),
     "photo-denoiser": dict(channels="32,64,64", layers_per_block=1, attention="0,0,0", sample_size=64, crop=64,
                            batch_size=16, lr=1e-3, beta_schedule="linear", min_snr_gamma=0.0,
                            t_focus_max=200, t_focus_share=0.9, label_dropout=0.0),
 }
 
 # options a preset may leave out, and the value that switches each off
-OFF = dict(min_snr_gamma=0.0, label_dropout=0.0, t_focus_max=0, t_focus_share=0.0, class_power=1.0)
+OFF = dict(min_snr_gamma=0.0, label_dropout=0.0, t_focus_max=0, t_focus_share=0.0, class_power=1.0,
+           lr_schedule="constant", warmup_steps=0)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -54,7 +56,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-minutes", type=float, default=None, help="stop (and export) after this wall time")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--crop", type=int, help="training crop side in pixels")
-    parser.add_argument("--lr", type=float, help="learning rate (also applied on --resume)")
+    parser.add_argument("--lr", type=float, help="(peak) learning rate (also applied on --resume)")
+    parser.add_argument("--lr-schedule", choices=["constant", "constant_with_warmup", "linear", "cosine"],
+                        help="diffusers' learning-rate schedule (cosine and linear decay to 0 at --steps; "
+                        "a VQGAN's discriminator keeps a constant rate)")
+    parser.add_argument("--warmup-steps", type=int, help="linear warmup steps of --lr-schedule")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--class-power", type=float,
                         help="draw class c with probability ~ n_c ** this (1: as in the data, 0: classes equally)")
@@ -122,6 +128,14 @@ def norm_groups(channels) -> int:
     return max(g for g in range(1, 33) if all(c % g == 0 for c in channels) and min(channels) // g >= 4)
 
 
+def lr_text(args) -> str:
+    """The learning-rate schedule in words, for model cards."""
+    if args.lr_schedule == "constant":
+        return f"learning rate {args.lr:g} (constant)"
+    warmup = f", {args.warmup_steps} warmup steps" if args.warmup_steps else ""
+    return f"learning rate {args.lr:g} ({args.lr_schedule}{warmup} over {args.steps} steps)"
+
+
 def init_overrides(args) -> dict:
     """Config overrides applied when starting from --init (e.g. a corrected norm_num_groups)."""
     return {"norm_num_groups": args.norm_groups} if args.norm_groups else {}
@@ -163,6 +177,7 @@ def train_vq(args, accelerator: Accelerator, data: common.ImageFolder, state: co
         if discriminator is not None and (checkpoint / "discriminator.safetensors").exists():
             common.load_modules({"discriminator": discriminator}, checkpoint)
             common.load_optimizer(disc_optimizer, checkpoint / "disc")
+    schedule = common.lr_scheduler(optimizer, args.lr_schedule, args.lr, args.warmup_steps, args.steps, state.step)
     trainer, optimizer = accelerator.prepare(trainer, optimizer)
     if discriminator is not None:
         discriminator, disc_optimizer = accelerator.prepare(discriminator, disc_optimizer)
@@ -212,6 +227,7 @@ def train_vq(args, accelerator: Accelerator, data: common.ImageFolder, state: co
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         optimizer.step()
+        schedule.step()
         if use_gan:
             with accelerator.autocast():
                 d_loss = vq.hinge_d_loss(discriminator(pixels), discriminator(reconstruction.detach()))
@@ -262,7 +278,7 @@ def export_vq(args, model: VQModel, state: common.RunState, fixed: torch.Tensor)
         f"commitment (beta {args.beta}), EMA codebook with dead-code restarts"
         + (f", PatchGAN hinge loss with the adaptive weight (scale {args.disc_weight}); no perceptual (LPIPS) term, "
            "since no pretrained network can be downloaded here" if args.kind == "vqgan" else "") + ".",
-        f"`{args.data}`, random {args.crop}x{args.crop} crops, batch {args.batch_size} "
+        f"`{args.data}`, random {args.crop}x{args.crop} crops, batch {args.batch_size}, {lr_text(args)} "
         "(built by `python -m genlab.data photos --out data/photos`; held-out photos never enter `train/`).",
         state, "`samples.png`: top row training crops, bottom row their reconstructions.\n\n",
     )
@@ -308,6 +324,7 @@ def train_ddpm(args, accelerator: Accelerator, data: common.ImageFolder, state: 
     optimizer = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
     if resuming:
         common.load_optimizer(optimizer, checkpoint, lr=args.lr)
+    schedule = common.lr_scheduler(optimizer, args.lr_schedule, args.lr, args.warmup_steps, args.steps, state.step)
     unet, optimizer = accelerator.prepare(unet, optimizer)
     ema.to(accelerator.device)
     batches = iter(common.RandomCrops(data, args.crop, args.batch_size, args.seed + state.step + accelerator.process_index,
@@ -345,12 +362,14 @@ def train_ddpm(args, accelerator: Accelerator, data: common.ImageFolder, state: 
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(unet.parameters(), 1.0)
         optimizer.step()
+        schedule.step()
         ema.step(unet.parameters())
         state.step += 1
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         progress.update(1)
         if state.step % args.log_every == 0:
-            progress.set_postfix(loss=round(running, 4), ema_decay=round(ema.cur_decay_value or 0.0, 5))
+            progress.set_postfix(loss=round(running, 4), lr=f"{schedule.get_last_lr()[0]:.2e}",
+                                 ema_decay=round(ema.cur_decay_value or 0.0, 5))
         if state.step % args.save_every == 0:
             save()
         if state.step % args.sample_every == 0 and accelerator.is_main_process:
@@ -397,7 +416,7 @@ def export_ddpm(args, unet: UNet2DModel, scheduler, classes: list[str], state: c
         f"parameters, {args.sample_size}x{args.sample_size} samples, fully convolutional) with a {args.beta_schedule} "
         f"beta schedule over 1000 steps. {conditional}{focus}Min-SNR-gamma weighting: {args.min_snr_gamma or 'off'}. "
         "Exported weights are the EMA weights.",
-        f"`{args.data}`, random {args.crop}x{args.crop} crops, batch {args.batch_size}"
+        f"`{args.data}`, random {args.crop}x{args.crop} crops, batch {args.batch_size}, {lr_text(args)}"
         + (f"; class c drawn with probability proportional to n_c^{args.class_power:g}" if classes and args.class_power != 1 else "")
         + ".",
         state, "`samples.png`: 16 samples, 50 DDIM steps, seed 0" + (f", guidance {args.guidance_scale:g}, classes in order" if classes else "")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers.optimization import get_scheduler
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
@@ -134,6 +135,18 @@ def load_optimizer(optimizer: torch.optim.Optimizer, folder: Path, lr: float | N
     if lr is not None:
         for group in optimizer.param_groups:
             group["lr"] = lr
+
+
+def lr_scheduler(optimizer: torch.optim.Optimizer, name: str, lr: float, warmup: int, total: int, step: int):
+    """diffusers' `get_scheduler` (e.g. linear warmup then cosine decay to 0 at `total`), placed at `step`.
+
+    The schedule is a function of the step count alone, so nothing extra is checkpointed: a resumed
+    run continues the same curve, with `lr` as its peak and `total` as its end (both may change on
+    resume). Step it after each optimizer step.
+    """
+    for group in optimizer.param_groups:
+        group["initial_lr"] = lr
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total, last_epoch=step - 1)
 
 
 def save_modules(modules: dict[str, torch.nn.Module], folder: Path) -> None:
