@@ -172,7 +172,7 @@ def train_vq(args, accelerator: Accelerator, data: common.ImageFolder, state: co
         discriminator = vq.PatchDiscriminator(args.disc_channels, args.disc_layers)
         disc_optimizer = torch.optim.Adam(discriminator.parameters(), lr=args.lr, betas=(0.5, 0.9))
     if args.resume and (checkpoint / "model").exists():
-        common.load_optimizer(optimizer, checkpoint, lr=args.lr)
+        common.load_optimizer(optimizer, checkpoint)
         common.load_modules({"quantizer": trainer.quantizer}, checkpoint)
         if discriminator is not None and (checkpoint / "discriminator.safetensors").exists():
             common.load_modules({"discriminator": discriminator}, checkpoint)
@@ -323,7 +323,7 @@ def train_ddpm(args, accelerator: Accelerator, data: common.ImageFolder, state: 
     ema.optimization_step = state.step
     optimizer = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
     if resuming:
-        common.load_optimizer(optimizer, checkpoint, lr=args.lr)
+        common.load_optimizer(optimizer, checkpoint)
     schedule = common.lr_scheduler(optimizer, args.lr_schedule, args.lr, args.warmup_steps, args.steps, state.step)
     unet, optimizer = accelerator.prepare(unet, optimizer)
     ema.to(accelerator.device)

@@ -122,9 +122,9 @@ def save_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
     (folder / "optimizer.json").write_text(json.dumps(meta))
 
 
-def load_optimizer(optimizer: torch.optim.Optimizer, folder: Path, lr: float | None = None) -> None:
-    """Restore moments and step counts; `lr`, when given, replaces the saved learning rate (e.g. a
-    lower rate for the end of a resumed run)."""
+def load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
+    """Restore moments, step counts and the saved learning rate (`lr_scheduler` then sets the rate of
+    a resumed run from its --lr and step)."""
     meta = json.loads((folder / "optimizer.json").read_text())
     tensors = load_file(str(folder / "optimizer.safetensors"))
     state = {int(k): dict(v) for k, v in meta["state"].items()}
@@ -132,9 +132,6 @@ def load_optimizer(optimizer: torch.optim.Optimizer, folder: Path, lr: float | N
         param_id, key = name.split(".", 1)
         state.setdefault(int(param_id), {})[key] = tensor
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    if lr is not None:
-        for group in optimizer.param_groups:
-            group["lr"] = lr
 
 
 def lr_scheduler(optimizer: torch.optim.Optimizer, name: str, lr: float, warmup: int, total: int, step: int):
