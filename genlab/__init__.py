@@ -5,17 +5,21 @@
     rec = vq.reconstruct(genlab.open_image("photo.jpg"))  # .image .indices .psnr .bits_per_pixel
     dm = genlab.load_diffusion("weights/ddpm-emoji")
     run = dm.sample(seed=0, steps=50, scheduler="ddim")   # .image .frames[i].timestep/.x_t/.x0
+    ldm = genlab.load_diffusion("weights/ldm-emoji")      # latent: ldm.is_latent, ldm.latent_shape
+    vae = genlab.load_autoencoder("weights/ldm-emoji")    # its AutoencoderKL: .reconstruct(image)
 
 Nothing here imports gradio: the UI lives in `genlab.ui`.
 """
 
+from .autoencoder import KLAutoencoder, KLReconstruction, LatentCodec
 from .diffusion import SCHEDULERS, DiffusionModel, DiffusionRun
 from .images import InputError, open_image
-from .models import ModelLoadError, ModelSpec, embedded_status, load_diffusion, load_vq
+from .models import ModelLoadError, ModelSpec, embedded_status, load_autoencoder, load_diffusion, load_vq
 from .vq import VQ, Reconstruction, perplexity
 
 __version__ = "0.1.0"
 __all__ = [
-    "DiffusionModel", "DiffusionRun", "InputError", "ModelLoadError", "ModelSpec", "Reconstruction", "SCHEDULERS",
-    "VQ", "embedded_status", "load_diffusion", "load_vq", "open_image", "perplexity",
+    "DiffusionModel", "DiffusionRun", "InputError", "KLAutoencoder", "KLReconstruction", "LatentCodec", "ModelLoadError",
+    "ModelSpec", "Reconstruction", "SCHEDULERS", "VQ", "embedded_status", "load_autoencoder", "load_diffusion", "load_vq",
+    "open_image", "perplexity",
 ]

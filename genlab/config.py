@@ -1,10 +1,11 @@
 """The app's command line and Space settings, as checked data.
 
-    python app.py [--model vq=SOURCE[#SUBFOLDER]]... [--model diffusion=SOURCE[#SUBFOLDER]]...
+    python app.py [--model vq=SOURCE[@REVISION][#SUBFOLDER]]... [--model diffusion=SOURCE[@REVISION][#SUBFOLDER]]...
                   [--host H] [--port P] [--share] [--device cpu|cuda] [--max-file-mb N]
 
 A Space cannot pass arguments, so the same model list can come from the environment:
-GENLAB_MODELS="vq=amused/amused-256#vqvae,diffusion=google/ddpm-cifar10-32". Host and port default
+GENLAB_MODELS="vq=amused/amused-256#vqvae,diffusion=google/ddpm-cifar10-32". `vq=` takes any
+autoencoder (VQModel or AutoencoderKL) for the reconstruction tab. Host and port default
 to GRADIO_SERVER_NAME / GRADIO_SERVER_PORT, then 127.0.0.1:7860; GENLAB_SHARE=1 shares.
 The embedded models under weights/ are always listed first.
 """
@@ -15,7 +16,7 @@ import argparse
 import os
 from dataclasses import dataclass, field
 
-from .models import EMBEDDED, WEIGHTS_DIR, ModelSpec
+from .models import EMBEDDED, EMBEDDED_AUTOENCODERS, WEIGHTS_DIR, ModelSpec
 
 KINDS = ("vq", "diffusion")
 
@@ -36,15 +37,16 @@ def parse_model_option(text: str) -> tuple[str, ModelSpec]:
     kind, sep, rest = text.partition("=")
     kind = kind.strip().lower()
     if not sep or kind not in KINDS:
-        raise ValueError(f"--model takes KIND=SOURCE[#SUBFOLDER] with KIND one of {KINDS}, got {text!r}")
+        raise ValueError(f"--model takes KIND=SOURCE[@REVISION][#SUBFOLDER] with KIND one of {KINDS}, got {text!r}")
     return kind, ModelSpec.parse(rest)
 
 
 def parse_args(argv=None, environ=None) -> AppConfig:
     environ = os.environ if environ is None else environ
     parser = argparse.ArgumentParser(prog="python app.py", description="GenLab: VQ-VAE, VQGAN and diffusion, step by step.")
-    parser.add_argument("--model", action="append", default=[], metavar="KIND=SOURCE[#SUBFOLDER]",
-                        help="an extra model: vq=... or diffusion=..., a local folder or a Hub repo id; repeatable")
+    parser.add_argument("--model", action="append", default=[], metavar="KIND=SOURCE[@REVISION][#SUBFOLDER]",
+                        help="an extra model: vq=... (any autoencoder) or diffusion=... (pixel or latent), a local "
+                        "folder or a Hub repo id, optionally at a Hub revision; repeatable")
     parser.add_argument("--host", default=environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(environ.get("GRADIO_SERVER_PORT", 7860)))
     parser.add_argument("--share", action="store_true", default=environ.get("GENLAB_SHARE", "") in ("1", "true"))
@@ -56,6 +58,8 @@ def parse_args(argv=None, environ=None) -> AppConfig:
     for name, kind in EMBEDDED.items():
         target = config.vq_models if kind == "vq" else config.diffusion_models
         target[name] = ModelSpec(str(WEIGHTS_DIR / name))
+    for label, (folder, subfolder) in EMBEDDED_AUTOENCODERS.items():
+        config.vq_models[label] = ModelSpec(str(WEIGHTS_DIR / folder), subfolder)
     extra = [m for m in environ.get("GENLAB_MODELS", "").split(",") if m.strip()] + args.model
     for option in extra:
         try:

@@ -10,6 +10,11 @@ makes a folder class-labelled. Nothing here is committed; this module is the rec
 Held-out split: a photo is held out when the SHA-1 of its source path falls in the first
 quarter of the hash space (`is_held_out`). Held-out photos are written only as 256x256 centre
 crops under `holdout/` and never reach `train/`.
+
+Emoji: `32/` and `64/` hold every emoji (the pixel DDPM and the judge of `genlab.eval emoji` use
+them); `64-train/` and `64-holdout/` split the 64 px emoji by the same hash of the emoji's
+`unified` code point, so all skin-tone variants of one emoji fall on the same side. The latent
+models (`vae`, `ldm`) train on `64-train/` and are measured on `64-holdout/`.
 """
 
 from __future__ import annotations
@@ -64,18 +69,22 @@ def build_emoji(out: Path, cache: Path, sizes=(32, 64)) -> None:
     entries = json.loads((package / "emoji.json").read_text())
     entries.sort(key=lambda entry: entry["sort_order"])
     categories: list[str] = []
-    items: list[tuple[str, str]] = []  # (png name, category)
+    items: list[tuple[str, str, bool]] = []  # (png name, category, held out)
     for entry in entries:
         if entry["category"] not in categories:
             categories.append(entry["category"])
         variants = [entry] + list(entry.get("skin_variations", {}).values())
-        items += [(v["image"], entry["category"]) for v in variants if v.get("has_img_google", True)]
+        held_out = is_held_out(entry["unified"])
+        items += [(v["image"], entry["category"], held_out) for v in variants if v.get("has_img_google", True)]
     source = package / "img" / "google" / "64"
-    for size in sizes:
-        folder = out / f"{size}"
+    splits = [(f"{size}", size, None) for size in sizes] + [("64-train", 64, False), ("64-holdout", 64, True)]
+    for folder_name, size, split in splits:
+        folder = out / folder_name
         folder.mkdir(parents=True, exist_ok=True)
         labels = {}
-        for name, category in items:
+        for name, category, held_out in items:
+            if split is not None and held_out != split:
+                continue
             path = source / name
             if not path.exists():
                 continue
@@ -86,7 +95,7 @@ def build_emoji(out: Path, cache: Path, sizes=(32, 64)) -> None:
             labels[name] = category
         (folder / "labels.json").write_text(json.dumps(labels, indent=0))
         (folder / "classes.json").write_text(json.dumps(categories))
-        print(f"emoji {size}px: {len(labels)} images in {len(categories)} categories -> {folder}")
+        print(f"emoji {folder_name}: {len(labels)} images in {len(categories)} categories -> {folder}")
 
 
 # ---------------------------------------------------------------------------------- photos

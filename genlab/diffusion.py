@@ -12,16 +12,30 @@ SDEdit: Meng et al. (arXiv:2108.01073): noise an image to t with q(x_t | x_0), t
   i.e. 2 sigma in the model's [-1, 1] scale) is x_0 + 2 sigma eps, which is x_t / sqrt(abar_t) for
   the t with (1 - abar_t) / abar_t = (2 sigma)^2.
 
-Tensors are (B, 3, H, W) in [-1, 1]; timesteps are integers in [0, num_train_timesteps).
+Latent diffusion: Rombach et al. (arXiv:2112.10752). The same loop runs on the scaled latents of an
+  autoencoder (`genlab.autoencoder.LatentCodec`): pixels -> encode -> reverse process -> decode.
+  Pixel models use the identity codec, so nothing in the loop knows which space it runs in.
+Inpainting by replacement: at every step the known region is re-imposed from q(x_{t-1} | x_0) and
+  only the masked region keeps the model's sample (the conditioning step of RePaint, Lugmayr et al.,
+  arXiv:2201.09865, eq. 8, without its resampling jumps); the final image takes the input's pixels
+  outside the mask.
+
+Sample-space tensors are (B, C, h, w): (B, 3, H, W) pixels in [-1, 1], or (B, C, H/f, W/f) scaled
+latents; timesteps are integers in [0, num_train_timesteps).
 """
 
 from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
+from functools import cached_property
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+
+from .autoencoder import LATENT_RANGE, PixelCodec, channels_image
 
 SCHEDULERS: dict[str, tuple[type, dict]] = {
     "ddpm": (DDPMScheduler, {}),
@@ -118,18 +132,50 @@ def set_timesteps_from(scheduler, start: int, steps: int) -> list[int]:
 
 @dataclass
 class Step:
-    """One reverse step: the sample entering it and the model's predictions there (CPU fp32 tensors)."""
+    """One reverse step: the sample entering it and the model's predictions there (CPU fp32 tensors,
+    in the sample space: pixels, or scaled latents for a latent model)."""
 
     timestep: int
-    x_t: torch.Tensor  # (B, 3, H, W)
-    pred_x0: torch.Tensor  # (B, 3, H, W)
-    pred_eps: torch.Tensor  # (B, 3, H, W)
+    x_t: torch.Tensor  # (B, C, h, w)
+    pred_x0: torch.Tensor  # (B, C, h, w)
+    pred_eps: torch.Tensor  # (B, C, h, w)
 
 
 @dataclass
 class Trajectory:
     steps: list[Step] = field(default_factory=list)
-    final: torch.Tensor | None = None  # (B, 3, H, W)
+    final: torch.Tensor | None = None  # (B, C, h, w) x_0 in the sample space
+
+
+@dataclass
+class Conditioning:
+    """UNet keyword arguments of the conditional branch and of the unconditional one.
+
+    Class labels: {"class_labels": (B,)} and the null class; text: {"encoder_hidden_states": (B, L, D)}
+    and the negative prompt's. With guidance_scale != 1 both run in one batch (classifier-free guidance).
+    """
+
+    cond: dict
+    uncond: dict | None = None
+
+    @classmethod
+    def classes(cls, labels: torch.Tensor | None, null_class: int | None) -> "Conditioning | None":
+        if labels is None:
+            return None
+        return cls({"class_labels": labels}, None if null_class is None else {"class_labels": torch.full_like(labels, null_class)})
+
+    def batched(self, guided: bool, device) -> dict:
+        if not guided:
+            return {k: v.to(device) for k, v in self.cond.items()}
+        return {k: torch.cat([v, self.uncond[k]]).to(device) for k, v in self.cond.items()}
+
+
+@dataclass
+class KnownRegion:
+    """Inpainting: the sample-space x_0 of the input and where it is kept (1) or repainted (0)."""
+
+    x0: torch.Tensor  # (B, C, h, w)
+    keep: torch.Tensor  # (1, 1, h, w) in {0, 1}
 
 
 def iterate_reverse(
@@ -137,45 +183,66 @@ def iterate_reverse(
     scheduler,
     x_t: torch.Tensor,
     *,
+    conditioning: Conditioning | None = None,
     class_labels: torch.Tensor | None = None,
     null_class: int | None = None,
     guidance_scale: float = 1.0,
     eta: float = 0.0,
     generator: torch.Generator | None = None,
+    known: KnownRegion | None = None,
+    clip_x0: float | None = 1.0,
 ):
     """Generator over `scheduler.timesteps` from x_t: yields (Step, next sample) after each step.
 
-    With class labels and guidance_scale != 1, the null class is batched with the requested ones
-    (classifier-free guidance). Closing the generator stops the loop (cancel).
+    `conditioning` (or the shorthand class_labels + null_class) gives the UNet's keyword arguments;
+    with an unconditional branch and guidance_scale != 1 both branches run in one batch (CFG).
+    `known` re-imposes q(x_{t-1} | x_0) outside the mask after every step (inpainting). The recorded
+    x0_hat is clipped to [-clip_x0, clip_x0] (pixels: 1; latents are unbounded: None).
+    Closing the generator stops the loop (cancel).
     """
     alphas_cumprod = alphas_cumprod_of(scheduler)
     prediction_type = scheduler.config.prediction_type
     device, dtype = unet.device, unet.dtype
     sample = x_t.to(device=device, dtype=torch.float32)
-    guided = class_labels is not None and null_class is not None and guidance_scale != 1.0
-    labels = None
-    if class_labels is not None:
-        labels = class_labels.to(device)
-        if guided:
-            labels = torch.cat([labels, torch.full_like(labels, null_class)])
+    conditioning = conditioning or Conditioning.classes(class_labels, null_class)
+    guided = conditioning is not None and conditioning.uncond is not None and guidance_scale != 1.0
+    unet_kwargs = conditioning.batched(guided, device) if conditioning is not None else {}
+    unet_kwargs = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in unet_kwargs.items()}
     step_kwargs = {}
     step_params = inspect.signature(scheduler.step).parameters
     if "eta" in step_params:
         step_kwargs["eta"] = eta
     if "generator" in step_params:
         step_kwargs["generator"] = generator
-    for timestep in scheduler.timesteps:
+    timesteps = [int(t) for t in scheduler.timesteps]
+    for index, timestep in enumerate(scheduler.timesteps):
         with torch.inference_mode():
             model_input = scheduler.scale_model_input(sample, timestep)
             model_input = torch.cat([model_input, model_input]) if guided else model_input
-            output = unet(model_input.to(dtype), timestep.to(device), class_labels=labels).sample.float()
+            output = unet(model_input.to(dtype), timestep.to(device), **unet_kwargs).sample.float()
             if guided:
                 conditional, unconditional = output.chunk(2)
                 output = unconditional + guidance_scale * (conditional - unconditional)
             pred_x0, pred_eps = predict_x0_and_eps(output, sample, int(timestep), alphas_cumprod, prediction_type)
-            step = Step(int(timestep), sample.cpu(), pred_x0.clamp(-1, 1).cpu(), pred_eps.cpu())
+            if clip_x0 is not None:
+                pred_x0 = pred_x0.clamp(-clip_x0, clip_x0)
+            step = Step(int(timestep), sample.cpu(), pred_x0.cpu(), pred_eps.cpu())
             sample = scheduler.step(output, timestep, sample, **step_kwargs).prev_sample
+            if known is not None:
+                sample = reimpose_known(scheduler, sample, known, timesteps[index + 1] if index + 1 < len(timesteps) else None,
+                                        generator)
         yield step, sample
+
+
+def reimpose_known(scheduler, sample: torch.Tensor, known: KnownRegion, timestep: int | None, generator=None):
+    """x_{t-1} = keep * q(x_{t-1} | x_0) + (1 - keep) * x_{t-1}: fresh forward noise for the known part
+    (x_0 itself after the last step)."""
+    x0 = known.x0.to(sample.device)
+    if timestep is not None:
+        noise = torch.randn(x0.shape, generator=generator).to(sample.device)
+        x0 = add_noise(scheduler, x0.cpu(), noise.cpu(), timestep).to(sample.device)
+    keep = known.keep.to(sample.device)
+    return keep * x0 + (1 - keep) * sample
 
 
 def reverse_process(unet, scheduler, x_t: torch.Tensor, record: bool = True, **kwargs) -> Trajectory:
@@ -185,13 +252,14 @@ def reverse_process(unet, scheduler, x_t: torch.Tensor, record: bool = True, **k
     for step, sample in iterate_reverse(unet, scheduler, x_t, **kwargs):
         if record:
             trajectory.steps.append(step)
-    trajectory.final = sample.float().clamp(-1, 1).cpu()
+    trajectory.final = sample.float().cpu()
     return trajectory
 
 
 # ----------------------------------------------------------------------- public wrapper
 MAX_BATCH = 16
 MAX_SIDE = 512
+MAX_PROMPT_CHARS = 2000
 
 
 def _seed_noise(shape, seed: int) -> torch.Tensor:
@@ -203,26 +271,51 @@ def _seed_noise(shape, seed: int) -> torch.Tensor:
 @dataclass
 class Frame:
     """One reverse step as images: x_t entering the step, predicted x0 and predicted noise.
-    Images are built on first access (a batch becomes a grid)."""
+
+    For a latent model `latent` shows the latent channels of x_t, and `x_t` / `x0` are decoded to
+    pixels: by the real decoder, or by the codec's linear preview when `preview` (streaming). Images
+    are built on first access (a batch becomes a grid), cropped to `crop` pixels.
+    """
 
     step: Step
+    codec: object = field(default_factory=PixelCodec)
+    preview: bool = False
+    crop: tuple[int, int] | None = None  # (H, W) in pixels
 
     @property
     def timestep(self) -> int:
         return self.step.timestep
 
+    def _decode(self, sample: torch.Tensor) -> torch.Tensor:
+        pixels = self.codec.preview(sample) if self.preview else self.codec.decode(sample)
+        return pixels if self.crop is None else pixels[..., : self.crop[0], : self.crop[1]]
+
+    @cached_property
+    def x_t_pixels(self) -> torch.Tensor:
+        return self._decode(self.step.x_t)
+
+    @cached_property
+    def x0_pixels(self) -> torch.Tensor:
+        return self._decode(self.step.pred_x0)
+
     @property
     def x_t(self):
-        return as_image(self.step.x_t)
+        return as_image(self.x_t_pixels)
 
     @property
     def x0(self):
-        return as_image(self.step.pred_x0)
+        return as_image(self.x0_pixels)
+
+    @property
+    def latent(self):
+        """Latent models: the channels of x_t side by side (grey, [-3, 3]); None for pixel models."""
+        return channels_image(self.step.x_t, upscale=self.codec.factor) if self.codec.is_latent else None
 
     @property
     def eps(self):
-        noise = self.step.pred_eps
-        return noise_as_image(noise)
+        if self.codec.is_latent:
+            return channels_image(self.step.pred_eps, upscale=self.codec.factor)
+        return noise_as_image(self.step.pred_eps)
 
 
 def noise_as_image(noise: torch.Tensor):
@@ -240,7 +333,7 @@ def as_image(tensor: torch.Tensor):
 
 @dataclass
 class DiffusionRun:
-    """Result of `sample` / `denoise`: the final image, one Frame per step, and the settings used."""
+    """Result of `sample` / `denoise` / `inpaint`: the final image, one Frame per step, and the settings used."""
 
     trajectory: Trajectory
     scheduler: str
@@ -250,20 +343,36 @@ class DiffusionRun:
     start_timestep: int | None = None
     sigma: float | None = None
     reference: object = None  # PIL: the clean input, for denoise from t
+    codec: object = field(default_factory=PixelCodec)
+    crop: tuple[int, int] | None = None  # (H, W) in pixels
+    known_pixels: torch.Tensor | None = None  # inpainting: (1, 3, H, W) input and (1, 1, H, W) keep mask
+    keep_pixels: torch.Tensor | None = None
+    notes: list[str] = field(default_factory=list)  # e.g. a truncated prompt
 
     @property
     def frames(self) -> list[Frame]:
-        return [Frame(step) for step in self.trajectory.steps]
+        """One Frame per step, decoded by the real decoder."""
+        return [Frame(step, self.codec, False, self.crop) for step in self.trajectory.steps]
+
+    @cached_property
+    def final_pixels(self) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1]: the decoded x_0 (inpainting: the input's pixels outside the mask)."""
+        pixels = self.codec.decode(self.trajectory.final)
+        if self.crop is not None:
+            pixels = pixels[..., : self.crop[0], : self.crop[1]]
+        if self.keep_pixels is not None:
+            pixels = self.keep_pixels * self.known_pixels + (1 - self.keep_pixels) * pixels
+        return pixels
 
     @property
     def images(self):
         from .images import tensor_to_pil
 
-        return [tensor_to_pil(t) for t in self.trajectory.final]
+        return [tensor_to_pil(t) for t in self.final_pixels]
 
     @property
     def image(self):
-        return as_image(self.trajectory.final)
+        return as_image(self.final_pixels)
 
     @property
     def psnr(self) -> float | None:
@@ -274,21 +383,32 @@ class DiffusionRun:
 
 
 class DiffusionModel:
-    """A UNet2DModel, its scheduler config and (optional) class names, with GenLab's operations."""
+    """A UNet over pixels or over an autoencoder's latents, its scheduler config and conditioning, with
+    GenLab's operations.
 
-    def __init__(self, unet, scheduler_config: dict, info: dict | None = None, name: str = "diffusion"):
+    `codec`: `PixelCodec` (pixel models) or `LatentCodec` (latent models; `autoencoder` is then the
+    loaded KL or VQ autoencoder). `text`: a `genlab.text.TextEncoder` for text-conditioned UNets
+    (`UNet2DConditionModel`), else None. Sizes given to the methods are in pixels.
+    """
+
+    def __init__(self, unet, scheduler_config: dict, info: dict | None = None, name: str = "diffusion",
+                 codec=None, autoencoder=None, text=None):
         self.unet, self.scheduler_config, self.name = unet, dict(scheduler_config), name
+        self.codec = codec or PixelCodec(unet.config.in_channels)
+        self.autoencoder, self.text = autoencoder, text
         info = info or {}
         self.classes: list[str] = list(info.get("classes", []))
-        num_class_embeds = unet.config.num_class_embeds
+        num_class_embeds = getattr(unet.config, "num_class_embeds", None)
         self.null_class: int | None = info.get("null_class", None if not self.classes else len(self.classes))
         if num_class_embeds and not self.classes:
             self.classes = [f"class {i}" for i in range(num_class_embeds)]
-        self.default_guidance_scale = float(info.get("default_guidance_scale", 1.0))
+        default_guidance = 7.5 if text is not None else 1.0  # Stable Diffusion's default
+        self.default_guidance_scale = float(info.get("default_guidance_scale", default_guidance))
         self.alphas_cumprod = alphas_cumprod_of(self.scheduler("ddpm"))
         size = unet.config.sample_size
-        self.sample_size = size if isinstance(size, int) else tuple(size)[0]
-        self.size_multiple = 2 ** (len(unet.config.block_out_channels) - 1)
+        self.latent_size = size if isinstance(size, int) else tuple(size)[0]
+        self.sample_size = self.latent_size * self.codec.factor  # pixels
+        self.size_multiple = 2 ** (len(unet.config.block_out_channels) - 1) * self.codec.factor
 
     @property
     def device(self):
@@ -299,8 +419,21 @@ class DiffusionModel:
         return int(self.scheduler_config.get("num_train_timesteps", 1000))
 
     @property
+    def is_latent(self) -> bool:
+        return self.codec.is_latent
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int] | None:
+        """(C, h, w) of the latent a default-size sample runs in; None for pixel models."""
+        return (self.unet.config.in_channels, self.latent_size, self.latent_size) if self.is_latent else None
+
+    @property
     def is_conditional(self) -> bool:
-        return bool(self.unet.config.num_class_embeds)
+        return bool(getattr(self.unet.config, "num_class_embeds", None))
+
+    @property
+    def is_text_conditional(self) -> bool:
+        return self.text is not None
 
     def scheduler(self, name: str):
         return make_scheduler(self.scheduler_config, name)
@@ -324,28 +457,67 @@ class DiffusionModel:
             raise ValueError(f"steps must be an integer in [1, {MAX_STEPS}], got {steps!r}")
         return int(steps)
 
-    def _plan(self, scheduler, x_t, label, guidance_scale, eta, seed) -> dict:
+    @staticmethod
+    def _check_prompt(prompt, what: str = "prompt") -> str | None:
+        if prompt is None:
+            return None
+        if not isinstance(prompt, str):
+            raise ValueError(f"the {what} must be text, got {type(prompt).__name__}")
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise ValueError(f"the {what} has {len(prompt)} characters; keep it under {MAX_PROMPT_CHARS}")
+        return prompt
+
+    def _conditioning(self, batch: int, class_label, prompt, negative_prompt, notes: list[str]):
+        """(Conditioning or None, whether the run is unconditional) for the model's kind of conditioning."""
+        prompt = self._check_prompt(prompt)
+        negative_prompt = self._check_prompt(negative_prompt, "negative prompt")
+        if self.text is None:
+            if prompt or negative_prompt:
+                raise ValueError(f"{self.name} is not text-conditioned; leave the prompt empty"
+                                 + (" and choose a class" if self.is_conditional else ""))
+            label = self.class_index(class_label)
+            if label is None:
+                return None, True
+            labels = torch.full((batch,), label, dtype=torch.long)
+            return Conditioning.classes(labels, self.null_class), label == self.null_class
+        if class_label not in (None, ""):
+            raise ValueError(f"{self.name} is conditioned on text, not on classes; give a prompt instead")
+        cond, truncated = self.text.encode([prompt or ""] * batch)
+        uncond, negative_truncated = self.text.encode([negative_prompt or ""] * batch)
+        if truncated or negative_truncated:
+            notes.append(f"the prompt was cut to the text encoder's {self.text.max_tokens} tokens")
+        return Conditioning({"encoder_hidden_states": cond}, {"encoder_hidden_states": uncond}), False
+
+    def _plan(self, scheduler, x_t, guidance_scale, eta, seed, *, batch: int, class_label=None, prompt=None,
+              negative_prompt=None, notes: list[str] | None = None, known: KnownRegion | None = None) -> dict:
         """Keyword arguments of `iterate_reverse` for one run."""
         guidance = self.default_guidance_scale if guidance_scale is None else float(guidance_scale)
         if not 0 <= guidance <= 30:
             raise ValueError(f"guidance scale must be in [0, 30], got {guidance}")
         if not 0 <= float(eta) <= 1:
             raise ValueError(f"eta must be in [0, 1], got {eta}")
-        labels = None if label is None else torch.full((x_t.shape[0],), label, dtype=torch.long)
-        return dict(unet=self.unet, scheduler=scheduler, x_t=x_t, class_labels=labels, null_class=self.null_class,
-                    guidance_scale=1.0 if label == self.null_class else guidance,  # unconditional: nothing to guide
-                    eta=float(eta), generator=torch.Generator().manual_seed(int(seed) + 1))
+        conditioning, unconditional = self._conditioning(batch, class_label, prompt, negative_prompt,
+                                                         notes if notes is not None else [])
+        return dict(unet=self.unet, scheduler=scheduler, x_t=x_t, conditioning=conditioning,
+                    guidance_scale=1.0 if unconditional else guidance,  # unconditional: nothing to guide
+                    eta=float(eta), generator=torch.Generator().manual_seed(int(seed) + 1), known=known,
+                    clip_x0=None if self.is_latent else 1.0)
 
-    def _stream(self, plan: dict, run: DiffusionRun, crop: tuple[int, int] | None, record: bool):
-        """Yield each Step, then the finished DiffusionRun."""
-        height, width = crop or plan["x_t"].shape[-2:]
+    def _stream(self, plan: dict, run: DiffusionRun, record: bool):
+        """Yield each Step (sample space, cropped to the visible latent), then the finished DiffusionRun."""
+        crop = None
+        if run.crop is not None:
+            f = self.codec.factor
+            crop = (-(-run.crop[0] // f), -(-run.crop[1] // f))
         sample = plan["x_t"]
         for step, sample in iterate_reverse(**plan):
-            step.x_t, step.pred_x0, step.pred_eps = (s[..., :height, :width] for s in (step.x_t, step.pred_x0, step.pred_eps))
+            if crop is not None:
+                step.x_t, step.pred_x0, step.pred_eps = (s[..., : crop[0], : crop[1]] for s in (step.x_t, step.pred_x0, step.pred_eps))
             if record:
                 run.trajectory.steps.append(step)
             yield step
-        run.trajectory.final = sample.float().clamp(-1, 1).cpu()[..., :height, :width]
+        final = sample.float().cpu()
+        run.trajectory.final = final if crop is None else final[..., : crop[0], : crop[1]]
         yield run
 
     @staticmethod
@@ -354,35 +526,45 @@ class DiffusionModel:
             pass
         return item
 
+    def frame(self, step: Step, preview: bool = False, crop: tuple[int, int] | None = None) -> Frame:
+        """A streamed Step as a Frame; `preview` decodes latents by the codec's linear map (no decoder call)."""
+        return Frame(step, self.codec, preview, crop)
+
+    def _check_size(self, size) -> int:
+        size = int(size or self.sample_size)
+        if size % self.size_multiple or not self.size_multiple <= size <= MAX_SIDE:
+            raise ValueError(f"size must be a multiple of {self.size_multiple} up to {MAX_SIDE}, got {size}")
+        return size
+
     def sample_stream(self, seed: int = 0, steps: int = 50, scheduler: str = "ddim", batch: int = 1,
                       class_label=None, guidance_scale: float | None = None, eta: float = 0.0,
-                      size: int | None = None, record: bool = True):
+                      size: int | None = None, record: bool = True, prompt: str | None = None,
+                      negative_prompt: str | None = None):
         """Like `sample`, as a generator: one Step per reverse step, then the DiffusionRun."""
         steps = self._check_steps(steps)
         if not isinstance(batch, (int, np.integer)) or not 1 <= batch <= MAX_BATCH:
             raise ValueError(f"batch must be an integer in [1, {MAX_BATCH}], got {batch!r}")
-        size = int(size or self.sample_size)
-        if size % self.size_multiple or not self.size_multiple <= size <= MAX_SIDE:
-            raise ValueError(f"size must be a multiple of {self.size_multiple} up to {MAX_SIDE}, got {size}")
-        label = self.class_index(class_label)
+        size = self._check_size(size)
         noise = self.initial_noise(seed, batch, size)
         sampler = self.scheduler(scheduler)
         sampler.set_timesteps(steps)
-        plan = self._plan(sampler, noise * sampler.init_noise_sigma, label, guidance_scale, eta, seed)
-        run = DiffusionRun(Trajectory(), scheduler, int(seed), [int(t) for t in sampler.timesteps])
-        return self._stream(plan, run, None, record)
+        run = DiffusionRun(Trajectory(), scheduler, int(seed), [int(t) for t in sampler.timesteps], codec=self.codec)
+        plan = self._plan(sampler, noise * sampler.init_noise_sigma, guidance_scale, eta, seed, batch=int(batch),
+                          class_label=class_label, prompt=prompt, negative_prompt=negative_prompt, notes=run.notes)
+        return self._stream(plan, run, record)
 
     def initial_noise(self, seed: int = 0, batch: int = 1, size: int | None = None) -> torch.Tensor:
-        """(batch, C, size, size): the x_T ~ N(0, I) that `sample(seed=seed, batch=batch)` starts from
-        (before the scheduler's `init_noise_sigma`, which is 1 for DDPM, DDIM and DPM-Solver++)."""
-        size = int(size or self.sample_size)
-        return _seed_noise((batch, self.unet.config.in_channels, size, size), seed)
+        """(batch, C, size / f, size / f): the x_T ~ N(0, I) that `sample(seed=seed, batch=batch)` starts from
+        (before the scheduler's `init_noise_sigma`, which is 1 for DDPM, DDIM and DPM-Solver++); `size` in pixels."""
+        side = int(size or self.sample_size) // self.codec.factor
+        return _seed_noise((batch, self.unet.config.in_channels, side, side), seed)
 
     def sample(self, *args, **kwargs) -> DiffusionRun:
         """Sample from pure noise; the same seed and settings give the same images.
 
         seed, steps (1..1000), scheduler ("ddpm", "ddim", "dpm++"), batch (1..16),
-        class_label (name or index; None = unconditional), guidance_scale, eta (DDIM), size.
+        class_label (name or index; None = unconditional), prompt / negative_prompt (text models),
+        guidance_scale (classifier-free), eta (DDIM), size (pixels).
         """
         return self._last(self.sample_stream(*args, **kwargs))
 
@@ -408,17 +590,20 @@ class DiffusionModel:
         return int(t)
 
     def forward_noise(self, image, t: int, seed: int = 0, max_side: int = MAX_SIDE):
-        """x_t ~ q(x_t | x_0) for an uploaded image, with no model call; returns a PIL image."""
+        """x_t ~ q(x_t | x_0) for an uploaded image as a PIL image (latent models: noised in the latent
+        space, then decoded)."""
         from .images import tensor_to_pil
 
         t = self.check_timestep(t)
         image, pixels, (height, width) = self._prepare(image, max_side)
-        x_t = add_noise(self.scheduler("ddpm"), pixels, _seed_noise(pixels.shape, seed), t)
-        return tensor_to_pil(x_t[..., :height, :width].clamp(-1, 1)[0])
+        x0 = self.codec.encode(pixels)
+        x_t = add_noise(self.scheduler("ddpm"), x0, _seed_noise(x0.shape, seed), t)
+        return tensor_to_pil(self.codec.decode(x_t)[..., :height, :width][0])
 
     def denoise_stream(self, image, t: int | None = None, sigma: float | None = None, steps: int | None = None,
                        seed: int = 0, scheduler: str = "ddim", class_label=None, guidance_scale: float | None = None,
-                       eta: float = 0.0, max_side: int = MAX_SIDE, record: bool = True):
+                       eta: float = 0.0, max_side: int = MAX_SIDE, record: bool = True, prompt: str | None = None,
+                       negative_prompt: str | None = None):
         """Like `denoise`, as a generator: one Step per reverse step, then the DiffusionRun."""
         from .images import tensor_to_pil
 
@@ -426,36 +611,111 @@ class DiffusionModel:
             raise ValueError("give exactly one of t (clean image, noise it to t) or sigma (image already noisy)")
         image, pixels, (height, width) = self._prepare(image, max_side)
         reference = None
-        if sigma is not None:
+        x0 = self.codec.encode(pixels)  # (1, C, h, w) sample space
+        if sigma is not None and not self.is_latent:
             sigma = float(sigma)
             start = timestep_for_sigma(self.alphas_cumprod, sigma)
-            x_t = pixels * float(self.alphas_cumprod[start]) ** 0.5  # x0 + 2 sigma eps, rescaled to x_t
+            x_t = x0 * float(self.alphas_cumprod[start]) ** 0.5  # x0 + 2 sigma eps, rescaled to x_t
             noisy = image
             steps = 1 if steps is None else steps
         else:
-            start = self.check_timestep(t)
-            x_t = add_noise(self.scheduler("ddpm"), pixels, _seed_noise(pixels.shape, seed), start)
-            noisy = tensor_to_pil(x_t[..., :height, :width].clamp(-1, 1)[0])
-            reference = image
+            if sigma is not None:
+                # latent model: pixel noise is not Gaussian noise of the latent, so the noisy upload is
+                # encoded and taken through SDEdit from the t whose noise level matches sigma
+                sigma = float(sigma)
+                start = timestep_for_sigma(self.alphas_cumprod, sigma)
+                noisy = image
+            else:
+                start = self.check_timestep(t)
+                reference = image
+            x_t = add_noise(self.scheduler("ddpm"), x0, _seed_noise(x0.shape, seed), start)
+            if sigma is None:
+                noisy = tensor_to_pil(self.codec.decode(x_t)[..., :height, :width].clamp(-1, 1)[0])
             steps = max(1, round(50 * (start + 1) / self.num_train_timesteps)) if steps is None else steps
         steps = self._check_steps(steps)
         sampler = self.scheduler(scheduler)
         timesteps = set_timesteps_from(sampler, start, steps)
-        plan = self._plan(sampler, x_t, self.class_index(class_label), guidance_scale, eta, seed)
         run = DiffusionRun(Trajectory(), scheduler, int(seed), timesteps, noisy=noisy, start_timestep=start,
                            sigma=sigma if sigma is not None else sigma_for_timestep(self.alphas_cumprod, start),
-                           reference=reference)
-        return self._stream(plan, run, (height, width), record)
+                           reference=reference, codec=self.codec, crop=(height, width))
+        plan = self._plan(sampler, x_t, guidance_scale, eta, seed, batch=1, class_label=class_label, prompt=prompt,
+                          negative_prompt=negative_prompt, notes=run.notes)
+        return self._stream(plan, run, record)
 
     def denoise(self, *args, **kwargs) -> DiffusionRun:
         """Reverse process from timestep t for an uploaded image.
 
-        t: the image is clean; noise it to t with q(x_t | x_0) (SDEdit) and denoise. Default steps:
-           about 50 * t / T.
+        t: the image is clean; noise it to t with q(x_t | x_0) (SDEdit; latent models in their latent
+           space: encode, noise, reverse, decode) and denoise. Default steps: about 50 * t / T.
         sigma: the image already carries Gaussian noise of this std (0..1 pixel scale); start at the
-           matching t. Default steps: 1, i.e. the model's x0 estimate (the minimum-MSE answer).
+           matching t. Pixel models: default steps 1, i.e. the model's x0 estimate (the minimum-MSE
+           answer). Latent models: the noisy image is encoded and taken through SDEdit from that t.
         """
         return self._last(self.denoise_stream(*args, **kwargs))
+
+    def mask_of(self, mask, size: tuple[int, int]) -> torch.Tensor:
+        """A mask (PIL image, array or tensor; non-zero = repaint) -> (1, 1, H, W) float {0, 1} of the image's size.
+
+        A PIL mask of another size than the (downscaled) image is resized with nearest neighbours when
+        its aspect ratio matches; anything else raises ValueError."""
+        from PIL import Image
+
+        height, width = size
+        if isinstance(mask, Image.Image):
+            if mask.mode in ("RGBA", "LA"):
+                mask = mask.getchannel("A") if mask.getextrema()[-1][1] > 0 else mask.convert("L")
+            if mask.size != (width, height):
+                if abs(mask.width / mask.height - width / height) > 0.02:
+                    raise ValueError(f"the mask is {mask.width}x{mask.height} but the image is {width}x{height}")
+                mask = mask.convert("L").resize((width, height), Image.Resampling.NEAREST)
+            array = np.asarray(mask.convert("L"))
+        elif isinstance(mask, (np.ndarray, torch.Tensor)):
+            array = np.asarray(mask.cpu() if isinstance(mask, torch.Tensor) else mask)
+            if array.ndim == 3 and array.shape[-1] in (1, 3, 4):
+                array = array.max(axis=-1)
+            if array.ndim != 2:
+                raise ValueError(f"a mask array must be (H, W), got shape {array.shape}")
+            if array.shape != (height, width):
+                raise ValueError(f"the mask is {array.shape[1]}x{array.shape[0]} but the image is {width}x{height}")
+        else:
+            raise ValueError(f"a mask must be an image or an (H, W) array, got {type(mask).__name__}")
+        if not np.isfinite(array.astype(np.float64)).all():
+            raise ValueError("the mask holds NaN or infinite values")
+        repaint = torch.from_numpy(array != 0).float()[None, None]  # (1, 1, H, W)
+        if not repaint.any():
+            raise ValueError("the mask is empty: paint the region the model should repaint")
+        return repaint
+
+    def inpaint_stream(self, image, mask, steps: int = 50, seed: int = 0, scheduler: str = "ddim", class_label=None,
+                       guidance_scale: float | None = None, eta: float = 0.0, max_side: int = MAX_SIDE,
+                       record: bool = True, prompt: str | None = None, negative_prompt: str | None = None):
+        """Like `inpaint`, as a generator: one Step per reverse step, then the DiffusionRun."""
+        steps = self._check_steps(steps)
+        image, pixels, (height, width) = self._prepare(image, max_side)
+        repaint = self.mask_of(mask, (height, width))  # (1, 1, H, W)
+        padded = F.pad(repaint, (0, pixels.shape[-1] - width, 0, pixels.shape[-2] - height))
+        # a latent cell is repainted when any pixel of its f x f patch is (max pooling)
+        repaint_sample = F.max_pool2d(padded, self.codec.factor) if self.is_latent else padded
+        known = KnownRegion(self.codec.encode(pixels), 1 - repaint_sample)
+        noise = _seed_noise(known.x0.shape, seed)
+        sampler = self.scheduler(scheduler)
+        sampler.set_timesteps(steps)
+        start = int(sampler.timesteps[0])
+        x_t = known.keep * add_noise(sampler, known.x0, noise, start) + (1 - known.keep) * noise * sampler.init_noise_sigma
+        run = DiffusionRun(Trajectory(), scheduler, int(seed), [int(t) for t in sampler.timesteps], codec=self.codec,
+                           crop=(height, width), known_pixels=pixels[..., :height, :width], keep_pixels=1 - repaint)
+        plan = self._plan(sampler, x_t, guidance_scale, eta, seed, batch=1, class_label=class_label, prompt=prompt,
+                          negative_prompt=negative_prompt, notes=run.notes, known=known)
+        return self._stream(plan, run, record)
+
+    def inpaint(self, *args, **kwargs) -> DiffusionRun:
+        """Repaint the masked region of an image (mask white / non-zero where the model paints).
+
+        Every step re-imposes the known region from q(x_{t-1} | x_0) (RePaint's conditioning, without
+        resampling jumps); latent models repaint every latent cell the mask touches, and the result
+        keeps the input's pixels outside the mask. Same settings as `sample`.
+        """
+        return self._last(self.inpaint_stream(*args, **kwargs))
 
     def schedule(self) -> dict[str, np.ndarray]:
         """abar_t and log-SNR(t) over the training timesteps, for plots."""

@@ -9,6 +9,11 @@ safe_serialization=True)`, the same layout as the Hub checkpoints GenLab loads:
   tiny_vq_nested_dir  a VQModel under vqvae/ (amused/amused-256 layout)
   tiny_ddpm_dir       UNet2DModel + scheduler_config.json at the root (google/ddpm-cifar10-32 layout)
   tiny_cond_ddpm_dir  class-conditional UNet (3 embeddings: a, b, null) + genlab.json
+  tiny_kl_ldm_dir     pipeline: class-conditional unet/ over an AutoencoderKL vae/ (f = 2), scheduler/
+  tiny_vq_ldm_dir     pipeline: unet/ over a VQModel vqvae/ whose config has no scaling_factor
+                      (CompVis/ldm-celebahq-256 layout), scheduler/
+  tiny_sd_dir         Stable Diffusion layout: UNet2DConditionModel, vae/, CLIP text_encoder/ and a
+                      tokenizer/ whose vocabulary the fixture writes
 
 Models are kept tiny (block_out_channels=(8, 16)) so the whole suite runs in seconds on a CPU.
 """
@@ -72,6 +77,83 @@ def build_vq(folder, seed: int = 0, **overrides):
     return folder
 
 
+KL_KWARGS = {key: value for key, value in VQ_KWARGS.items() if key != "num_vq_embeddings"}
+LATENT_UNET_KWARGS = {**UNET_KWARGS, "sample_size": 8, "in_channels": 4, "out_channels": 4}
+
+
+def build_kl(folder, seed: int = 0, **overrides):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    AutoencoderKL(**{**KL_KWARGS, "scaling_factor": 0.5, **overrides}).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def write_index(root, **components):
+    index = {"_class_name": "LDMPipeline", "_diffusers_version": "0.42.1",
+             **{name: ["diffusers", cls] for name, cls in components.items()}}
+    (root / "model_index.json").write_text(json.dumps(index))
+
+
+def build_latent_pipeline(root, autoencoder: str, seed: int = 0, **unet_overrides):
+    """unet/ + scheduler/ + vae/ (AutoencoderKL) or vqvae/ (VQModel without scaling_factor) + model_index.json."""
+    from diffusers import DDIMScheduler, UNet2DModel
+
+    torch.manual_seed(seed)
+    UNet2DModel(**{**LATENT_UNET_KWARGS, **unet_overrides}).save_pretrained(root / "unet", safe_serialization=True)
+    DDIMScheduler(clip_sample=False).save_pretrained(root / "scheduler")
+    if autoencoder == "vae":
+        build_kl(root / "vae", seed)
+        write_index(root, unet="UNet2DModel", vae="AutoencoderKL", scheduler="DDIMScheduler")
+    else:
+        build_vq(root / "vqvae", seed)
+        config_path = root / "vqvae" / "config.json"
+        config = json.loads(config_path.read_text())
+        config.pop("scaling_factor", None)  # as in CompVis/ldm-celebahq-256: predates the key
+        config_path.write_text(json.dumps(config))
+        write_index(root, unet="UNet2DModel", vqvae="VQModel", scheduler="DDIMScheduler")
+    return root
+
+
+def write_clip_tokenizer(folder):
+    """A CLIPTokenizer with a tiny byte-level vocabulary (every byte symbol, alone and word-final), no merges."""
+    from transformers import CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    folder.mkdir(parents=True, exist_ok=True)
+    symbols = list(bytes_to_unicode().values())
+    vocab = {symbol: i for i, symbol in enumerate(symbols + [f"{s}</w>" for s in symbols])}
+    vocab.update({"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1})
+    CLIPTokenizer(vocab=vocab, merges=[], model_max_length=16).save_pretrained(folder)
+    return len(vocab)
+
+
+def build_sd_pipeline(root, seed: int = 0):
+    """Stable Diffusion 1.x layout on tiny parts: unet/ (cross-attention on 32-d text), vae/, text_encoder/,
+    tokenizer/, scheduler/."""
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    vocab_size = write_clip_tokenizer(root / "tokenizer")
+    torch.manual_seed(seed)
+    CLIPTextModel(CLIPTextConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                                 num_attention_heads=2, max_position_embeddings=16, eos_token_id=vocab_size - 1,
+                                 bos_token_id=vocab_size - 2, pad_token_id=vocab_size - 1)).save_pretrained(root / "text_encoder")
+    UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
+                         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+                         norm_num_groups=8, attention_head_dim=4).save_pretrained(root / "unet", safe_serialization=True)
+    DDIMScheduler(clip_sample=False, beta_schedule="scaled_linear").save_pretrained(root / "scheduler")
+    build_kl(root / "vae", seed)
+    write_index(root, unet="UNet2DConditionModel", vae="AutoencoderKL", scheduler="DDIMScheduler",
+                text_encoder="CLIPTextModel", tokenizer="CLIPTokenizer")
+    index = json.loads((root / "model_index.json").read_text())
+    index.update(_class_name="StableDiffusionPipeline", text_encoder=["transformers", "CLIPTextModel"],
+                 tokenizer=["transformers", "CLIPTokenizer"])
+    (root / "model_index.json").write_text(json.dumps(index))
+    return root
+
+
 def build_unet(folder, seed: int = 0, **overrides):
     from diffusers import DDPMScheduler, UNet2DModel
 
@@ -123,6 +205,23 @@ def tiny_cond_ddpm_dir(tmp_path_factory):
     folder = build_unet(tmp_path_factory.mktemp("tiny-cond-ddpm"), seed=1, num_class_embeds=3)
     (folder / "genlab.json").write_text(json.dumps({"kind": "diffusion", "classes": ["a", "b"], "null_class": 2}))
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_kl_ldm_dir(tmp_path_factory):
+    root = build_latent_pipeline(tmp_path_factory.mktemp("tiny-kl-ldm"), "vae", num_class_embeds=3)
+    (root / "genlab.json").write_text(json.dumps({"kind": "diffusion", "classes": ["a", "b"], "null_class": 2}))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_vq_ldm_dir(tmp_path_factory):
+    return build_latent_pipeline(tmp_path_factory.mktemp("tiny-vq-ldm"), "vqvae", seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_dir(tmp_path_factory):
+    return build_sd_pipeline(tmp_path_factory.mktemp("tiny-sd"))
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,8 @@
     python -m genlab.train vqgan --data data/photos/train --out weights/vqgan-photo --init weights/vqvae-photo
     python -m genlab.train ddpm  --data data/emoji/32     --out weights/ddpm-emoji --preset emoji
     python -m genlab.train ddpm  --data data/photos/train --out weights/ddpm-photo --preset photo-denoiser
+    python -m genlab.train vae   --data data/emoji/64-train --out runs/emoji-vae --preset emoji-vae
+    python -m genlab.train ldm   --data data/emoji/64-train --out weights/ldm-emoji --vae runs/emoji-vae
 
 Runs on CPU or CUDA (bf16 autocast on GPU) and across GPUs or nodes with `accelerate launch -m
 genlab.train ...`. Checkpoints (safetensors + JSON, no pickle) go to `--run-dir`; `--resume`
@@ -22,12 +24,12 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from diffusers import DDPMScheduler, UNet2DModel, VQModel
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DModel, VQModel
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from ..diffusion import make_scheduler, reverse_process
-from . import common, ddpm, vq
+from . import common, ddpm, latent, vq
 
 PRESETS = {
     # small enough to train in hours on 2 CPU cores, and to reconstruct 256^2 in ~100 ms
@@ -38,16 +40,23 @@ PRESETS = {
     "photo-denoiser": dict(channels="32,64,64", layers_per_block=1, attention="0,0,0", sample_size=64, crop=64,
                            batch_size=16, lr=1e-3, beta_schedule="linear", min_snr_gamma=0.0,
                            t_focus_max=200, t_focus_share=0.9, label_dropout=0.0),
+    # f = 4 KL autoencoder for 64 px emoji (64 -> 16 x 16 x 4), and the class-conditional UNet on its latents
+    "emoji-vae": dict(channels="32,64,64", layers_per_block=1, latent_channels=4, kl_weight=1e-4, crop=64,
+                      batch_size=16, lr=1e-3, lr_schedule="cosine", warmup_steps=200),
+    "emoji-ldm": dict(channels="64,128,128", layers_per_block=1, attention="0,0,1", crop=64, batch_size=32,
+                      lr=1e-3, lr_schedule="cosine", warmup_steps=500, beta_schedule="squaredcos_cap_v2",
+                      min_snr_gamma=5.0, label_dropout=0.1, class_power=0.5),
 }
+DEFAULT_PRESET = {"vqvae": "vq-photo", "vqgan": "vq-photo", "ddpm": "emoji", "vae": "emoji-vae", "ldm": "emoji-ldm"}
 
 # options a preset may leave out, and the value that switches each off
-OFF = dict(min_snr_gamma=0.0, label_dropout=0.0, t_focus_max=0, t_focus_share=0.0, class_power=1.0,
+OFF = dict(kl_weight=0.0, min_snr_gamma=0.0, label_dropout=0.0, t_focus_max=0, t_focus_share=0.0, class_power=1.0,
            lr_schedule="constant", warmup_steps=0)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m genlab.train", description=__doc__.split("\n\n")[0])
-    parser.add_argument("kind", choices=["vqvae", "vqgan", "ddpm"])
+    parser.add_argument("kind", choices=sorted(DEFAULT_PRESET))
     parser.add_argument("--data", type=Path, required=True, help="a folder of images (labels.json makes it labelled)")
     parser.add_argument("--out", type=Path, required=True, help="exported weights folder, e.g. weights/NAME")
     parser.add_argument("--run-dir", type=Path, default=None, help="checkpoints and sample grids (default runs/NAME)")
@@ -89,6 +98,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--disc-channels", type=int, default=32)
     parser.add_argument("--disc-layers", type=int, default=3)
     parser.add_argument("--freeze-encoder", action="store_true", help="VQGAN: keep encoder and codebook of --init")
+    # KL autoencoder (vae) and latent diffusion (ldm)
+    parser.add_argument("--latent-channels", type=int, help="vae: channels of the latent z")
+    parser.add_argument("--kl-weight", type=float, help="vae: weight of KL(q(z|x) || N(0, I)) in nats per pixel value")
+    parser.add_argument("--vae", type=Path, default=None, help="ldm: the trained AutoencoderKL folder (kept frozen)")
     # diffusion
     parser.add_argument("--attention", help="per down block, 1 = attention block (e.g. 0,0,1)")
     parser.add_argument("--sample-size", type=int)
@@ -101,7 +114,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="classifier-free guidance for the sample grids, exported as the model's default")
     parser.add_argument("--ema-decay", type=float, default=0.9999, help="upper bound of the warmed-up EMA decay")
     args = parser.parse_args(argv)
-    preset = PRESETS.get(args.preset or ("vq-photo" if args.kind != "ddpm" else "emoji"))
+    preset = PRESETS[args.preset or DEFAULT_PRESET[args.kind]]
     for key, value in preset.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
@@ -115,6 +128,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             parser.error(f"--attention has {len(args.attention)} entries but --channels has {len(args.channels)}")
     if args.kind == "vqgan" and args.freeze_encoder and args.init is None:
         parser.error("--freeze-encoder needs --init (the encoder and codebook to keep)")
+    if args.kind == "ldm" and args.vae is None and not args.resume:
+        parser.error("ldm needs --vae: the trained AutoencoderKL whose latents it models")
     args.run_dir = args.run_dir or Path("runs") / args.out.name
     return args
 
@@ -284,13 +299,114 @@ def export_vq(args, model: VQModel, state: common.RunState, fixed: torch.Tensor)
     )
 
 
+# ------------------------------------------------------------------------- KL autoencoder
+def build_vae(args) -> AutoencoderKL:
+    count = len(args.channels)
+    return AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * count, up_block_types=("UpDecoderBlock2D",) * count,
+        block_out_channels=args.channels, layers_per_block=args.layers_per_block,
+        latent_channels=args.latent_channels or 4, norm_num_groups=args.norm_groups or norm_groups(args.channels),
+        mid_block_add_attention=False, sample_size=args.crop, scaling_factor=1.0,
+    )
+
+
+def train_vae(args, accelerator: Accelerator, data: common.ImageFolder, state: common.RunState) -> None:
+    checkpoint = args.run_dir / "checkpoint"
+    resuming = args.resume and (checkpoint / "model").exists()
+    if resuming:
+        model = AutoencoderKL.from_pretrained(checkpoint / "model")
+    elif args.init:
+        model = AutoencoderKL.from_pretrained(args.init, **init_overrides(args))
+    else:
+        model = build_vae(args)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.99))
+    if resuming:
+        common.load_optimizer(optimizer, checkpoint)
+    schedule = common.lr_scheduler(optimizer, args.lr_schedule, args.lr, args.warmup_steps, args.steps, state.step)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    unwrapped = accelerator.unwrap_model(model)
+    batches = iter(common.RandomCrops(data, args.crop, args.batch_size, args.seed + state.step + accelerator.process_index))
+    fixed, _ = next(iter(common.RandomCrops(data, args.crop, 8, seed=1234)))
+    generator = torch.Generator(device=accelerator.device).manual_seed(args.seed + state.step)
+    timer = common.Timer(state.wall_seconds)
+    progress = tqdm(total=args.steps, initial=state.step, disable=not accelerator.is_main_process, desc="vae")
+
+    def save():
+        state.wall_seconds = timer.total
+        if accelerator.is_main_process:
+            checkpoint.mkdir(parents=True, exist_ok=True)
+            unwrapped.save_pretrained(checkpoint / "model")
+            common.save_optimizer(optimizer, checkpoint)
+            state.save(checkpoint)
+            export_vae(args, unwrapped, data, state, fixed)
+            unwrapped.train()
+
+    while state.step < args.steps and (args.max_minutes is None or timer.total - timer.already < args.max_minutes * 60):
+        pixels, _ = next(batches)
+        pixels = pixels.to(accelerator.device)
+        model.train()
+        with accelerator.autocast():
+            loss, reconstruction, logs = latent.vae_loss(unwrapped, pixels, args.kl_weight, args.l1_weight, generator)
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        optimizer.step()
+        schedule.step()
+        state.step += 1
+        progress.update(1)
+        if state.step % args.log_every == 0:
+            with torch.no_grad():
+                psnr = (-10 * torch.log10(((reconstruction.clamp(-1, 1) - pixels) / 2).pow(2).mean())).item()
+            progress.set_postfix({**{k: round(v, 5) for k, v in logs.items()}, "psnr": round(psnr, 2),
+                                  "lr": f"{schedule.get_last_lr()[0]:.2e}"})
+        if state.step % args.save_every == 0:
+            save()
+        if state.step % args.sample_every == 0 and accelerator.is_main_process:
+            save_vae_samples(unwrapped, fixed, args.run_dir / "samples" / f"{state.step:06d}.png")
+    save()
+    progress.close()
+
+
+@torch.no_grad()
+def save_vae_samples(model: AutoencoderKL, pixels: torch.Tensor, path: Path) -> None:
+    """Top row: inputs; bottom row: decodes of the posterior mean."""
+    model.eval()
+    reconstruction = model.decode(model.encode(pixels.to(model.device)).latent_dist.mode()).sample.float().clamp(-1, 1)
+    model.train()
+    common.save_grid(torch.cat([pixels, reconstruction.cpu()]), path, columns=len(pixels))
+
+
+def export_vae(args, model: AutoencoderKL, data: common.ImageFolder, state: common.RunState, fixed: torch.Tensor) -> None:
+    """save_pretrained with `scaling_factor` = 1 / std of the posterior samples over the training data."""
+    statistics = latent.latent_statistics(model, data)
+    model.register_to_config(scaling_factor=1.0 / statistics["std"])
+    args.out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(args.out, safe_serialization=True)
+    (args.out / "genlab.json").write_text(json.dumps({"kind": "autoencoder", "title": args.out.name,
+                                                      "latent_statistics": statistics}, indent=1))
+    state.save(args.out)
+    save_vae_samples(model, fixed, args.out / "samples.png")
+    factor = 2 ** (len(model.config.block_out_channels) - 1)
+    common.write_model_card(
+        args.out, f"GenLab {args.out.name}",
+        f"A KL autoencoder (diffusers `AutoencoderKL`, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
+        f"parameters): downsampling {factor}, {model.config.latent_channels} latent channels, so a "
+        f"{args.crop}x{args.crop} image becomes a {model.config.latent_channels}x{args.crop // factor}x{args.crop // factor} "
+        f"latent. Losses: L2 reconstruction{f' + {args.l1_weight:g} L1' if args.l1_weight else ''} and KL weight "
+        f"{args.kl_weight:g} (nats per pixel value), no adversarial or perceptual term. `scaling_factor` "
+        f"{model.config.scaling_factor:.4f} = 1 / std of the posterior samples over the training images.",
+        f"`{args.data}`, random {args.crop}x{args.crop} crops, batch {args.batch_size}, {lr_text(args)}.",
+        state, "`samples.png`: top row training images, bottom row decodes of their posterior means.\n\n",
+    )
+
+
 # ---------------------------------------------------------------------------------- DDPM
-def build_unet(args, num_classes: int) -> UNet2DModel:
+def build_unet(args, num_classes: int, in_channels: int = 3, sample_size: int | None = None) -> UNet2DModel:
     attention = args.attention or (False,) * len(args.channels)
     down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attention)
     up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention))
     return UNet2DModel(
-        sample_size=args.sample_size, block_out_channels=args.channels, layers_per_block=args.layers_per_block,
+        sample_size=sample_size or args.sample_size, in_channels=in_channels, out_channels=in_channels,
+        block_out_channels=args.channels, layers_per_block=args.layers_per_block,
         down_block_types=down, up_block_types=up, norm_num_groups=args.norm_groups or norm_groups(args.channels),
         add_attention=any(attention), attention_head_dim=32,
         num_class_embeds=num_classes + 1 if num_classes else None,  # the last class is "no label" (CFG)
@@ -303,19 +419,31 @@ def build_scheduler(args) -> DDPMScheduler:
 
 
 def train_ddpm(args, accelerator: Accelerator, data: common.ImageFolder, state: common.RunState) -> None:
+    """DDPM on pixels (kind ddpm) or on a frozen KL autoencoder's scaled latents (kind ldm): one loop."""
     classes = data.classes if args.label_dropout > 0 and data.classes else []
     null_class = len(classes) if classes else None
     checkpoint = args.run_dir / "checkpoint"
     resuming = args.resume and (checkpoint / "model").exists()
+    vae = None
+    if args.kind == "ldm":
+        args.vae = checkpoint / "vae" if resuming else args.vae
+        vae = AutoencoderKL.from_pretrained(args.vae).to(accelerator.device)
+        vae.requires_grad_(False)
+    init = args.init / "unet" if args.init and (args.init / "unet").is_dir() else args.init  # a pipeline folder
     if resuming:
         unet, ema_start = UNet2DModel.from_pretrained(checkpoint / "model"), UNet2DModel.from_pretrained(checkpoint / "ema")
     elif args.init:
-        unet = UNet2DModel.from_pretrained(args.init, **init_overrides(args))
-        ema_start = UNet2DModel.from_pretrained(args.init, **init_overrides(args))
+        unet = UNet2DModel.from_pretrained(init, **init_overrides(args))
+        ema_start = UNet2DModel.from_pretrained(init, **init_overrides(args))
+    elif vae is not None:
+        factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        unet = build_unet(args, len(classes), vae.config.latent_channels, args.crop // factor)
+        ema_start = None
     else:
         unet = build_unet(args, len(classes))
         ema_start = None
-    scheduler = DDPMScheduler.from_pretrained(args.init) if args.init and not resuming else build_scheduler(args)
+    scheduler_folder = args.init / "scheduler" if args.init and (args.init / "scheduler").is_dir() else args.init
+    scheduler = DDPMScheduler.from_pretrained(scheduler_folder) if args.init and not resuming else build_scheduler(args)
     if resuming:
         scheduler = DDPMScheduler.from_pretrained(checkpoint / "model")
     ema = EMAModel((ema_start or unet).parameters(), decay=args.ema_decay, use_ema_warmup=True, power=2 / 3,
@@ -327,8 +455,12 @@ def train_ddpm(args, accelerator: Accelerator, data: common.ImageFolder, state: 
     schedule = common.lr_scheduler(optimizer, args.lr_schedule, args.lr, args.warmup_steps, args.steps, state.step)
     unet, optimizer = accelerator.prepare(unet, optimizer)
     ema.to(accelerator.device)
-    batches = iter(common.RandomCrops(data, args.crop, args.batch_size, args.seed + state.step + accelerator.process_index,
-                                      class_power=args.class_power if classes else 1.0))
+    class_power = args.class_power if classes else 1.0
+    seed = args.seed + state.step + accelerator.process_index
+    if vae is not None:  # x_0 is the scaled latent of an image, drawn from the autoencoder's posterior
+        batches = iter(latent.LatentBank(vae, data, args.batch_size, seed, class_power=class_power))
+    else:
+        batches = iter(common.RandomCrops(data, args.crop, args.batch_size, seed, class_power=class_power))
     generator = torch.Generator().manual_seed(args.seed + state.step)
     timer = common.Timer(state.wall_seconds)
     progress = tqdm(total=args.steps, initial=state.step, disable=not accelerator.is_main_process, desc="ddpm")
@@ -344,9 +476,11 @@ def train_ddpm(args, accelerator: Accelerator, data: common.ImageFolder, state: 
             ema_model = UNet2DModel.from_config(model.config)
             ema.copy_to(ema_model.parameters())
             ema_model.save_pretrained(checkpoint / "ema")
+            if vae is not None:
+                vae.save_pretrained(checkpoint / "vae")
             common.save_optimizer(optimizer, checkpoint)
             state.save(checkpoint)
-            export_ddpm(args, ema_model, scheduler, classes, state)
+            export_ddpm(args, ema_model, scheduler, classes, state, vae)
 
     while state.step < args.steps and (args.max_minutes is None or timer.total - timer.already < args.max_minutes * 60):
         clean, labels = next(batches)
@@ -376,35 +510,53 @@ def train_ddpm(args, accelerator: Accelerator, data: common.ImageFolder, state: 
             ema_model = UNet2DModel.from_config(accelerator.unwrap_model(unet).config)
             ema.copy_to(ema_model.parameters())
             save_ddpm_samples(ema_model, scheduler, classes, args.run_dir / "samples" / f"{state.step:06d}.png",
-                              guidance_scale=args.guidance_scale)
+                              guidance_scale=args.guidance_scale, vae=vae)
     save()
     progress.close()
 
 
 def save_ddpm_samples(unet: UNet2DModel, scheduler, classes: list[str], path: Path, *, guidance_scale: float,
-                      count: int = 16) -> None:
+                      count: int = 16, vae: AutoencoderKL | None = None) -> None:
+    """16 samples at 50 DDIM steps, seed 0, classes in order; latents are decoded by `vae`."""
     generator = torch.Generator().manual_seed(0)
     size = unet.config.sample_size
-    noise = torch.randn((count, 3, size, size), generator=generator)
+    noise = torch.randn((count, unet.config.in_channels, size, size), generator=generator)
     sampler = make_scheduler(scheduler.config, "ddim")
     sampler.set_timesteps(50)
     labels = torch.arange(count) % len(classes) if classes else None
     unet.eval()
     run = reverse_process(unet, sampler, noise, class_labels=labels, null_class=len(classes) if classes else None,
                           guidance_scale=guidance_scale, record=False)
-    common.save_grid(run.final, path, columns=4)
+    images = run.final
+    if vae is not None:
+        with torch.no_grad():
+            images = vae.decode(run.final.to(vae.device) / vae.config.scaling_factor).sample.float().clamp(-1, 1).cpu()
+    common.save_grid(images, path, columns=4)
 
 
-def export_ddpm(args, unet: UNet2DModel, scheduler, classes: list[str], state: common.RunState) -> None:
+def export_ddpm(args, unet: UNet2DModel, scheduler, classes: list[str], state: common.RunState,
+                vae: AutoencoderKL | None = None) -> None:
+    """A pixel model: one folder. A latent model: diffusers' pipeline layout, unet/ + vae/ + scheduler/
+    + model_index.json, with genlab.json and the model card at its root."""
     args.out.mkdir(parents=True, exist_ok=True)
-    unet.save_pretrained(args.out, safe_serialization=True)
-    scheduler.save_pretrained(args.out)
+    if vae is None:
+        unet.save_pretrained(args.out, safe_serialization=True)
+        scheduler.save_pretrained(args.out)
+    else:
+        unet.save_pretrained(args.out / "unet", safe_serialization=True)
+        scheduler.save_pretrained(args.out / "scheduler")
+        vae.save_pretrained(args.out / "vae", safe_serialization=True)
+        latent.write_pipeline_index(args.out)
     info = {"kind": "diffusion", "title": args.out.name}
     if classes:
         info.update(classes=classes, null_class=len(classes), default_guidance_scale=args.guidance_scale)
     (args.out / "genlab.json").write_text(json.dumps(info, indent=1))
     state.save(args.out)
-    save_ddpm_samples(unet, scheduler, classes, args.out / "samples.png", guidance_scale=args.guidance_scale)
+    save_ddpm_samples(unet, scheduler, classes, args.out / "samples.png", guidance_scale=args.guidance_scale, vae=vae)
+    size = unet.config.sample_size
+    space = (f"{size}x{size} samples" if vae is None else
+             f"{unet.config.in_channels}x{size}x{size} latents of the KL autoencoder in `vae/` (from `{args.vae}`, "
+             f"frozen; `scaling_factor` {vae.config.scaling_factor:.4f}), decoded to {args.crop}x{args.crop} pixels")
     conditional = (f"Class-conditional on {len(classes)} classes ({', '.join(classes)}) with label dropout "
                    f"{args.label_dropout}, so classifier-free guidance works (class {len(classes)} = no label). "
                    if classes else "")
@@ -413,7 +565,7 @@ def export_ddpm(args, unet: UNet2DModel, scheduler, classes: list[str], state: c
     common.write_model_card(
         args.out, f"GenLab {args.out.name}",
         f"A noise-prediction DDPM (diffusers `UNet2DModel`, {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M "
-        f"parameters, {args.sample_size}x{args.sample_size} samples, fully convolutional) with a {args.beta_schedule} "
+        f"parameters, {space}, fully convolutional) with a {args.beta_schedule} "
         f"beta schedule over 1000 steps. {conditional}{focus}Min-SNR-gamma weighting: {args.min_snr_gamma or 'off'}. "
         "Exported weights are the EMA weights.",
         f"`{args.data}`, random {args.crop}x{args.crop} crops, batch {args.batch_size}, {lr_text(args)}"
@@ -441,7 +593,8 @@ def main(argv=None) -> None:
     state.hardware.append(common.describe_hardware(accelerator.device))
     data = common.ImageFolder(args.data)
     accelerator.print(f"{len(data)} images from {args.data}" + (f", classes {data.classes}" if data.classes else ""))
-    (train_ddpm if args.kind == "ddpm" else train_vq)(args, accelerator, data, state)
+    trainers = {"vqvae": train_vq, "vqgan": train_vq, "ddpm": train_ddpm, "vae": train_vae, "ldm": train_ddpm}
+    trainers[args.kind](args, accelerator, data, state)
 
 
 if __name__ == "__main__":

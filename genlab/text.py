@@ -1,0 +1,36 @@
+"""Text conditioning for Stable Diffusion layouts: a CLIP tokenizer and text encoder (through transformers).
+
+Stable Diffusion 1.x/2.x condition their `UNet2DConditionModel` on the CLIP text encoder's last hidden
+states, (B, 77, D), by cross-attention (Rombach et al., arXiv:2112.10752, sec. 3.3); classifier-free
+guidance runs the negative prompt's (by default the empty prompt's) hidden states as the unconditional
+branch. Prompts longer than the tokenizer's `model_max_length` are cut there, as diffusers' pipelines do.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class TextEncoder:
+    """A `CLIPTokenizer` and a `CLIPTextModel` (or any transformers text model with last_hidden_state)."""
+
+    def __init__(self, tokenizer, text_encoder):
+        self.tokenizer, self.model = tokenizer, text_encoder
+
+    @property
+    def max_tokens(self) -> int:
+        return int(self.tokenizer.model_max_length)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @torch.inference_mode()
+    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, bool]:
+        """(B, L, D) fp32 hidden states on CPU, and whether any prompt was cut to `max_tokens`."""
+        tokens = self.tokenizer(prompts, padding="max_length", max_length=self.max_tokens, truncation=True,
+                                return_overflowing_tokens=False, return_length=False, return_tensors="pt")
+        full = self.tokenizer(prompts, padding=False, truncation=False)["input_ids"]
+        truncated = any(len(ids) > self.max_tokens for ids in full)
+        hidden = self.model(tokens.input_ids.to(self.device))[0]  # (B, L, D) last_hidden_state
+        return hidden.float().cpu(), truncated
