@@ -106,16 +106,32 @@ class Registry:
 
     def vq(self, label: str):
         spec = self._spec(self.config.vq_models, label, "VQ")
-        return models.load_vq(spec.source, spec.subfolder, device=self.config.device)
+        return models.load_vq(spec.source, spec.subfolder, device=self.config.device, revision=spec.revision)
+
+    def autoencoder(self, label: str):
+        """A VQ model or a KL autoencoder (genlab.vq.VQ or genlab.autoencoder.KLAutoencoder)."""
+        spec = self._spec(self.config.vq_models, label, "autoencoder")
+        return models.load_autoencoder(spec.source, spec.subfolder, device=self.config.device, revision=spec.revision)
 
     def diffusion(self, label: str):
         spec = self._spec(self.config.diffusion_models, label, "diffusion")
-        return models.load_diffusion(spec.source, spec.subfolder, device=self.config.device)
+        return models.load_diffusion(spec.source, spec.subfolder, device=self.config.device, revision=spec.revision)
+
+    def is_latent(self, label: str) -> bool:
+        """Whether a diffusion model is a latent one, known without loading it for local folders."""
+        spec = self.config.diffusion_models.get(label)
+        if spec is None:
+            return False
+        folder = Path(spec.source) / (spec.subfolder or "")
+        return folder.is_dir() and models.is_pipeline(folder) and any((folder / p).is_dir() for p in ("vae", "vqvae"))
 
     def choices(self, kind: str) -> list[tuple[str, str]]:
         table = self.config.vq_models if kind == "vq" else self.config.diffusion_models
-        return [(f"{label} ({NOT_TRAINED})" if self.status.get(label) == NOT_TRAINED else label, label)
-                for label in table]
+        shown = []
+        for label in table:
+            text = f"{label} (latent)" if kind == "diffusion" and self.is_latent(label) else label
+            shown.append((f"{text} ({NOT_TRAINED})" if self.status.get(label) == NOT_TRAINED else text, label))
+        return shown
 
     def default(self, kind: str, prefer: str | None = None, exclude: str | None = None) -> str | None:
         """The preferred model if trained, else the first trained one (never `exclude`)."""
