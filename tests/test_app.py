@@ -123,8 +123,9 @@ def test_sample_is_deterministic_and_rejects_absurd_values(app):
 def test_scrub_shows_stored_steps(app):
     client, _, dm_label = app
     client.predict(dm_label, "ddim", 4, 0, 1, "a", 1.0, 0.0, api_name="/sample")
-    x_t, x0, eps, plot = client.predict(dm_label, 2, api_name="/scrub")
+    x_t, x0, eps, plot, latent = client.predict(dm_label, 2, api_name="/scrub")
     assert image_size(x_t) == image_size(x0) == image_size(eps)
+    assert latent is None  # a pixel model has no latent panel
 
 
 def test_denoise_and_noise_preview(app, photo):

@@ -414,8 +414,9 @@ def build_unet(args, num_classes: int, in_channels: int = 3, sample_size: int | 
 
 
 def build_scheduler(args) -> DDPMScheduler:
+    """Pixels are clipped to [-1, 1] on the way; latents are unbounded, so latent models never clip."""
     return DDPMScheduler(num_train_timesteps=1000, beta_schedule=args.beta_schedule, prediction_type="epsilon",
-                         clip_sample=True, timestep_spacing="trailing")
+                         clip_sample=args.kind != "ldm", timestep_spacing="trailing")
 
 
 def train_ddpm(args, accelerator: Accelerator, data: common.ImageFolder, state: common.RunState) -> None:
