@@ -516,7 +516,7 @@ class DiffusionModel:
             if record:
                 run.trajectory.steps.append(step)
             yield step
-        final = sample.float().cpu()
+        final = sample.float().cpu() if self.is_latent else sample.float().clamp(-1, 1).cpu()  # latents are unbounded
         run.trajectory.final = final if crop is None else final[..., : crop[0], : crop[1]]
         yield run
 

@@ -3,6 +3,8 @@
     python -m genlab.eval vq      --model weights/vqvae-photo --data data/photos/holdout [--card]
     python -m genlab.eval denoise --model weights/ddpm-photo  --data data/photos/holdout [--card]
     python -m genlab.eval emoji   --model weights/ddpm-emoji  --data data/emoji/32 --out artifacts/emoji [--card]
+    python -m genlab.eval vae     --model weights/ldm-emoji   --data data/emoji/64-holdout [--card --section vae]
+    python -m genlab.eval emoji   --model weights/ldm-emoji   --data data/emoji/32 --out artifacts/ldm [--card --section emoji]
 
 vq: PSNR / SSIM per image and mean, code usage and perplexity over the folder, JPEG PSNR at no
     more than the same bits per pixel, and sharpness = mean |grad recon|^2 / mean |grad original|^2
@@ -11,7 +13,11 @@ denoise: PSNR at sigma = 15, 25, 50 (0-255 units, seeded Gaussian noise) for Gen
     x0 estimate beside scikit-image's non-local means on the same noisy inputs.
 emoji: a grid of samples per category; background lightness, centre colourfulness and sample
     diversity beside the same statistics of real emoji; and the share of samples that a small
-    classifier trained on real emoji assigns to the requested category.
+    classifier trained on real emoji assigns to the requested category. Samples larger than the
+    real emoji of `--data` (a 64 px latent model judged on 32 px emoji) are downsampled to their size
+    (area average) before they are scored.
+vae: a KL autoencoder (or a pipeline's vae/) on held-out images: PSNR and SSIM of the posterior-mean
+    decode, PSNR of a posterior-sample decode, and the rate (KL bits per pixel).
 `--card` writes the printed section into the model card's "Measured quality".
 """
 
@@ -30,7 +36,7 @@ from PIL import Image
 from . import metrics
 from .data import list_images
 from .images import image_grid, open_image, pil_to_tensor, tensor_to_pil
-from .models import load_diffusion, load_vq
+from .models import load_autoencoder, load_diffusion, load_vq
 from .vq import perplexity
 
 
@@ -65,6 +71,32 @@ def eval_vq(model: str, folder: Path) -> str:
                f"Mean PSNR **{means[0]:.2f} dB**, SSIM {means[1]:.4f}; JPEG at no more than the same bpp: "
                f"{means[2]:.2f} dB. Sharpness (gradient energy of reconstruction / original): {means[4]:.3f}.{tiling}")
     return "\n".join(table) + "\n" + summary
+
+
+def eval_autoencoder(model: str, folder: Path) -> str:
+    """Held-out reconstruction of a KL autoencoder (VQ models: `eval_vq`)."""
+    autoencoder = load_autoencoder(model, device="cpu")
+    if autoencoder.kind != "kl":
+        return eval_vq(model, folder)
+    rows = []
+    for path in list_images(folder):
+        result = autoencoder.reconstruct(open_image(path), max_side=None, seed=0)
+        rows.append((result.psnr, result.ssim, result.sample_psnr, result.bits_per_pixel))
+    if not rows:
+        raise SystemExit(f"no images under {folder}")
+    values = np.array(rows)
+    psnrs = values[:, 0]
+    means = values.mean(axis=0)
+    return "\n".join([
+        "| statistic | value |", "|---|---|",
+        f"| images | {len(rows)} |",
+        f"| PSNR of the posterior-mean decode (dB) | **{means[0]:.2f}** (median {np.median(psnrs):.2f}, "
+        f"10th percentile {np.percentile(psnrs, 10):.2f}) |",
+        f"| SSIM | {means[1]:.4f} |",
+        f"| PSNR of a posterior-sample decode (dB) | {means[2]:.2f} |",
+        f"| rate: KL bits per pixel | {means[3]:.3f} |",
+        f"| latent | {autoencoder.latent_channels} channels, f = {autoencoder.downsample_factor} |",
+    ]) + f"\n\nHeld-out images: `{folder}`."
 
 
 def eval_denoise(model: str, folder: Path, sigmas=(15, 25, 50), steps: int = 1) -> str:
@@ -173,6 +205,13 @@ def balanced_accuracy(predicted: torch.Tensor, labels: torch.Tensor, classes: in
     return float(np.mean([r for r in per_class_recall(predicted, labels, classes) if r is not None]))
 
 
+def to_size(images: torch.Tensor, side: int) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, 3, side, side) by area averaging when larger (a 64 px sample judged at 32 px)."""
+    if images.shape[-1] == side:
+        return images
+    return torch.nn.functional.interpolate(images, size=(side, side), mode="area")
+
+
 def eval_emoji(model: str, data: Path, out: Path, per_class: int = 16, steps: int = 50, guidance: float | None = None) -> str:
     from .train.common import ImageFolder
 
@@ -185,9 +224,9 @@ def eval_emoji(model: str, data: Path, out: Path, per_class: int = 16, steps: in
     for index, name in enumerate(dm.classes):
         run = dm.sample(seed=index, steps=steps, scheduler="ddim", batch=per_class, class_label=name,
                         guidance_scale=guidance, record=False)
-        samples.append(run.trajectory.final)
+        samples.append(to_size(run.final_pixels, real_images.shape[-1]))
         requested += [index] * per_class
-        rows.append(image_grid([tensor_to_pil(t) for t in run.trajectory.final], columns=per_class))
+        rows.append(image_grid(run.images, columns=per_class))
     grid = image_grid(rows, columns=1, gap=4)
     grid.save(out / "samples_per_category.png")
     sixteen = dm.sample(seed=0, steps=steps, scheduler="ddim", batch=16, class_label=dm.classes[0],
@@ -217,18 +256,30 @@ def eval_emoji(model: str, data: Path, out: Path, per_class: int = 16, steps: in
                                f"{', '.join(dm.classes)}) and `{out}/sixteen_smileys.png`.")
 
 
-def write_card_section(model: str, text: str) -> None:
+def write_card_section(model: str, text: str, section: str | None = None) -> None:
+    """Write `text` as the card's "Measured quality"; with `section`, as its "### section" only, keeping
+    the other sections (a pipeline card measures its autoencoder and its samples apart)."""
     card = Path(model) / "README.md"
     if not card.exists():
         raise SystemExit(f"no model card at {card}")
-    head = card.read_text().split("## Measured quality")[0]
+    head, _, measured = card.read_text().partition("## Measured quality")
     command = "python -m genlab.eval " + " ".join(shlex.quote(a) for a in sys.argv[1:] if a != "--card")
-    card.write_text(f"{head}## Measured quality\nMeasured on {time.strftime('%Y-%m-%d')} with `{command}`:\n\n{text}\n")
+    body = f"Measured on {time.strftime('%Y-%m-%d')} with `{command}`:\n\n{text}\n"
+    if section is None:
+        card.write_text(f"{head}## Measured quality\n{body}")
+        return
+    parts = {}
+    for chunk in measured.split("\n### ")[1:]:
+        name, _, content = chunk.partition("\n")
+        parts[name.strip()] = content.strip() + "\n"
+    parts[section] = body
+    sections = "".join(f"\n### {name}\n{content}" for name, content in parts.items())
+    card.write_text(f"{head}## Measured quality\n{sections}")
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m genlab.eval", description=__doc__.split("\n\n")[0])
-    parser.add_argument("kind", choices=["vq", "denoise", "emoji"])
+    parser.add_argument("kind", choices=["vq", "vae", "denoise", "emoji"])
     parser.add_argument("--model", required=True)
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--out", type=Path, default=Path("artifacts/eval"))
@@ -237,11 +288,14 @@ def main(argv=None) -> None:
     parser.add_argument("--guidance", type=float, default=None)
     parser.add_argument("--per-class", type=int, default=16, help="emoji: samples per category")
     parser.add_argument("--card", action="store_true", help="write the result into the model card")
+    parser.add_argument("--section", default=None, help="with --card: write only this subsection of the card")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     start = time.perf_counter()
     if args.kind == "vq":
         text = eval_vq(args.model, args.data)
+    elif args.kind == "vae":
+        text = eval_autoencoder(args.model, args.data)
     elif args.kind == "denoise":
         text = eval_denoise(args.model, args.data, tuple(args.sigmas), args.steps or 1)
     else:
@@ -250,7 +304,7 @@ def main(argv=None) -> None:
     print(text)
     print(f"\n({time.perf_counter() - start:.0f} s)")
     if args.card:
-        write_card_section(args.model, text)
+        write_card_section(args.model, text, args.section)
 
 
 if __name__ == "__main__":

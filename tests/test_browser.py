@@ -49,7 +49,7 @@ LOAD_MS = 60_000
 EMBEDDED_MS = 180_000  # per action on the real models (16 emoji x 50 steps, a photo denoise)
 
 TABS = ("VQ-VAE reconstruction", "VQGAN codebook", "Diffusion, step by step")
-DIFFUSION_SUBTABS = ("Sample", "Denoise an upload", "Compare samplers")
+DIFFUSION_SUBTABS = ("Sample", "Denoise an upload", "Inpaint", "Compare samplers")
 RECONSTRUCT_UPLOAD = "Image (PNG, JPEG, WebP, BMP, GIF, TIFF)"
 
 
@@ -336,7 +336,7 @@ def test_diffusion_denoise_an_upload(page, photo, shots):
     open_tab(page, "Diffusion, step by step")
     open_tab(page, "Denoise an upload")
     upload(page, "Image", photo)
-    expect_image(page, "x_t = q(x_t | x_0) (no model call)")  # the upload's preview, before any button
+    expect_image(page, "x_t = q(x_t | x_0)")  # the upload's preview, before any button
     set_number(page, "Steps (0 = default)", 4)
     page.get_by_role("button", name="Denoise from here").click()
     expect(page.get_by_text(re.compile(r"PSNR vs the original: GenLab .* dB"))).to_be_visible(timeout=ACTION_MS)
@@ -364,8 +364,9 @@ def test_diffusion_compare_samplers(page, shots):
 @pytest.fixture(scope="module")
 def embedded_app():
     """`python app.py` as a user starts it (the bench's launcher): the models committed in weights/."""
-    missing = [name for name in genlab.models.EMBEDDED  # REPO/weights: the `app` fixture patches WEIGHTS_DIR
-               if not list((REPO / "weights" / name).glob("*.safetensors"))]
+    with pytest.MonkeyPatch.context() as patch:  # REPO/weights: the `app` fixture patches WEIGHTS_DIR
+        patch.setattr(genlab.models, "WEIGHTS_DIR", REPO / "weights")
+        missing = [name for name, status in genlab.models.embedded_status().items() if status != "trained"]
     assert not missing, f"weights/ lacks the embedded models {missing}"
     with serving_app(torch.device("cpu"), timeout_s=LOAD_MS / 1000) as (url, _):
         yield url
@@ -406,7 +407,7 @@ def click_through_embedded_models(page, shots) -> None:
     open_tab(page, "Denoise an upload")
     expect(model).to_have_value("ddpm-photo")  # the photo denoiser is this sub-tab's default
     upload(page, "Image", rocket)
-    expect_image(page, "x_t = q(x_t | x_0) (no model call)")
+    expect_image(page, "x_t = q(x_t | x_0)")
     page.get_by_role("button", name="Denoise from here").click()
     expect(page.get_by_text(re.compile(r"PSNR vs the original: GenLab .* dB"))).to_be_visible(timeout=EMBEDDED_MS)
     expect_image(page, "GenLab (reverse process)")
@@ -422,4 +423,28 @@ def click_through_embedded_models(page, shots) -> None:
     page.get_by_role("button", name="Compare", exact=True).click()
     expect(block(page, "Same noise, different samplers").locator("img")).to_have_count(3, timeout=EMBEDDED_MS)
     screenshot(page, shots, "14-embedded-compare")
+    expect(page.locator(".toast-body")).to_have_count(0)
+
+    # latent diffusion: ldm-emoji's 64 px samples from 16x16x4 latents, then SDEdit of an emoji in its latent space
+    open_tab(page, "Sample")
+    model.click()
+    page.get_by_role("option", name="ldm-emoji (latent)", exact=True).click()
+    expect(model).to_have_value("ldm-emoji (latent)")
+    choose(page, "Category", "Animals & Nature")
+    set_number(page, "Batch (grid)", 4, slider=True)
+    page.get_by_role("button", name="Sample", exact=True).click()
+    expect(page.get_by_text(re.compile(r"^done: 50 steps, seed 0.*latent 4x16x16 = 1,024 values per step"))).to_be_visible(
+        timeout=EMBEDDED_MS)
+    expect_image(page, "latent x_t: its channels side by side (latent models)")
+    set_number(page, "step (50 kept)", 20, slider=True)
+    for label in ("latent x_t (latent models)", "x_t", "x̂0", "ε̂ (predicted noise)"):
+        expect_image(page, label)
+    screenshot(page, shots, "15-embedded-latent-sample")
+    open_tab(page, "Denoise an upload")
+    expect(model).to_have_value("ldm-emoji (latent)")  # only the pixel models' defaults switch
+    upload(page, "Image", REPO / "genlab" / "assets" / "examples" / "emoji-grinning.png")
+    page.get_by_label("My image is clean: noise it to t", exact=True).check()
+    page.get_by_role("button", name="Denoise from here").click()
+    expect(page.get_by_text(re.compile(r"PSNR vs the original: GenLab .* latent space"))).to_be_visible(timeout=EMBEDDED_MS)
+    screenshot(page, shots, "16-embedded-latent-sdedit")
     expect(page.locator(".toast-body")).to_have_count(0)

@@ -19,9 +19,15 @@ from genlab.ui.common import EXAMPLES_DIR
 
 def shipped(name: str):
     folder = WEIGHTS_DIR / name
-    if not list(folder.glob("*.safetensors")):
+    if genlab.embedded_status().get(name) != "trained":
         pytest.skip(f"weights/{name} is not trained yet")
     return folder
+
+
+@pytest.fixture(scope="module")
+def grinning() -> Image.Image:
+    """The Noto grinning face at the 64 px of ldm-emoji's training images."""
+    return genlab.open_image(EXAMPLES_DIR / "emoji-grinning.png").resize((64, 64), Image.Resampling.LANCZOS)
 
 
 @pytest.fixture(scope="module")
@@ -89,3 +95,33 @@ def test_photo_denoiser_beats_non_local_means_on_a_held_out_photo(rocket):
     ours = (run.trajectory.final[0].permute(1, 2, 0).numpy() + 1) / 2
     baseline = non_local_means(np.clip(noisy, 0, 1), 25 / 255)
     assert psnr_float(clean, ours) > psnr_float(clean, baseline) + 1.0  # measured: 33.54 vs 31.28 dB
+
+
+def test_ldm_emoji_is_a_latent_pipeline_whose_vae_reconstructs_emoji(grinning):
+    dm = genlab.load_diffusion(shipped("ldm-emoji"), device="cpu")
+    assert dm.is_latent and dm.latent_shape == (4, 16, 16) and dm.sample_size == 64
+    assert "Animals & Nature" in dm.classes
+    result = genlab.load_autoencoder(WEIGHTS_DIR / "ldm-emoji", device="cpu").reconstruct(grinning)
+    assert result.psnr > 28.0, f"{result.psnr:.2f} dB"  # the card's held-out mean is over 30 dB
+    assert 0 < result.bits_per_pixel < 24
+
+
+def test_ldm_emoji_samples_are_light_backgrounds_and_differ():
+    dm = genlab.load_diffusion(shipped("ldm-emoji"), device="cpu")
+    run = dm.sample(seed=0, steps=20, batch=4, class_label="Smileys & Emotion", record=False)
+    images = np.stack([np.asarray(i, np.float64) for i in run.images])  # (4, 64, 64, 3)
+    border = np.concatenate([images[:, :6].reshape(4, -1, 3), images[:, -6:].reshape(4, -1, 3)], axis=1)
+    assert border.mean() > 170, "emoji sit on a light background"
+    assert np.abs(images[0] - images[1]).mean() > 10, "different seeds in a batch give different emoji"
+
+
+def test_ldm_emoji_sdedit_from_a_small_t_and_inpainting(grinning):
+    dm = genlab.load_diffusion(shipped("ldm-emoji"), device="cpu")
+    run = dm.denoise(grinning, t=20, steps=4, seed=0)
+    assert run.psnr > 25.0, f"{run.psnr:.2f} dB after SDEdit from t = 20 in the latent space"
+    mask = np.zeros((64, 64), np.uint8)
+    mask[36:56, 16:48] = 255  # the mouth
+    painted = dm.inpaint(grinning, mask, steps=20, seed=0, class_label="Smileys & Emotion")
+    out, source = np.asarray(painted.image, np.int16), np.asarray(grinning, np.int16)
+    assert (out[mask == 0] == source[mask == 0]).all()
+    assert np.abs(out[mask > 0] - source[mask > 0]).mean() > 3

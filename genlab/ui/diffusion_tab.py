@@ -359,7 +359,7 @@ def build(registry: Registry, demo: gr.Blocks) -> None:
         with gr.Row():
             live_latent = gr.Image(label="latent x_t: its channels side by side (latent models)", format="png",
                                    interactive=False, height=OUTPUT_HEIGHT)
-            live_xt = gr.Image(example, label="x_t (live; latent models: preview decode)", format="png",
+            live_xt = gr.Image(example, label="x_t (live)", format="png",
                                interactive=False, height=OUTPUT_HEIGHT)
             live_x0 = gr.Image(example, label="x̂0 (live)", format="png", interactive=False, height=OUTPUT_HEIGHT)
             live_eps = gr.Image(label="ε̂ (live)", format="png", interactive=False, height=OUTPUT_HEIGHT)
@@ -380,7 +380,7 @@ def build(registry: Registry, demo: gr.Blocks) -> None:
                 noise_seed = gr.Number(0, label="Noise seed", precision=0, minimum=0)
                 denoise_button = gr.Button("Denoise from here", variant="primary")
         with gr.Row():
-            noisy = gr.Image(label="x_t = q(x_t | x_0) (latent models: noised latent, decoded)", format="png",
+            noisy = gr.Image(label="x_t = q(x_t | x_0)", format="png",
                              interactive=False, height=OUTPUT_HEIGHT)
             denoised = gr.Image(label="GenLab (reverse process)", format="png", interactive=False, height=OUTPUT_HEIGHT)
             baseline = gr.Image(label="scikit-image non-local means, same sigma", format="png", interactive=False, height=OUTPUT_HEIGHT)
