@@ -79,6 +79,19 @@ def predict_x0_and_eps(model_output, x_t, timestep: int, alphas_cumprod, predict
     return x0, eps
 
 
+def model_output_for(x0: torch.Tensor, x_t: torch.Tensor, timestep: int, alphas_cumprod, prediction_type: str):
+    """The UNet output (epsilon, v or sample) whose x0_hat is `x0` at x_t: the inverse of predict_x0_and_eps."""
+    abar = float(alphas_cumprod[int(timestep)])
+    a, s = abar ** 0.5, (1 - abar) ** 0.5
+    if prediction_type == "epsilon":
+        return (x_t - a * x0) / s
+    if prediction_type == "v_prediction":
+        return (a * x_t - x0) / s
+    if prediction_type == "sample":
+        return x0
+    raise ValueError(f"unknown prediction_type {prediction_type!r}")
+
+
 def add_noise(scheduler, x0: torch.Tensor, noise: torch.Tensor, timestep: int) -> torch.Tensor:
     """q(x_t | x_0) through the scheduler's own `add_noise` (eq. 4)."""
     t = torch.full((x0.shape[0],), int(timestep), dtype=torch.long)
@@ -191,13 +204,18 @@ def iterate_reverse(
     generator: torch.Generator | None = None,
     known: KnownRegion | None = None,
     clip_x0: float | None = 1.0,
+    enforce_clip: bool = False,
 ):
     """Generator over `scheduler.timesteps` from x_t: yields (Step, next sample) after each step.
 
     `conditioning` (or the shorthand class_labels + null_class) gives the UNet's keyword arguments;
     with an unconditional branch and guidance_scale != 1 both branches run in one batch (CFG).
     `known` re-imposes q(x_{t-1} | x_0) outside the mask after every step (inpainting). The recorded
-    x0_hat is clipped to [-clip_x0, clip_x0] (pixels: 1; latents are unbounded: None).
+    x0_hat is clipped to [-clip_x0, clip_x0] (pixels: 1; latents: their data range, or None). With
+    `enforce_clip` the scheduler steps with that clipped x0_hat too, whatever the scheduler (the model
+    output is re-derived from it, as DDIM's clip_sample does): near t = T of a cosine schedule,
+    abar_t ~ 1e-6 and x0_hat = (x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t) magnifies any error of
+    eps_hat a thousandfold; pixel models clip to [-1, 1], latent models to their training range.
     Closing the generator stops the loop (cancel).
     """
     alphas_cumprod = alphas_cumprod_of(scheduler)
@@ -225,7 +243,11 @@ def iterate_reverse(
                 output = unconditional + guidance_scale * (conditional - unconditional)
             pred_x0, pred_eps = predict_x0_and_eps(output, sample, int(timestep), alphas_cumprod, prediction_type)
             if clip_x0 is not None:
-                pred_x0 = pred_x0.clamp(-clip_x0, clip_x0)
+                clipped = pred_x0.clamp(-clip_x0, clip_x0)
+                if enforce_clip and not torch.equal(clipped, pred_x0):
+                    output = model_output_for(clipped, sample, int(timestep), alphas_cumprod, prediction_type)
+                    pred_x0, pred_eps = predict_x0_and_eps(output, sample, int(timestep), alphas_cumprod, prediction_type)
+                pred_x0 = clipped
             step = Step(int(timestep), sample.cpu(), pred_x0.cpu(), pred_eps.cpu())
             sample = scheduler.step(output, timestep, sample, **step_kwargs).prev_sample
             if known is not None:
@@ -404,6 +426,8 @@ class DiffusionModel:
             self.classes = [f"class {i}" for i in range(num_class_embeds)]
         default_guidance = 7.5 if text is not None else 1.0  # Stable Diffusion's default
         self.default_guidance_scale = float(info.get("default_guidance_scale", default_guidance))
+        # latent models may name their training range (genlab.json); x0_hat is clipped to it at every step
+        self.latent_clip: float | None = info.get("clip_sample_range") if self.codec.is_latent else None
         self.alphas_cumprod = alphas_cumprod_of(self.scheduler("ddpm"))
         size = unet.config.sample_size
         self.latent_size = size if isinstance(size, int) else tuple(size)[0]
@@ -501,7 +525,7 @@ class DiffusionModel:
         return dict(unet=self.unet, scheduler=scheduler, x_t=x_t, conditioning=conditioning,
                     guidance_scale=1.0 if unconditional else guidance,  # unconditional: nothing to guide
                     eta=float(eta), generator=torch.Generator().manual_seed(int(seed) + 1), known=known,
-                    clip_x0=None if self.is_latent else 1.0)
+                    clip_x0=self.latent_clip if self.is_latent else 1.0, enforce_clip=self.latent_clip is not None)
 
     def _stream(self, plan: dict, run: DiffusionRun, record: bool):
         """Yield each Step (sample space, cropped to the visible latent), then the finished DiffusionRun."""

@@ -397,3 +397,32 @@ def test_an_explicit_revision_is_not_swapped_for_a_conversion(fake_hub):
     assert downloaded == ["refs/pr/7"] and "SFconvertbot" not in vq.name
     with pytest.raises(ModelLoadError, match="no revision 'v9'"):
         genlab.load_vq("owner/classic", revision="v9", device="cpu")
+
+
+# ------------------------------------------------------------------------- clipping x0_hat
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_model_output_for_inverts_the_x0_prediction(prediction_type):
+    from genlab.diffusion import model_output_for, predict_x0_and_eps
+
+    alphas_cumprod = torch.linspace(0.999, 0.01, 1000, dtype=torch.float64)
+    x_t, x0 = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    output = model_output_for(x0, x_t, 700, alphas_cumprod, prediction_type)
+    torch.testing.assert_close(predict_x0_and_eps(output, x_t, 700, alphas_cumprod, prediction_type)[0], x0,
+                               atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("scheduler", sorted(genlab.SCHEDULERS))
+def test_a_latent_models_clip_range_bounds_x0_for_every_scheduler(tiny_kl_ldm_dir, tmp_path, scheduler):
+    """genlab.json's clip_sample_range: each step's x0_hat, and the sample DDIM ends on, stay in range."""
+    import json
+    import shutil
+
+    root = shutil.copytree(tiny_kl_ldm_dir, tmp_path / "clipped")
+    info = json.loads((root / "genlab.json").read_text())
+    (root / "genlab.json").write_text(json.dumps({**info, "clip_sample_range": 0.05}))
+    free = genlab.load_diffusion(tiny_kl_ldm_dir, device="cpu").sample(seed=0, steps=4, scheduler=scheduler)
+    run = genlab.load_diffusion(root, device="cpu").sample(seed=0, steps=4, scheduler=scheduler)
+    assert max(float(step.pred_x0.abs().max()) for step in free.trajectory.steps) > 0.05  # the clip matters here
+    assert all(float(step.pred_x0.abs().max()) <= 0.05 + 1e-6 for step in run.trajectory.steps)
+    if scheduler == "ddim":  # DDIM's last step returns x0_hat itself
+        assert float(run.trajectory.final.abs().max()) <= 0.05 + 1e-4

@@ -102,6 +102,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--latent-channels", type=int, help="vae: channels of the latent z")
     parser.add_argument("--kl-weight", type=float, help="vae: weight of KL(q(z|x) || N(0, I)) in nats per pixel value")
     parser.add_argument("--vae", type=Path, default=None, help="ldm: the trained AutoencoderKL folder (kept frozen)")
+    parser.add_argument("--export-fp16", action="store_true",
+                        help="ldm: store the exported unet/ and vae/ weights in fp16 (GenLab upcasts them on CPU)")
     # diffusion
     parser.add_argument("--attention", help="per down block, 1 = attention block (e.g. 0,0,1)")
     parser.add_argument("--sample-size", type=int)
@@ -458,8 +460,11 @@ def train_ddpm(args, accelerator: Accelerator, data: common.ImageFolder, state: 
     ema.to(accelerator.device)
     class_power = args.class_power if classes else 1.0
     seed = args.seed + state.step + accelerator.process_index
+    latent_range = None
     if vae is not None:  # x_0 is the scaled latent of an image, drawn from the autoencoder's posterior
-        batches = iter(latent.LatentBank(vae, data, args.batch_size, seed, class_power=class_power))
+        bank = latent.LatentBank(vae, data, args.batch_size, seed, class_power=class_power)
+        latent_range = round(bank.value_range(), 2)
+        batches = iter(bank)
     else:
         batches = iter(common.RandomCrops(data, args.crop, args.batch_size, seed, class_power=class_power))
     generator = torch.Generator().manual_seed(args.seed + state.step)
@@ -478,10 +483,10 @@ def train_ddpm(args, accelerator: Accelerator, data: common.ImageFolder, state: 
             ema.copy_to(ema_model.parameters())
             ema_model.save_pretrained(checkpoint / "ema")
             if vae is not None:
-                vae.save_pretrained(checkpoint / "vae")
+                latent.save_autoencoder(vae, args.vae, checkpoint / "vae")
             common.save_optimizer(optimizer, checkpoint)
             state.save(checkpoint)
-            export_ddpm(args, ema_model, scheduler, classes, state, vae)
+            export_ddpm(args, ema_model, scheduler, classes, state, vae, latent_range)
 
     while state.step < args.steps and (args.max_minutes is None or timer.total - timer.already < args.max_minutes * 60):
         clean, labels = next(batches)
@@ -511,13 +516,13 @@ def train_ddpm(args, accelerator: Accelerator, data: common.ImageFolder, state: 
             ema_model = UNet2DModel.from_config(accelerator.unwrap_model(unet).config)
             ema.copy_to(ema_model.parameters())
             save_ddpm_samples(ema_model, scheduler, classes, args.run_dir / "samples" / f"{state.step:06d}.png",
-                              guidance_scale=args.guidance_scale, vae=vae)
+                              guidance_scale=args.guidance_scale, vae=vae, latent_range=latent_range)
     save()
     progress.close()
 
 
 def save_ddpm_samples(unet: UNet2DModel, scheduler, classes: list[str], path: Path, *, guidance_scale: float,
-                      count: int = 16, vae: AutoencoderKL | None = None) -> None:
+                      count: int = 16, vae: AutoencoderKL | None = None, latent_range: float | None = None) -> None:
     """16 samples at 50 DDIM steps, seed 0, classes in order; latents are decoded by `vae`."""
     generator = torch.Generator().manual_seed(0)
     size = unet.config.sample_size
@@ -527,7 +532,8 @@ def save_ddpm_samples(unet: UNet2DModel, scheduler, classes: list[str], path: Pa
     labels = torch.arange(count) % len(classes) if classes else None
     unet.eval()
     run = reverse_process(unet, sampler, noise, class_labels=labels, null_class=len(classes) if classes else None,
-                          guidance_scale=guidance_scale, record=False)
+                          guidance_scale=guidance_scale, record=False,
+                          **({} if vae is None else dict(clip_x0=latent_range, enforce_clip=latent_range is not None)))
     images = run.final
     if vae is not None:
         with torch.no_grad():
@@ -536,7 +542,7 @@ def save_ddpm_samples(unet: UNet2DModel, scheduler, classes: list[str], path: Pa
 
 
 def export_ddpm(args, unet: UNet2DModel, scheduler, classes: list[str], state: common.RunState,
-                vae: AutoencoderKL | None = None) -> None:
+                vae: AutoencoderKL | None = None, latent_range: float | None = None) -> None:
     """A pixel model: one folder. A latent model: diffusers' pipeline layout, unet/ + vae/ + scheduler/
     + model_index.json, with genlab.json and the model card at its root."""
     args.out.mkdir(parents=True, exist_ok=True)
@@ -546,14 +552,22 @@ def export_ddpm(args, unet: UNet2DModel, scheduler, classes: list[str], state: c
     else:
         unet.save_pretrained(args.out / "unet", safe_serialization=True)
         scheduler.save_pretrained(args.out / "scheduler")
-        vae.save_pretrained(args.out / "vae", safe_serialization=True)
+        latent.save_autoencoder(vae, args.vae, args.out / "vae")
         latent.write_pipeline_index(args.out)
     info = {"kind": "diffusion", "title": args.out.name}
+    if latent_range is not None:
+        info["clip_sample_range"] = latent_range  # sampling clips x0_hat to the training latents' range
     if classes:
         info.update(classes=classes, null_class=len(classes), default_guidance_scale=args.guidance_scale)
     (args.out / "genlab.json").write_text(json.dumps(info, indent=1))
     state.save(args.out)
-    save_ddpm_samples(unet, scheduler, classes, args.out / "samples.png", guidance_scale=args.guidance_scale, vae=vae)
+    save_ddpm_samples(unet, scheduler, classes, args.out / "samples.png", guidance_scale=args.guidance_scale, vae=vae,
+                      latent_range=latent_range)
+    if vae is not None and args.export_fp16:  # half the bytes; the cards' measurements are of these files
+        import copy
+
+        copy.deepcopy(unet).half().save_pretrained(args.out / "unet", safe_serialization=True)
+        copy.deepcopy(vae).half().save_pretrained(args.out / "vae", safe_serialization=True)
     size = unet.config.sample_size
     space = (f"{size}x{size} samples" if vae is None else
              f"{unet.config.in_channels}x{size}x{size} latents of the KL autoencoder in `vae/` (from `{args.vae}`, "
@@ -563,6 +577,13 @@ def export_ddpm(args, unet: UNet2DModel, scheduler, classes: list[str], state: c
                    if classes else "")
     focus = (f"{args.t_focus_share:.0%} of training timesteps are drawn from t < {args.t_focus_max}, where photo "
              "denoising happens; the rest uniformly. " if args.t_focus_share else "")
+    autoencoder_card = ""
+    if vae is not None and (args.out / "vae" / "run.json").is_file():
+        vae_run = common.RunState.load(args.out / "vae")
+        commands = "\n".join(vae_run.commands)
+        autoencoder_card = (f"## The autoencoder (`vae/`)\nTrained first, by GenLab's CLI ({vae_run.step} steps, "
+                            f"{vae_run.wall_seconds / 60:.1f} min on {', '.join(sorted(set(vae_run.hardware)))}); its own "
+                            f"card is `vae/README.md`:\n\n```\n{commands}\n```\n\n")
     common.write_model_card(
         args.out, f"GenLab {args.out.name}",
         f"A noise-prediction DDPM (diffusers `UNet2DModel`, {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M "
@@ -573,7 +594,7 @@ def export_ddpm(args, unet: UNet2DModel, scheduler, classes: list[str], state: c
         + (f"; class c drawn with probability proportional to n_c^{args.class_power:g}" if classes and args.class_power != 1 else "")
         + ".",
         state, "`samples.png`: 16 samples, 50 DDIM steps, seed 0" + (f", guidance {args.guidance_scale:g}, classes in order" if classes else "")
-        + ".\n\n",
+        + ".\n\n" + autoencoder_card,
     )
 
 

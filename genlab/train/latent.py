@@ -93,6 +93,11 @@ class LatentBank:
         self.std = torch.stack([torch.cat(posteriors[f][1]) for f in (False, True)], dim=1)
         self.generator = torch.Generator().manual_seed(seed)
 
+    def value_range(self) -> float:
+        """The training latents' range, max |mu| + 3 sigma over every image (scaled): what sampling clips
+        x0_hat to, as pixel models clip to [-1, 1]."""
+        return float(((self.mean.abs() + 3 * self.std) * self.scaling_factor).max())
+
     @property
     def latent_shape(self) -> tuple[int, int, int]:
         return tuple(self.mean.shape[2:])
@@ -104,6 +109,21 @@ class LatentBank:
             mean, std = self.mean[index, flip], self.std[index, flip]  # (B, C, h, w)
             noise = torch.randn(mean.shape, generator=self.generator)
             yield self.scaling_factor * (mean + std * noise), self.labels[index]
+
+
+def save_autoencoder(vae: AutoencoderKL, source: Path, target: Path) -> None:
+    """The frozen autoencoder into a pipeline's vae/ (or a checkpoint), with its card, run and genlab.json."""
+    import shutil
+
+    vae.save_pretrained(target, safe_serialization=True)
+    for name in ("README.md", "run.json", "genlab.json", "samples.png"):
+        if (Path(source) / name).is_file() and Path(source).resolve() != Path(target).resolve():
+            shutil.copy(Path(source) / name, target / name)
+    info_path = target / "genlab.json"
+    if info_path.is_file() and target.name == "vae":  # listed in the app as "<pipeline>-vae"
+        info = json.loads(info_path.read_text())
+        info["title"] = f"{target.parent.name}-vae"
+        info_path.write_text(json.dumps(info, indent=1))
 
 
 def write_pipeline_index(out: Path, autoencoder: str = "vae", autoencoder_class: str = "AutoencoderKL") -> None:
