@@ -1,4 +1,4 @@
-"""GenLab's benchmark (issue 7): one markdown table of latency and memory against the targets.
+"""GenLab's benchmark (issues 7 and 13): one markdown table of latency and memory against the targets.
 
     python -m genlab.bench [--device cpu|cuda] [--repeats N] [--quick]
 
@@ -6,26 +6,41 @@ Rows, all on one device (CUDA when available, else CPU; `--device` overrides) an
   app start to serving        `python app.py --port P` in a subprocess until GET / answers 200
   resident memory             RSS of a fresh process holding every embedded model plus the built app
   reconstruction 256² / 512²  median `VQ.reconstruct` of a resized example photo, after a warm-up
+  reconstruct round trip      `/reconstruct` of a 256² photo with a compare model (vqvae-photo vs
+                              vqgan-photo), all panels and the JPEG column, on that same app.py server
+                              through gradio's browser protocol, from the click (queue/join, the
+                              event stream) to the eight panel images fetched, six at a time as
+                              browsers do; the upload is done once beforehand, as the page does
+                              when an image is dropped
   atlas page, cold            `VQ.codebook_atlas(page=0)` on a fresh VQ object (empty patch cache)
   sampling step / loop ratio  GenLab's recorded DDIM loop against diffusers' `DDIMPipeline` on the
                               same UNet, steps, batch and noise; repeats interleaved, medians
   first streamed frame        `/sample` on that same app.py server through gradio's browser protocol
                               (queue/join, the event stream, then GET of the frame's images), from
-                              submit to the first frame on screen (each job is then cancelled)
+                              submit to the first frame on screen (each job is then cancelled);
+                              for ddpm-emoji and for the latent ldm-emoji
+  latent vs pixel step        ldm-emoji's DDIM 50 loop (batch 1, unconditional, decode included)
+                              against the same loop on a `UNet2DModel` of the same config (blocks,
+                              layers, attention) built at 64 px with 3 channels and random weights;
+                              repeats interleaved, medians; target: the latent run, decode included,
+                              costs at most 1/4 of the pixel UNet's
+  KL reconstruction           median `KLAutoencoder.reconstruct` of ldm-emoji-vae on the 64 px emoji
+                              example, with its rate (KL bits per pixel) and PSNR in the row name
 
-The first-frame rows talk to a server in its own process, as a browser does. A server launched
-in this process would share the client's GIL: while it streams a frame every few milliseconds
-(batch 1 on CPU), the client thread waits for the GIL and the first frame appears several times
-later than a real visitor sees it.
+The app rows talk to a server in its own process, as a browser does. A server launched in this
+process would share the client's GIL: while it streams a frame every few milliseconds (batch 1 on
+CPU), the client thread waits for the GIL and the first frame appears several times later than a
+real visitor sees it.
 
-Each timed value is the median of the repeats. Embedded models that are not trained yet give
-"n/a" rows instead of failing the run. Timings taken while other jobs use the CPU are inflated:
-the header line prints the load average for that reason.
+Each timed value is the median of the repeats. Embedded models that are not trained yet (ldm-emoji
+while it trains) give "n/a" rows instead of failing the run. Timings taken while other jobs use the
+CPU are inflated: the header line prints the load average for that reason.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -42,12 +57,15 @@ from pathlib import Path
 import torch
 
 from . import models
-from .models import EMBEDDED, WEIGHTS_DIR
+from .models import EMBEDDED, EMBEDDED_AUTOENCODERS, WEIGHTS_DIR
 from .vq import ATLAS_PAGE_SIZE
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_PHOTO = Path(__file__).resolve().parent / "assets" / "examples" / "rocket.png"
-VQ_MODEL, DIFFUSION_MODEL = "vqvae-photo", "ddpm-emoji"
+EXAMPLE_EMOJI = Path(__file__).resolve().parent / "assets" / "examples" / "emoji-grinning.png"
+VQ_MODEL, COMPARE_MODEL, DIFFUSION_MODEL = "vqvae-photo", "vqgan-photo", "ddpm-emoji"
+LATENT_MODEL, KL_MODEL = "ldm-emoji", "ldm-emoji-vae"
+PIXEL_SIDE = 64  # the pixel-space UNet the latent model is measured against
 SAMPLE_STEPS = 50
 MB = 1e6
 
@@ -58,6 +76,8 @@ TARGETS = {
     "rec256": ("≤ 100 ms", lambda v: v <= 100),
     "ratio": ("≤ 1.05", lambda v: v <= 1.05),
     "first_frame": ("≤ 200 ms", lambda v: v <= 200),
+    "round_trip": ("≤ 250 ms", lambda v: v <= 250),
+    "latent_ratio": ("≤ 0.25", lambda v: v <= 0.25),
 }
 
 
@@ -92,15 +112,29 @@ def median_seconds(fn, device: torch.device, repeats: int) -> float:
 
 
 def load_embedded(name: str, device: torch.device):
-    """An embedded model through GenLab's loader; one retry, since training may be rewriting the file."""
+    """An embedded model (or an embedded pipeline's autoencoder) through GenLab's loader; one retry,
+    since training may be rewriting the file."""
     if models.embedded_status()[name] != "trained":
-        raise Missing(name)
-    load = models.load_vq if EMBEDDED[name] == "vq" else models.load_diffusion
+        raise Missing("/".join(EMBEDDED_AUTOENCODERS[name]) if name in EMBEDDED_AUTOENCODERS else name)
+    if name in EMBEDDED_AUTOENCODERS:
+        folder, subfolder = EMBEDDED_AUTOENCODERS[name]
+        load = lambda: models.load_autoencoder(WEIGHTS_DIR / folder, subfolder, device=device)  # noqa: E731
+    else:
+        loader = models.load_vq if EMBEDDED[name] == "vq" else models.load_diffusion
+        load = lambda: loader(WEIGHTS_DIR / name, device=device)  # noqa: E731
     try:
-        return load(WEIGHTS_DIR / name, device=device)
+        return load()
     except models.ModelLoadError:
         time.sleep(2)
-        return load(WEIGHTS_DIR / name, device=device)
+        return load()
+
+
+def require_trained(*names: str) -> None:
+    """Raise Missing for the first of `names` (embedded models) without trained weights."""
+    status = models.embedded_status()
+    for name in names:
+        if status[name] != "trained":
+            raise Missing(name)
 
 
 def example_photo(side: int):
@@ -245,9 +279,37 @@ def sampling_loop(dm, device: torch.device, repeats: int) -> dict:
             "max_diff": float(np.abs(ours - results["pipeline"][0]).max())}
 
 
-def first_frame_ms(url: str, dm, repeats: int, batches=(1, 16)) -> dict[int, float]:
+def api_index(http, base: str, api_name: str) -> int:
+    """The fn_index the page sends for the event with this api_name (read from /config, as the page does)."""
+    return next(d["id"] for d in http.get(f"{base}/config").json()["dependencies"] if d.get("api_name") == api_name)
+
+
+def join_event(http, base: str, fn_index: int, data: list, until: str) -> tuple[dict, str, str]:
+    """POST /gradio_api/queue/join, then read the event stream /gradio_api/queue/data until the first
+    message `until` ("process_generating" or "process_completed"); returns (message, session, event id)."""
+    session = uuid.uuid4().hex[:12]
+    joined = http.post(f"{base}/gradio_api/queue/join", json={
+        "data": data, "fn_index": fn_index, "session_hash": session, "event_data": None, "trigger_id": None})
+    joined.raise_for_status()
+    with http.stream("GET", f"{base}/gradio_api/queue/data", params={"session_hash": session}) as events:
+        for line in events.iter_lines():
+            message = json.loads(line[5:]) if line.startswith("data:") else {}
+            finished = message.get("msg") == "process_completed"
+            if finished and (until != "process_completed" or not message.get("success")):
+                raise RuntimeError(f"event {fn_index} ended without {until}: {str(message.get('output'))[:200]}")
+            if message.get("msg") == until:
+                return message, session, joined.json()["event_id"]
+    raise RuntimeError(f"event {fn_index}'s stream closed before {until}")
+
+
+def image_urls(outputs: list) -> list[str]:
+    """URLs of the image outputs of an event (a list of files, such as the downloads, is only linked by the page)."""
+    return [value["url"] for value in outputs if isinstance(value, dict) and value.get("url")]
+
+
+def first_frame_ms(url: str, dm, repeats: int, model: str = DIFFUSION_MODEL, batches=(1, 16)) -> dict[int, float]:
     """Time to the first streamed frame of /sample with the UI's defaults (DDIM 50, first class,
-    guidance 3), speaking gradio's browser protocol as the page's JavaScript does: POST
+    guidance 3, no prompt), speaking gradio's browser protocol as the page's JavaScript does: POST
     /gradio_api/queue/join, read the event stream /gradio_api/queue/data until the first
     `process_generating` message, then GET the images it names (the frame is visible only then).
     Each job is cancelled once that frame arrived."""
@@ -256,32 +318,19 @@ def first_frame_ms(url: str, dm, repeats: int, batches=(1, 16)) -> dict[int, flo
     class_name = dm.classes[0] if dm.is_conditional else ""
     base = url.rstrip("/")
     with httpx.Client(timeout=60) as http:
-        fn_index = next(d["id"] for d in http.get(f"{base}/config").json()["dependencies"]
-                        if d.get("api_name") == "sample")
+        fn_index = api_index(http, base, "sample")
 
         def first_frame(batch: int) -> float:
-            session = uuid.uuid4().hex[:12]
             start = time.perf_counter()
-            joined = http.post(f"{base}/gradio_api/queue/join", json={
-                "data": [DIFFUSION_MODEL, "ddim", SAMPLE_STEPS, 0, batch, class_name, 3.0, 0.0],
-                "fn_index": fn_index, "session_hash": session, "event_data": None, "trigger_id": None})
-            joined.raise_for_status()
-            elapsed = None
-            with http.stream("GET", f"{base}/gradio_api/queue/data", params={"session_hash": session}) as events:
-                for line in events.iter_lines():
-                    message = json.loads(line[5:]) if line.startswith("data:") else {}
-                    if message.get("msg") == "process_completed":
-                        raise RuntimeError(f"/sample ended before streaming a frame: {message.get('output')}")
-                    if message.get("msg") == "process_generating":
-                        for value in message["output"]["data"]:
-                            if isinstance(value, dict) and value.get("url"):
-                                http.get(value["url"]).raise_for_status()
-                        elapsed = time.perf_counter() - start
-                        break
-            if elapsed is None:
-                raise RuntimeError("/sample's event stream closed without a frame")
+            # the sample event's inputs: model, scheduler, steps, seed, batch, class, guidance, eta, prompt, negative
+            message, session, event_id = join_event(
+                http, base, fn_index, [model, "ddim", SAMPLE_STEPS, 0, batch, class_name, 3.0, 0.0, "", ""],
+                "process_generating")
+            for frame_url in image_urls(message["output"]["data"]):
+                http.get(frame_url).raise_for_status()
+            elapsed = time.perf_counter() - start
             http.post(f"{base}/gradio_api/cancel",
-                      json={"session_hash": session, "fn_index": fn_index, "event_id": joined.json()["event_id"]})
+                      json={"session_hash": session, "fn_index": fn_index, "event_id": event_id})
             time.sleep(0.5)  # let the server finish the cancelled step before the next submit
             return elapsed
 
@@ -290,6 +339,77 @@ def first_frame_ms(url: str, dm, repeats: int, batches=(1, 16)) -> dict[int, flo
             first_frame(batch)  # warm-up: model load, this batch size's first UNet call
             results[batch] = 1000 * statistics.median(first_frame(batch) for _ in range(repeats))
         return results
+
+
+def round_trip_ms(url: str, repeats: int, side: int = 256) -> float:
+    """Click to last panel of /reconstruct (VQ_MODEL compared with COMPARE_MODEL, JPEG column) as the page
+    does it: queue/join, the event stream to `process_completed`, then GET of the eight panel images, six
+    at a time as browsers do per host (the downloads are only linked). The photo is uploaded once
+    beforehand, as the page does when an image is dropped."""
+    import io
+
+    import httpx
+
+    require_trained(VQ_MODEL, COMPARE_MODEL)
+    photo = io.BytesIO()
+    example_photo(side).save(photo, format="PNG")
+    base = url.rstrip("/")
+    with httpx.Client(timeout=120) as http, concurrent.futures.ThreadPoolExecutor(6) as pool:
+        fn_index = api_index(http, base, "reconstruct")
+        uploaded = http.post(f"{base}/gradio_api/upload", files={"files": ("photo.png", photo.getvalue(), "image/png")})
+        uploaded.raise_for_status()
+        image = {"path": uploaded.json()[0], "orig_name": "photo.png", "meta": {"_type": "gradio.FileData"}}
+
+        def once() -> float:
+            start = time.perf_counter()
+            message, _, _ = join_event(http, base, fn_index, [image, VQ_MODEL, COMPARE_MODEL, 512], "process_completed")
+            urls = image_urls(message["output"]["data"])
+            if len(urls) != 8:
+                raise RuntimeError(f"/reconstruct returned {len(urls)} images, expected 8 panels")
+            for response in pool.map(http.get, urls):
+                response.raise_for_status()
+            return time.perf_counter() - start
+
+        once()  # warm-up: model loads, first calls
+        return 1000 * statistics.median(once() for _ in range(repeats))
+
+
+def latent_vs_pixel(dm, device: torch.device, repeats: int) -> dict:
+    """The latent model's DDIM loop (batch 1, unconditional) with its decode, against the same loop on a
+    pixel-space UNet2DModel of the same config at PIXEL_SIDE px, 3 channels, random weights."""
+    from diffusers import UNet2DModel
+
+    from .diffusion import DiffusionModel
+
+    torch.manual_seed(0)
+    config = {**dict(dm.unet.config), "in_channels": 3, "out_channels": 3, "sample_size": PIXEL_SIDE}
+    pixel_unet = models.place(UNet2DModel.from_config(config).eval().requires_grad_(False), device)
+    pixel = DiffusionModel(pixel_unet, dm.scheduler_config, {"classes": dm.classes, "null_class": dm.null_class})
+
+    def sample_and_decode(model):
+        return model.sample(seed=0, steps=SAMPLE_STEPS, scheduler="ddim", batch=1, class_label=None,
+                            record=False).final_pixels
+
+    final = dm.sample(seed=0, steps=SAMPLE_STEPS, scheduler="ddim", batch=1, record=False).trajectory.final
+    sample_and_decode(pixel), dm.codec.decode(final)  # warm-up
+    latent_s, pixel_s, decode_s = [], [], []
+    for _ in range(repeats):  # interleaved, so a change in machine load hits all alike
+        latent_s.append(timed(lambda: sample_and_decode(dm), device))
+        pixel_s.append(timed(lambda: sample_and_decode(pixel), device))
+        decode_s.append(timed(lambda: dm.codec.decode(final), device))
+    latent, decode = statistics.median(latent_s), statistics.median(decode_s)
+    return {"latent_step_ms": 1000 * (latent - decode) / SAMPLE_STEPS, "decode_ms": 1000 * decode,
+            "pixel_step_ms": 1000 * statistics.median(pixel_s) / SAMPLE_STEPS,
+            "ratio": statistics.median(ours / theirs for ours, theirs in zip(latent_s, pixel_s))}
+
+
+def kl_reconstruction(kl, device: torch.device, repeats: int) -> tuple[float, object]:
+    """(median ms, the KLReconstruction) of the emoji example at the VAE's 64 px."""
+    from PIL import Image
+
+    image = Image.open(EXAMPLE_EMOJI).convert("RGB").resize((64, 64), Image.Resampling.LANCZOS)
+    result = kl.reconstruct(image, max_side=None)
+    return 1000 * median_seconds(lambda: kl.reconstruct(image, max_side=None), device, repeats), result
 
 
 # --------------------------------------------------------------------------------- table
@@ -307,7 +427,81 @@ def failure(error: Exception) -> str:
     return f"n/a ({type(error).__name__}: {str(error)[:80]})"
 
 
-ROW_ORDER = ["start", "rss", "rec256", "rec512", "atlas", "step", "ratio", "first_frame", "first_frame_ui"]
+ROW_ORDER = ["start", "rss", "rec256", "rec512", "round_trip", "atlas", "step", "ratio", "first_frame",
+             "first_frame_ui", "ldm_first_frame", "ldm_first_frame_ui", "ldm_step", "pixel_step", "latent_ratio",
+             "kl_rec"]
+
+
+FRAME_ROWS = {  # row -> (model, batch, target)
+    "first_frame": (DIFFUSION_MODEL, 1, "first_frame"), "first_frame_ui": (DIFFUSION_MODEL, 16, None),
+    "ldm_first_frame": (LATENT_MODEL, 1, "first_frame"), "ldm_first_frame_ui": (LATENT_MODEL, 16, None),
+}
+
+
+def frame_row_name(model: str, batch: int) -> str:
+    kind = ", latent" if model == LATENT_MODEL else ""
+    setting = "batch 1, guidance 3" if batch == 1 else f"batch {batch}, the UI default"
+    return f"first streamed frame of /sample ({model}{kind}), browser protocol, images fetched ({setting})"
+
+
+def app_rows(device: torch.device, repeats: int) -> dict[str, list[str]]:
+    """The rows measured on one `python app.py` server: start, reconstruct round trip, first frames."""
+    rows: dict[str, list[str]] = {}
+    trip_name = (f"reconstruct round trip 256², compare + JPEG, through the app ({VQ_MODEL} vs {COMPARE_MODEL}; "
+                 "browser protocol, 8 panels fetched)")
+    # After the memory probe, so the start does not pay the cold page cache alone: a re-start.
+    try:
+        with serving_app(device) as (url, start_s):
+            rows["start"] = row("app start to serving (`python app.py`)", start_s, "start", " s", "{:.2f}")
+            try:
+                rows["round_trip"] = row(trip_name, round_trip_ms(url, repeats), "round_trip", " ms", "{:.0f}")
+            except Exception as error:
+                rows["round_trip"] = row(trip_name, failure(error), "round_trip")
+            for model in (DIFFUSION_MODEL, LATENT_MODEL):
+                keys = {batch: key for key, (name, batch, _) in FRAME_ROWS.items() if name == model}
+                try:
+                    dm = load_embedded(model, device)  # its class names, as the UI's dropdown shows
+                    for batch, ms in first_frame_ms(url, dm, repeats, model, tuple(keys)).items():
+                        rows[keys[batch]] = row(frame_row_name(model, batch), ms, FRAME_ROWS[keys[batch]][2], " ms",
+                                                "{:.0f}")
+                except Exception as error:
+                    for batch, key in keys.items():
+                        rows[key] = row(frame_row_name(model, batch), failure(error), FRAME_ROWS[key][2])
+    except Exception as error:
+        rows["start"] = row("app start to serving (`python app.py`)", failure(error), "start")
+        rows.setdefault("round_trip", row(trip_name, failure(error), "round_trip"))
+        for key, (model, batch, target) in FRAME_ROWS.items():
+            rows.setdefault(key, row(frame_row_name(model, batch), failure(error), target))
+    return rows
+
+
+def latent_rows(device: torch.device, repeats: int) -> dict[str, list[str]]:
+    """ldm-emoji against a pixel UNet of its config, and ldm-emoji-vae's KL reconstruction."""
+    rows: dict[str, list[str]] = {}
+    step_name = f"latent sampling step ({LATENT_MODEL}, DDIM {SAMPLE_STEPS}, batch 1, unconditional"
+    pixel_name = f"pixel UNet step ({LATENT_MODEL}'s UNet config at 3x{PIXEL_SIDE}x{PIXEL_SIDE}, random weights)"
+    ratio_name = f"latent {SAMPLE_STEPS} steps + decode / pixel UNet {SAMPLE_STEPS} steps ({PIXEL_SIDE} px images"
+    try:
+        dm = load_embedded(LATENT_MODEL, device)
+        loop = latent_vs_pixel(dm, device, repeats)
+        rows["ldm_step"] = row(step_name + ", {}x{}x{} latents)".format(*dm.latent_shape), loop["latent_step_ms"],
+                               None, " ms")
+        rows["pixel_step"] = row(pixel_name, loop["pixel_step_ms"], None, " ms")
+        rows["latent_ratio"] = row(f"{ratio_name}; decode {loop['decode_ms']:.1f} ms)", loop["ratio"], "latent_ratio",
+                                   "", "{:.3f}")
+    except Exception as error:
+        rows["ldm_step"] = row(step_name + ")", failure(error))
+        rows["pixel_step"] = row(pixel_name, failure(error))
+        rows["latent_ratio"] = row(ratio_name + ")", failure(error), "latent_ratio")
+    kl_name = f"KL reconstruction 64² ({KL_MODEL}, emoji example"
+    try:
+        kl = load_embedded(KL_MODEL, device)
+        ms, result = kl_reconstruction(kl, device, repeats)
+        rows["kl_rec"] = row(f"{kl_name}: rate {result.bits_per_pixel:.3f} bits per pixel, PSNR {result.psnr:.1f} dB)",
+                             ms, None, " ms")
+    except Exception as error:
+        rows["kl_rec"] = row(kl_name + ")", failure(error))
+    return rows
 
 
 def run(device: torch.device, repeats: int) -> list[list[str]]:
@@ -322,25 +516,7 @@ def run(device: torch.device, repeats: int) -> list[list[str]]:
     except Exception as error:
         rows["rss"] = row("resident memory, every embedded model + app", failure(error), "rss")
 
-    frame_names = {1: "first streamed frame of /sample, browser protocol, images fetched (batch 1, guidance 3)",
-                   16: "first streamed frame of /sample, browser protocol, images fetched (batch 16, the UI default)"}
-    frame_keys = {1: ("first_frame", "first_frame"), 16: ("first_frame_ui", None)}  # row, target
-    # After the memory probe, so the start does not pay the cold page cache alone: a re-start.
-    try:
-        with serving_app(device) as (url, start_s):
-            rows["start"] = row("app start to serving (`python app.py`)", start_s, "start", " s", "{:.2f}")
-            try:
-                dm = load_embedded(DIFFUSION_MODEL, device)  # its class names, as the UI's dropdown shows
-                for batch, ms in first_frame_ms(url, dm, repeats).items():
-                    key, target = frame_keys[batch]
-                    rows[key] = row(frame_names[batch], ms, target, " ms", "{:.0f}")
-            except Exception as error:
-                for batch, (key, target) in frame_keys.items():
-                    rows[key] = row(frame_names[batch], failure(error), target)
-    except Exception as error:
-        rows["start"] = row("app start to serving (`python app.py`)", failure(error), "start")
-        for batch, (key, target) in frame_keys.items():
-            rows.setdefault(key, row(frame_names[batch], failure(error), target))
+    rows.update(app_rows(device, repeats))
 
     rec_names = {"rec256": f"reconstruction 256² ({VQ_MODEL})", "rec512": f"reconstruction 512² ({VQ_MODEL})",
                  "atlas": f"atlas page 0, cold ({VQ_MODEL})"}
@@ -364,6 +540,8 @@ def run(device: torch.device, repeats: int) -> list[list[str]]:
     except Exception as error:
         rows["step"] = row(step_name, failure(error))
         rows["ratio"] = row("loop ratio GenLab record=True / DDIMPipeline", failure(error), "ratio")
+
+    rows.update(latent_rows(device, repeats))
     return [rows[key] for key in ROW_ORDER]
 
 

@@ -79,6 +79,15 @@ def predict_x0_and_eps(model_output, x_t, timestep: int, alphas_cumprod, predict
     return x0, eps
 
 
+def clip_range(x: torch.Tensor, bounds) -> torch.Tensor:
+    """Clamp (B, C, h, w) to [-bounds, bounds] (a number) or per channel to bounds = (low, high), each a
+    length-C sequence."""
+    if isinstance(bounds, (int, float)):
+        return x.clamp(-bounds, bounds)
+    low, high = (torch.as_tensor(b, dtype=x.dtype, device=x.device).view(1, -1, 1, 1) for b in bounds)
+    return torch.maximum(torch.minimum(x, high), low)
+
+
 def model_output_for(x0: torch.Tensor, x_t: torch.Tensor, timestep: int, alphas_cumprod, prediction_type: str):
     """The UNet output (epsilon, v or sample) whose x0_hat is `x0` at x_t: the inverse of predict_x0_and_eps."""
     abar = float(alphas_cumprod[int(timestep)])
@@ -211,7 +220,8 @@ def iterate_reverse(
     `conditioning` (or the shorthand class_labels + null_class) gives the UNet's keyword arguments;
     with an unconditional branch and guidance_scale != 1 both branches run in one batch (CFG).
     `known` re-imposes q(x_{t-1} | x_0) outside the mask after every step (inpainting). The recorded
-    x0_hat is clipped to [-clip_x0, clip_x0] (pixels: 1; latents: their data range, or None). With
+    x0_hat is clipped to [-clip_x0, clip_x0] or per channel to clip_x0 = (low, high) (pixels: 1; latents:
+    their training range, or None). With
     `enforce_clip` the scheduler steps with that clipped x0_hat too, whatever the scheduler (the model
     output is re-derived from it, as DDIM's clip_sample does): near t = T of a cosine schedule,
     abar_t ~ 1e-6 and x0_hat = (x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t) magnifies any error of
@@ -243,7 +253,7 @@ def iterate_reverse(
                 output = unconditional + guidance_scale * (conditional - unconditional)
             pred_x0, pred_eps = predict_x0_and_eps(output, sample, int(timestep), alphas_cumprod, prediction_type)
             if clip_x0 is not None:
-                clipped = pred_x0.clamp(-clip_x0, clip_x0)
+                clipped = clip_range(pred_x0, clip_x0)
                 if enforce_clip and not torch.equal(clipped, pred_x0):
                     output = model_output_for(clipped, sample, int(timestep), alphas_cumprod, prediction_type)
                     pred_x0, pred_eps = predict_x0_and_eps(output, sample, int(timestep), alphas_cumprod, prediction_type)
@@ -426,8 +436,10 @@ class DiffusionModel:
             self.classes = [f"class {i}" for i in range(num_class_embeds)]
         default_guidance = 7.5 if text is not None else 1.0  # Stable Diffusion's default
         self.default_guidance_scale = float(info.get("default_guidance_scale", default_guidance))
-        # latent models may name their training range (genlab.json); x0_hat is clipped to it at every step
-        self.latent_clip: float | None = info.get("clip_sample_range") if self.codec.is_latent else None
+        # latent models may name their training range (genlab.json: a number, or per-channel [low, high]);
+        # x0_hat is clipped to it at every step
+        clip = info.get("clip_sample_range") if self.codec.is_latent else None
+        self.latent_clip = tuple(clip) if isinstance(clip, list) else clip
         self.alphas_cumprod = alphas_cumprod_of(self.scheduler("ddpm"))
         size = unet.config.sample_size
         self.latent_size = size if isinstance(size, int) else tuple(size)[0]

@@ -51,31 +51,35 @@ class JpegResult:
     within_budget: bool  # False when even quality 1 needs more bits than the target
 
 
-def jpeg_encode(image: Image.Image, quality: int) -> tuple[bytes, Image.Image]:
+def jpeg_bytes(image: Image.Image, quality: int) -> bytes:
     buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, format="JPEG", quality=int(quality), optimize=True)
-    data = buffer.getvalue()
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    rgb.save(buffer, format="JPEG", quality=int(quality), optimize=True)
+    return buffer.getvalue()
+
+
+def jpeg_encode(image: Image.Image, quality: int) -> tuple[bytes, Image.Image]:
+    data = jpeg_bytes(image, quality)
     return data, Image.open(io.BytesIO(data)).convert("RGB")
 
 
 def jpeg_at_bpp(image: Image.Image, target_bpp: float) -> JpegResult:
-    """Binary search on JPEG quality 1..95 for the best quality with bits per pixel <= target."""
+    """Binary search on JPEG quality 1..95 for the best quality with bits per pixel <= target.
+
+    The search needs only sizes; the chosen encoding is decoded once at the end."""
     pixels = image.width * image.height
     low, high, best = 1, 95, None
     while low <= high:
         quality = (low + high) // 2
-        data, decoded = jpeg_encode(image, quality)
-        bpp = len(data) * 8 / pixels
-        if bpp <= target_bpp:
-            best, low = (quality, bpp, decoded), quality + 1
+        data = jpeg_bytes(image, quality)
+        if len(data) * 8 / pixels <= target_bpp:
+            best, low = (quality, data), quality + 1
         else:
             high = quality - 1
     within = best is not None
-    if not within:
-        data, decoded = jpeg_encode(image, 1)
-        best = (1, len(data) * 8 / pixels, decoded)
-    quality, bpp, decoded = best
-    return JpegResult(decoded, quality, bpp, psnr(image, decoded), within)
+    quality, data = best if within else (1, jpeg_bytes(image, 1))
+    decoded = Image.open(io.BytesIO(data)).convert("RGB")
+    return JpegResult(decoded, quality, len(data) * 8 / pixels, psnr(image, decoded), within)
 
 
 def non_local_means(noisy: np.ndarray, sigma: float) -> np.ndarray:

@@ -48,7 +48,7 @@ ACTION_MS = 60_000  # per action: the CPU is slow and shared
 LOAD_MS = 60_000
 EMBEDDED_MS = 180_000  # per action on the real models (16 emoji x 50 steps, a photo denoise)
 
-TABS = ("VQ-VAE reconstruction", "VQGAN codebook", "Diffusion, step by step")
+TABS = ("VQ-VAE reconstruction", "VQGAN codebook", "Diffusion, step by step", "Foundations (2D)")
 DIFFUSION_SUBTABS = ("Sample", "Denoise an upload", "Inpaint", "Compare samplers")
 RECONSTRUCT_UPLOAD = "Image (PNG, JPEG, WebP, BMP, GIF, TIFF)"
 
@@ -231,9 +231,11 @@ def set_number(page, label: str, value, slider: bool = False) -> None:
 def test_every_tab_and_sub_tab_opens(page, shots):
     for name in TABS:
         open_tab(page, name)
+    open_tab(page, "Diffusion, step by step")
     expect(page.get_by_role("button", name="Sample", exact=True)).to_be_visible()
     expect(page.get_by_role("button", name="Reconstruct")).to_be_hidden()
-    main_button = {"Sample": "Sample", "Denoise an upload": "Denoise from here", "Compare samplers": "Compare"}
+    main_button = {"Sample": "Sample", "Denoise an upload": "Denoise from here", "Inpaint": "Inpaint",
+                   "Compare samplers": "Compare"}
     for name in DIFFUSION_SUBTABS:
         open_tab(page, name)
         expect(page.get_by_role("button", name=main_button[name], exact=True)).to_be_visible()
@@ -344,6 +346,35 @@ def test_diffusion_denoise_an_upload(page, photo, shots):
     expect_image(page, "scikit-image non-local means, same sigma")
     expect(page.locator(".toast-body")).to_have_count(0)
     screenshot(page, shots, "06-diffusion-denoise")
+
+
+def test_diffusion_inpaint_with_a_brush(page, photo, shots):
+    """Upload into gradio's image editor, paint a stroke with the brush, inpaint: only the stroke is repainted."""
+    open_tab(page, "Diffusion, step by step")
+    open_tab(page, "Inpaint")
+    editor = block(page, "Image and mask (brush = repaint)")
+    with page.expect_response(lambda r: "/gradio_api/upload" in r.url and r.request.method == "POST",
+                              timeout=ACTION_MS):
+        editor.locator("input[type=file]").first.set_input_files(str(photo))
+    canvas = editor.locator("canvas").first
+    expect(canvas).to_be_visible()
+    page.wait_for_timeout(1500)  # the editor draws the upload onto its canvas
+    brush = editor.get_by_role("button", name=re.compile("brush", re.I))
+    if brush.count():
+        brush.first.click()
+    box = canvas.bounding_box()
+    x, y = box["x"] + box["width"] * 0.45, box["y"] + box["height"] * 0.5
+    page.mouse.move(x, y)
+    page.mouse.down()
+    for step in range(1, 8):
+        page.mouse.move(x + step * box["width"] * 0.02, y + step * box["height"] * 0.01)
+    page.mouse.up()
+    page.get_by_role("button", name="Inpaint", exact=True).click()
+    expect(page.get_by_text(re.compile(r"^Repainted [\d,]+ of [\d,]+ pixels"))).to_be_visible(timeout=ACTION_MS)
+    expect_image(page, "result (live: x̂0)")
+    expect_image(page, "mask (white = repainted)")
+    expect(page.locator(".toast-body")).to_have_count(0)
+    screenshot(page, shots, "08-diffusion-inpaint")
 
 
 def test_diffusion_compare_samplers(page, shots):

@@ -426,3 +426,29 @@ def test_a_latent_models_clip_range_bounds_x0_for_every_scheduler(tiny_kl_ldm_di
     assert all(float(step.pred_x0.abs().max()) <= 0.05 + 1e-6 for step in run.trajectory.steps)
     if scheduler == "ddim":  # DDIM's last step returns x0_hat itself
         assert float(run.trajectory.final.abs().max()) <= 0.05 + 1e-4
+
+
+def test_per_channel_clip_bounds(kl_ldm):
+    from genlab.diffusion import clip_range
+
+    x = torch.full((1, 4, 2, 2), 5.0)
+    clipped = clip_range(x, ([-1, -2, -3, -4], [1, 2, 3, 4]))
+    assert clipped[0, :, 0, 0].tolist() == [1, 2, 3, 4]
+    assert clip_range(-x, 2.5).min() == -2.5
+
+
+def test_latent_training_scheduler_samples_from_leading_timesteps():
+    """ldm's scheduler: no [-1, 1] clipping and 'leading' timesteps, so DDIM never steps from t = 999 of the
+    capped cosine schedule (abar_999 = 2.4e-9); pixel models keep their settings."""
+    from genlab.diffusion import make_scheduler
+    from genlab.train.__main__ import build_scheduler, parse_args
+
+    latent = build_scheduler(parse_args(["ldm", "--data", "d", "--out", "o", "--vae", "v"]))
+    pixel = build_scheduler(parse_args(["ddpm", "--data", "d", "--out", "o"]))
+    assert not latent.config.clip_sample and pixel.config.clip_sample
+    sampler = make_scheduler(latent.config, "ddim")
+    sampler.set_timesteps(50)
+    assert int(sampler.timesteps[0]) == 980 and float(latent.alphas_cumprod[999]) < 1e-8
+    pixel_sampler = make_scheduler(pixel.config, "ddim")
+    pixel_sampler.set_timesteps(50)
+    assert int(pixel_sampler.timesteps[0]) == 999

@@ -26,7 +26,7 @@ import genlab.models  # noqa: E402
 from genlab.bench import free_port  # noqa: E402
 from genlab.config import parse_args  # noqa: E402
 from genlab.ui import build_app, common  # noqa: E402
-from genlab.ui.diffusion_tab import to_display  # noqa: E402
+from genlab.ui.diffusion_tab import upscale  # noqa: E402
 
 VISITORS = 6
 QUEUE_SIZE = 8  # >= VISITORS, so test (a) never fills it; test (c) overfills it on purpose
@@ -103,8 +103,8 @@ def test_concurrent_visitors_each_get_their_own_right_sized_results(app, tmp_pat
 
     dm = genlab.models.load_diffusion(dm_label, device="cpu")
     for i, width in enumerate(widths):
-        expected = np.asarray(to_display(dm.sample(seed=i, steps=3, scheduler="ddim", batch=1, class_label="a",
-                                                   guidance_scale=2.0, eta=0.0).trajectory.final), dtype=np.int16)
+        expected = np.asarray(upscale(dm.sample(seed=i, steps=3, scheduler="ddim", batch=1, class_label="a",
+                                                guidance_scale=2.0, eta=0.0).image), dtype=np.int16)
         assert len(results[i]) == 2
         for reconstruction, sample in results[i]:
             original, rebuilt = reconstruction[:2]
@@ -112,7 +112,7 @@ def test_concurrent_visitors_each_get_their_own_right_sized_results(app, tmp_pat
             tokens = reconstruction[-1][1]
             assert np.load(tokens, allow_pickle=False).shape == (15, width // 2)  # f = 2
             final_xt, _, status = sample[:3]
-            assert status == f"done: 3 steps, seed {i}"
+            assert status.startswith(f"done: 3 steps, seed {i}. ")  # then the cost line
             assert Image.open(final_xt).size == (256, 256)  # 16 px sample shown at 16x
             assert np.abs(pixels(final_xt) - expected).max() <= 1  # this visitor's seed, not another's
 

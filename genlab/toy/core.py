@@ -2,14 +2,16 @@
 and the resumable training loop (a generator the UI can stop between any two reports).
 
 Every model owns one torch.Generator, seeded at `make`, that draws its minibatches and its training
-noise; its weights are initialised from another generator of the same seed. Nothing reads torch's
-global RNG, so the same seed gives the same model in any thread, and training 1000 + 1000 steps
-gives the same weights as 2000 at once.
+noise; its weights are initialised from another generator of the same seed (overwriting what
+nn.Linear drew from torch's global RNG). No result depends on the global RNG, so the same seed gives
+the same model in any thread, and training 1000 + 1000 steps gives the same weights as 2000 at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -24,11 +26,15 @@ from .data import check_points
 MAX_TRAIN_STEPS = 1_000_000  # per call of train(); the UI caps a request far lower
 MAX_SAMPLES = 100_000
 MAX_HISTORY = 1_000  # loss reports kept per model (older ones are thinned to every other), a memory bound
+# Samples and views use an exponential moving average of the weights (Polyak averaging, as Ho et al.
+# and most GANs since Karras et al. 2018 do): the last iterate of a constant-rate Adam jitters, and on
+# 2D data that jitter is visible as a wobbling sample cloud. 0.995 averages over about 200 steps.
+AVERAGE_DECAY = 0.995
 
 # (low, high) for every numeric setting any family has; the message names the bad value.
 LIMITS = {
     "lr": (1e-6, 0.1), "width": (4, 512), "depth": (1, 6), "batch_size": (8, 2048),
-    "latent": (1, 16), "transforms": (1, 12), "bins": (2, 32), "timesteps": (2, 1000),
+    "latent": (1, 16), "kl_warmup": (0, 100_000), "transforms": (1, 12), "bins": (2, 32), "timesteps": (2, 1000),
 }
 CHOICES = {"loss": ("nonsaturating", "hinge")}
 
@@ -121,9 +127,37 @@ class ToyModel(nn.Module):
     def _ready(self) -> None:
         init_linear_(self, torch.Generator().manual_seed(self.seed))
         self.optimizers = self.make_optimizers()
+        self.average = [parameter.detach().clone() for parameter in self.parameters()]
+
+    @torch.no_grad()
+    def update_average(self) -> None:
+        decay = min(AVERAGE_DECAY, (1 + self.step) / (10 + self.step))  # early on, follow the weights closely
+        for average, parameter in zip(self.average, self.parameters()):
+            average.lerp_(parameter, 1 - decay)
+
+    @contextlib.contextmanager
+    def averaged(self):
+        """Within the block the model holds its averaged weights (samples and views use them)."""
+        parameters = list(self.parameters())
+        current = [parameter.detach().clone() for parameter in parameters]
+        with torch.no_grad():
+            for parameter, average in zip(parameters, self.average):
+                parameter.copy_(average)
+        try:
+            yield self
+        finally:
+            with torch.no_grad():
+                for parameter, value in zip(parameters, current):
+                    parameter.copy_(value)
 
     def make_optimizers(self) -> list[torch.optim.Optimizer]:
         return [torch.optim.Adam(self.parameters(), lr=self.config.lr)]
+
+    @staticmethod
+    def descend(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
 
     # ------------------------------------------------------------------ standardisation
     def fit_scaling(self, points: np.ndarray) -> None:
@@ -158,11 +192,17 @@ class ToyModel(nn.Module):
     def sample(self, n: int = 2000, seed: int = 0) -> np.ndarray:
         """(n, 2) float32 samples in data coordinates; the same seed gives the same samples."""
         check_count(n, "n", MAX_SAMPLES)
-        self.eval()
-        try:
+        with self.averaged():
             return self.to_data(self._sample(int(n), torch.Generator().manual_seed(int(seed))))
-        finally:
-            self.train()
+
+
+def view(method):
+    """A read-only view of the model: no gradients, and the averaged weights the samples come from."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with torch.no_grad(), self.averaged():
+            return method(self, *args, **kwargs)
+    return wrapper
 
 
 def check_count(value, name: str, high: int, low: int = 1) -> int:
@@ -188,6 +228,7 @@ def train(model: ToyModel, data, steps: int = 1000, every: int = 100) -> Iterato
         rows = torch.randint(len(standardized), (model.config.batch_size,), generator=model.generator)
         losses = model.train_step(standardized[rows])
         model.step += 1
+        model.update_average()
         for name, value in losses.items():
             if not math.isfinite(value):
                 raise ValueError(f"{model.family} training diverged at step {model.step} ({name} = {value}); "
@@ -203,3 +244,17 @@ def train(model: ToyModel, data, steps: int = 1000, every: int = 100) -> Iterato
             totals, count = {}, 0
             yield state
             started = time.perf_counter()  # time spent by the consumer between reports is not training time
+
+
+def train_all(models: dict[str, ToyModel], data, steps: int = 1000,
+              every: int = 100) -> Iterator[tuple[str, TrainState]]:
+    """Train several models on the same data with the same budget, in turns of `every` steps, so
+    their progress can be shown side by side; yields (name, TrainState) after each turn."""
+    streams = {name: train(model, data, steps, every) for name, model in models.items()}
+    while streams:
+        for name in list(streams):
+            state = next(streams[name], None)
+            if state is None:
+                del streams[name]
+            else:
+                yield name, state

@@ -142,7 +142,8 @@ def _mean_distance(a: torch.Tensor, b: torch.Tensor, same: bool) -> float:
 def energy_distance(samples, data, max_points: int = MAX_DISTANCE_POINTS, seed: int = 0) -> float:
     """2 E|X-Y| - E|X-X'| - E|Y-Y'| between two (n, 2) point sets (U-statistic; each set subsampled to
     `max_points` with a seeded generator). About 0 for samples of the data's own distribution."""
-    x = check_points(samples, "samples", min_points=2, max_abs=math.inf, spread=False)  # a diverged model still gets a score
+    # a diverged (huge) or collapsed (one spot) model's samples still get a score
+    x = check_points(samples, "samples", min_points=2, max_abs=math.inf, spread=False)
     y = check_points(data, "data", min_points=2, spread=False)
     generator = torch.Generator().manual_seed(seed)
     x, y = _subsample(x, max_points, generator), _subsample(y, max_points, generator)

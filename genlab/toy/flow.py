@@ -24,14 +24,14 @@ import numpy as np
 import torch
 import zuko
 
-from .core import ToyConfig, ToyModel
+from .core import ToyConfig, ToyModel, view
 
 
 @dataclass(frozen=True)
 class FlowConfig(ToyConfig):
     width: int = 64  # hidden units of each layer's spline-parameter MLP
     depth: int = 2  # hidden layers of that MLP
-    transforms: int = 4  # spline layers
+    transforms: int = 3  # spline layers
     bins: int = 8  # spline segments per layer (knots on [-5, 5], identity outside)
 
 
@@ -48,21 +48,18 @@ class Flow(ToyModel):
 
     def train_step(self, batch: torch.Tensor) -> dict[str, float]:
         loss = -self.flow().log_prob(batch).mean()
-        optimizer, = self.optimizers
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        self.descend(self.optimizers[0], loss)
         return {"nll": loss.item() - self.log_jacobian}
 
     def _sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
         return self.flow().transform.inv(self.normal(n, 2, generator=generator))  # z (n, 2) -> x (n, 2)
 
-    @torch.no_grad()
+    @view
     def log_density(self, points) -> np.ndarray:
         """Exact log p(x) (n,) at data points (n, 2), in data units."""
         return (self.flow().log_prob(self.to_model(points)) + self.log_jacobian).numpy()
 
-    @torch.no_grad()
+    @view
     def to_base(self, points) -> np.ndarray:
         """z = f(x) (n, 2): the data pulled back to the base Gaussian."""
         return self.flow().transform(self.to_model(points)).numpy()

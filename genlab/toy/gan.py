@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import ToyConfig, ToyModel, mlp
+from .core import ToyConfig, ToyModel, mlp, view
 
 
 @dataclass(frozen=True)
@@ -61,19 +61,15 @@ class GAN(ToyModel):
         d_optimizer, g_optimizer = self.optimizers
         fake = self.generator_net(self.normal(len(batch), self.config.latent))  # (B, 2)
         d_loss = self.losses(self.discriminator_net(batch), self.discriminator_net(fake.detach()))
-        d_optimizer.zero_grad(set_to_none=True)
-        d_loss.backward()
-        d_optimizer.step()
+        self.descend(d_optimizer, d_loss)
         g_loss = self.losses(None, self.discriminator_net(fake))
-        g_optimizer.zero_grad(set_to_none=True)
-        g_loss.backward()  # also leaves gradients in D, cleared by its zero_grad next step
-        g_optimizer.step()
+        self.descend(g_optimizer, g_loss)  # also leaves gradients in D, cleared before D's next step
         return {"discriminator": d_loss.item(), "generator": g_loss.item()}
 
     def _sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
         return self.generator_net(self.normal(n, self.config.latent, generator=generator))
 
-    @torch.no_grad()
+    @view
     def discriminator(self, points) -> np.ndarray:
         """sigma(D(x)) at (n, 2) points: the discriminator's belief that x is real, in (0, 1)."""
         return torch.sigmoid(self.discriminator_net(self.to_model(points)))[:, 0].numpy()

@@ -9,6 +9,11 @@ Training maximises the ELBO (their eq. 3), reported as its two parts:
 
 with z = mu + sigma * eps, eps ~ N(0, I) (the reparameterisation trick, their section 2.4). The
 decoder's own variance is what makes VAE samples blurry: every sample is m(z) plus Gaussian noise.
+
+The KL term's weight rises from 0 to 1 over the first `kl_warmup` steps (Bowman et al.,
+arXiv:1511.06349): without it, on 2D data one latent dimension collapses onto the prior at once and
+the decoder covers that direction with noise (moons: 0.61 of the Gaussian fit's energy distance at
+3000 steps, against 0.21 with it). The reported -ELBO always weighs the KL by 1.
 """
 
 from __future__ import annotations
@@ -20,14 +25,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .core import ToyConfig, ToyModel, mlp
+from .core import ToyConfig, ToyModel, mlp, view
 
 MIN_LOG_VAR = -7.0  # the decoder's variance floor (std 0.03 in standardised units): no infinitely sharp ridges
 
 
 @dataclass(frozen=True)
 class VAEConfig(ToyConfig):
+    lr: float = 3e-3  # Adam learning rate
     latent: int = 2  # size of z; at 2 the latent space is drawn as it is
+    kl_warmup: int = 300  # steps over which the KL term's weight rises from 0 to 1 (Bowman et al., arXiv:1511.06349)
 
 
 class VAE(ToyModel):
@@ -54,29 +61,28 @@ class VAE(ToyModel):
         z = mu + (0.5 * log_var).exp() * self.normal(*mu.shape)
         mean, out_log_var = self.likelihood(z)
         # -log N(x; m, s²), summed over the two coordinates
-        reconstruction = 0.5 * (out_log_var + (batch - mean) ** 2 / out_log_var.exp() + math.log(2 * math.pi)).sum(-1).mean()
+        squared = (batch - mean) ** 2 / out_log_var.exp()
+        reconstruction = 0.5 * (out_log_var + squared + math.log(2 * math.pi)).sum(-1).mean()
         kl = 0.5 * (mu ** 2 + log_var.exp() - 1 - log_var).sum(-1).mean()
-        loss = reconstruction + kl
-        optimizer, = self.optimizers
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        kl_weight = min(1.0, (self.step + 1) / self.config.kl_warmup) if self.config.kl_warmup else 1.0
+        loss = reconstruction + kl_weight * kl
+        self.descend(self.optimizers[0], loss)
         # in data units (minus the standardisation's log-Jacobian), so -ELBO bounds the data's -log p(x)
-        return {"neg_elbo": loss.item() - self.log_jacobian, "reconstruction": reconstruction.item() - self.log_jacobian,
-                "kl": kl.item()}
+        reconstruction_nats = reconstruction.item() - self.log_jacobian
+        return {"neg_elbo": reconstruction_nats + kl.item(), "reconstruction": reconstruction_nats, "kl": kl.item()}
 
     def _sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
         z = self.normal(n, self.config.latent, generator=generator)  # (n, L) from the prior
         mean, log_var = self.likelihood(z)
         return mean + (0.5 * log_var).exp() * self.normal(n, 2, generator=generator)
 
-    @torch.no_grad()
+    @view
     def encode(self, points) -> tuple[np.ndarray, np.ndarray]:
         """Posterior means and standard deviations (n, L) of data points: where the data lands in z."""
         mu, log_var = self.posterior(self.to_model(points))
         return mu.numpy(), (0.5 * log_var).exp().numpy()
 
-    @torch.no_grad()
+    @view
     def decode_means(self, n: int = 2000, seed: int = 0) -> np.ndarray:
         """Decoder means m(z) for prior draws z (n, 2): the samples without the decoder's noise."""
         z = self.normal(n, self.config.latent, generator=torch.Generator().manual_seed(seed))

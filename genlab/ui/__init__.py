@@ -1,4 +1,4 @@
-"""GenLab's gradio app: three tabs over the ops in genlab.vq and genlab.diffusion.
+"""GenLab's gradio app: four tabs over the ops in genlab.vq, genlab.autoencoder, genlab.diffusion and genlab.toy.
 
 Each tab module turns UI values into calls of the ops and the ops' results into UI values;
 `build_app` only assembles them. Heavy events share one concurrency slot ("heavy"), so a CPU or
@@ -11,7 +11,7 @@ import gradio as gr
 
 from .. import models
 from ..config import AppConfig
-from . import codebook_tab, diffusion_tab, reconstruct_tab
+from . import codebook_tab, diffusion_tab, foundations_tab, reconstruct_tab
 from .common import OUTPUT_DIR, Registry, install_atomic_image_cache
 
 HEAVY_CONCURRENCY = 1
@@ -30,8 +30,8 @@ def build_app(config: AppConfig) -> gr.Blocks:
     install_atomic_image_cache()
     registry = Registry(config)
     with gr.Blocks(title="GenLab", delete_cache=(900, 3600)) as demo:
-        gr.Markdown("# GenLab\nVQ-VAE, VQGAN and diffusion models, opened up: reconstruct, explore the codebook, "
-                    "and watch denoising step by step.")
+        gr.Markdown("# GenLab\nVQ-VAE, VQGAN, diffusion and latent diffusion, opened up: reconstruct, explore the "
+                    "codebook, watch denoising step by step in pixels or latents, and train the four families on 2D data.")
         with gr.Accordion("Models", open=False):
             gr.Markdown(status_markdown(registry))
         with gr.Tab("VQ-VAE reconstruction"):
@@ -40,6 +40,8 @@ def build_app(config: AppConfig) -> gr.Blocks:
             codebook_tab.build(registry)
         with gr.Tab("Diffusion, step by step"):
             diffusion_tab.build(registry, demo)
+        with gr.Tab("Foundations (2D)"):
+            foundations_tab.build(registry, demo)
     demo.queue(max_size=config.queue_size, default_concurrency_limit=HEAVY_CONCURRENCY)
     return demo
 

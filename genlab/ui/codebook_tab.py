@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import threading
+from pathlib import Path
 
 import gradio as gr
 import numpy as np
 from PIL import Image, ImageDraw
 
 from ..images import open_image
+from ..models import ModelSpec
 from ..vq import VQ, index_map_image, perplexity
 from .common import OUTPUT_HEIGHT, Registry, SafeImage, example_images, user_errors
 from .plots import pca_figure, usage_figure
@@ -23,6 +26,18 @@ def reference_usage(vq: VQ, label: str) -> np.ndarray:
         if label not in _reference_usage:
             _reference_usage[label] = vq.code_usage(example_images(), max_side=256)
         return _reference_usage[label]
+
+
+def is_kl(spec: ModelSpec) -> bool:
+    """Whether an autoencoder entry is an AutoencoderKL (no codebook), known without loading it: by its
+    local config, else by diffusers' folder names (a pipeline's vae/ holds its AutoencoderKL, vqvae/ its
+    VQModel). A Hub entry stays listed; loading it says so if it is not a VQModel."""
+    folder = Path(spec.source) / (spec.subfolder or "")
+    if (folder / "config.json").is_file():
+        return json.loads((folder / "config.json").read_text()).get("_class_name") == "AutoencoderKL"
+    if (folder / "model_index.json").is_file():
+        return (folder / "vae").is_dir()
+    return Path(spec.subfolder or "").name == "vae"
 
 
 def stats_markdown(vq: VQ, usage: np.ndarray, image_usage: np.ndarray | None) -> str:
@@ -186,7 +201,9 @@ def build(registry: Registry) -> None:
         with gr.Column(scale=1):
             image = SafeImage(label="Image", type="filepath", height=224)
             gr.Examples(example_images(), inputs=image)
-            model = gr.Dropdown(registry.choices("vq"), value=registry.default("vq", "vqgan-photo"), label="Model")
+            vq_choices = [(text, label) for text, label in registry.choices("vq")
+                          if not is_kl(registry.config.vq_models[label])]
+            model = gr.Dropdown(vq_choices, value=registry.default("vq", "vqgan-photo"), label="Model")
             analyze_button = gr.Button("Analyze", variant="primary")
         with gr.Column(scale=2):
             atlas = gr.Image(label="Codebook atlas (click a tile to pick its code)", format="png", interactive=False,

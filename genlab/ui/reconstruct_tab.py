@@ -1,36 +1,122 @@
-"""VQ-VAE reconstruction tab: upload, reconstruct, measure against JPEG at the same bit rate, compare two models."""
+"""Reconstruction tab: upload, reconstruct with a VQ model or a KL autoencoder, measure against JPEG at the
+same bit rate, compare two models.
+
+A VQ model's row shows its reconstruction, the absolute error and the token map; a KL autoencoder's
+row shows the decode of the posterior mean, the decode of one posterior sample and the posterior std
+(see genlab.autoencoder). The "bits per pixel" row is the model's rate either way: log2(K) / f^2 for
+VQ, the KL term in bits over the pixels for KL; the "distinct codes used" row gives a KL model's
+latent shape instead.
+
+Speed: each panel is encoded once, as a PNG with zlib's run-length strategy, and handed to gradio as
+a file. gradio's own encoder uses Pillow's defaults (zlib level 6, default strategy): on 256² photos
+and heat maps that is 5 to 14 times slower (22-48 ms against 3-4 ms a panel on the 2-core CPU beside
+a training run) for files within 6% of the same size, and the reconstruction was encoded a second
+time for its download; with a compare model, 8 panels were most of the time spent outside the models.
+"""
 
 from __future__ import annotations
+
+import io
+import zlib
+from pathlib import Path
 
 import gradio as gr
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from .. import metrics
+from ..autoencoder import KLAutoencoder, KLReconstruction
 from ..images import open_image
 from ..vq import heatmap_image, index_map_image
 from .common import OUTPUT_HEIGHT, Registry, SafeImage, example_images, file_stem, save_output, user_errors
 
-METRIC_ROWS = ("PSNR (dB)", "SSIM", "bits per pixel", "compression vs 24-bit RGB", "distinct codes used (JPEG: quality)",
-               "latency (ms)")
+METRIC_ROWS = ("PSNR (dB)", "SSIM", "bits per pixel", "compression vs 24-bit RGB",
+               "distinct codes used (JPEG: quality)", "latency (ms)")
+PANEL_LABELS = {  # the three panels of a model's row
+    "vq": ("reconstruction", "absolute error", "token indices (codes as colours)"),
+    "kl": ("reconstruction: decode of the posterior mean", "decode of a posterior sample z ~ q(z|x)",
+           "posterior std, mean over latent channels (black 0, white 1 = the prior's)"),
+}
+COMPARE_LABELS = {  # the compare row's, shorter
+    "vq": ("reconstruction (compare)", "absolute error (compare)", "token indices (compare)"),
+    "kl": ("posterior mean decode (compare)", "posterior sample decode (compare)", "posterior std (compare)"),
+}
 
 
-def reconstruct_one(registry: Registry, label: str, image, max_side: int):
-    """Run one model; returns (reconstruction result, panels, metric column)."""
-    vq = registry.vq(label)
-    result = vq.reconstruct(image, max_side=int(max_side))
-    cell = max(1, 256 // max(result.indices.shape))
-    panels = [result.image, heatmap_image(result.error_map), index_map_image(result.indices, vq.num_codes, cell)]
+def save_files(files: list[tuple[str, object]]) -> list[str]:
+    """Write one event's files, (name, PIL image -> PNG | numpy array -> .npy), into one output folder;
+    returns their paths in order (names must differ).
+
+    The first goes through `save_output`, which gives it a fresh folder and prunes the oldest; the rest
+    join that folder. A folder per file, as `save_output` alone makes, would cost 8 prunes per event once
+    the output folder is full, and removing a folder costs about 4 ms on this machine's disk."""
+    def encoded(value) -> bytes:
+        buffer = io.BytesIO()
+        if isinstance(value, Image.Image):
+            value.save(buffer, format="PNG", compress_level=1, compress_type=zlib.Z_RLE)  # module docstring
+        else:
+            np.save(buffer, value, allow_pickle=False)
+        return buffer.getvalue()
+
+    (first_name, first_value), *rest = files
+    folder = Path(save_output(encoded(first_value), first_name)).parent
+    for name, value in rest:
+        (folder / name).write_bytes(encoded(value))
+    return [str(folder / name) for name, _ in files]
+
+
+def std_image(std_map: np.ndarray, factor: int, size: tuple[int, int]) -> Image.Image:
+    """(h, w) posterior std -> a heat map at the image's size (each latent cell an f x f block)."""
+    cells = heatmap_image(std_map, vmax=1.0)  # 1 = the prior N(0, I)'s std
+    upscaled = cells.resize((cells.width * factor, cells.height * factor), Image.Resampling.NEAREST)
+    return upscaled.crop((0, 0, *size))  # the padded border cells cover pixels outside the image
+
+
+def kind_of(autoencoder) -> str:
+    return "kl" if isinstance(autoencoder, KLAutoencoder) else "vq"
+
+
+def reconstruct_one(registry: Registry, label: str, image, max_side: int, prefix: str = ""):
+    """Run one autoencoder; returns (result, its three panels and its code as (file name, value), metric
+    column). The code is what the download offers beside the reconstruction: the token grid (VQ) or
+    the posterior std (KL). `prefix` starts the file names (the compare row's, so names never clash)."""
+    autoencoder = registry.autoencoder(label)
+    result = autoencoder.reconstruct(image, max_side=int(max_side))
+    stem = file_stem(label)
+    if kind_of(autoencoder) == "kl":
+        panels = [(f"{prefix}reconstruction_{stem}.png", result.image),
+                  (f"{prefix}posterior-sample_{stem}.png", result.sample),
+                  (f"{prefix}posterior-std_{stem}.png",
+                   std_image(result.std_map, autoencoder.downsample_factor, result.input.size))]
+        code = (f"{prefix}posterior-std_{stem}.npy", result.std_map.astype(np.float32))
+        bottleneck = "none: a {}x{}x{} latent, bpp = its KL rate".format(*result.latent_shape)
+    else:
+        cell = max(1, 256 // max(result.indices.shape))
+        panels = [(f"{prefix}reconstruction_{stem}.png", result.image),
+                  (f"{prefix}error_{stem}.png", heatmap_image(result.error_map)),
+                  (f"{prefix}token-map_{stem}.png", index_map_image(result.indices, autoencoder.num_codes, cell))]
+        code = (f"{prefix}tokens_{stem}.npy", result.indices.astype(np.int32))
+        bottleneck = f"{result.distinct_codes} of {autoencoder.num_codes} codes"
     column = [round(result.psnr, 2), round(result.ssim, 4), round(result.bits_per_pixel, 4),
-              f"{result.compression_ratio:.1f}x", f"{result.distinct_codes} of {vq.num_codes}",
-              round(result.latency_s * 1000, 1)]
-    return result, panels, column
+              f"{result.compression_ratio:.1f}x", bottleneck, round(result.latency_s * 1000, 1)]
+    return result, panels, code, column
 
 
 def jpeg_column(image, bpp: float):
     jpeg = metrics.jpeg_at_bpp(image, bpp)
     return jpeg, [round(jpeg.psnr, 2), round(metrics.ssim(image, jpeg.image), 4), round(jpeg.bits_per_pixel, 4),
                   f"{24 / jpeg.bits_per_pixel:.1f}x", f"quality {jpeg.quality}", "-"]
+
+
+def shape_note(result, max_side: int) -> str:
+    if result.resized_from:
+        return (f"Downscaled from {result.resized_from[0]}x{result.resized_from[1]} to "
+                f"{result.input.width}x{result.input.height} (max side {int(max_side)}).")
+    size = f"{result.input.width}x{result.input.height} pixels"
+    if isinstance(result, KLReconstruction):
+        return "{} -> a {}x{}x{} latent (posterior mean and std).".format(size, *result.latent_shape)
+    return f"{size} -> {result.indices.shape[0]}x{result.indices.shape[1]} tokens."
 
 
 def build(registry: Registry) -> None:
@@ -41,12 +127,12 @@ def build(registry: Registry) -> None:
         progress(0.1, desc="decoding the upload")
         image = open_image(image_path)
         progress(0.3, desc=f"reconstructing with {model}")
-        result, panels, column = reconstruct_one(registry, model, image, max_side)
+        result, panels, code, column = reconstruct_one(registry, model, image, max_side)
         headers, columns = ["metric", model], [column]
-        compare_panels = [None, None, None]
+        compare_panels = []
         if compare_model and compare_model != model:
             progress(0.6, desc=f"reconstructing with {compare_model}")
-            _, compare_panels, compare_column = reconstruct_one(registry, compare_model, image, max_side)
+            _, compare_panels, _, compare_column = reconstruct_one(registry, compare_model, image, max_side, "compare_")
             headers.append(compare_model)
             columns.append(compare_column)
         progress(0.8, desc="JPEG at the same bit rate")
@@ -56,17 +142,28 @@ def build(registry: Registry) -> None:
         columns.append(jpeg_values)
         table = pd.DataFrame([[name, *map(str, values)] for name, *values in zip(METRIC_ROWS, *columns)],
                              columns=headers)
-        note = (f"Downscaled from {result.resized_from[0]}x{result.resized_from[1]} to "
-                f"{result.input.width}x{result.input.height} (max side {int(max_side)})." if result.resized_from else
-                f"{result.input.width}x{result.input.height} pixels -> {result.indices.shape[0]}x{result.indices.shape[1]} tokens.")
-        png = save_output(result.image, f"{file_stem('reconstruction', model)}.png")
-        tokens = save_output(result.indices.astype(np.int32), f"{file_stem('tokens', model)}.npy")
-        return (result.input, *panels, *compare_panels, jpeg.image, table,
-                note, [png, tokens])
+        original, *row_paths, jpeg_path, code_path = save_files(
+            [("original.png", result.input), *panels, *compare_panels, (f"jpeg_q{jpeg.quality}.png", jpeg.image), code])
+        main_row, compare_row = row_paths[:3], row_paths[3:] or [None, None, None]
+        return (original, *main_row, *compare_row, jpeg_path, table, shape_note(result, max_side),
+                [main_row[0], code_path])
+
+    def row_for(label, labels: dict[str, tuple[str, str, str]]):
+        """A row's panels emptied and relabelled for the model just chosen (VQ or KL), so they never show one
+        model's output under another's labels. A model that cannot be loaded leaves the row as it is:
+        /reconstruct says why when it runs."""
+        try:
+            kind = kind_of(registry.autoencoder(label)) if label else "vq"
+        except Exception:
+            return [gr.skip()] * 3
+        return [gr.update(value=None, label=text) for text in labels[kind]]
 
     gr.Markdown(
-        "### What does a discrete bottleneck keep?\nEach f x f patch becomes one of K codes: "
-        "log2(K) / f^2 bits per pixel. The JPEG column encodes the same image at no more than that rate."
+        "### What does a bottleneck keep?\nA VQ model turns each f x f patch into one of K codes: "
+        "log2(K) / f^2 bits per pixel. A KL autoencoder (VAE) keeps a Gaussian posterior per latent cell: "
+        "its rate is the KL divergence to the prior, in bits per pixel, and its row shows the decode of the "
+        "posterior mean, of one sample from it, and the posterior's std. The JPEG column encodes the same "
+        "image at no more than the first model's rate."
     )
     with gr.Row():
         with gr.Column(scale=1):
@@ -80,20 +177,28 @@ def build(registry: Registry) -> None:
             max_side = gr.Slider(32, 1024, value=512, step=32, label="Max side (larger uploads are downscaled)")
             run = gr.Button("Reconstruct", variant="primary")
             note = gr.Markdown()
+
+    def panel(label: str) -> gr.Image:
+        return gr.Image(label=label, format="png", interactive=False, height=OUTPUT_HEIGHT)
+
     with gr.Row():
-        original = gr.Image(label="original", format="png", interactive=False, height=OUTPUT_HEIGHT)
-        rec = gr.Image(label="reconstruction", format="png", interactive=False, height=OUTPUT_HEIGHT)
-        error = gr.Image(label="absolute error", format="png", interactive=False, height=OUTPUT_HEIGHT)
-        tokens = gr.Image(label="token indices (codes as colours)", format="png", interactive=False, height=OUTPUT_HEIGHT)
+        original = panel("original")
+        rec, error, tokens = (panel(text) for text in PANEL_LABELS["vq"])
     with gr.Row():
         gr.Markdown("**Compare model** →")
-        rec_b = gr.Image(label="reconstruction (compare)", format="png", interactive=False, height=OUTPUT_HEIGHT)
-        error_b = gr.Image(label="absolute error (compare)", format="png", interactive=False, height=OUTPUT_HEIGHT)
-        tokens_b = gr.Image(label="token indices (compare)", format="png", interactive=False, height=OUTPUT_HEIGHT)
-        jpeg = gr.Image(label="JPEG at the same bits per pixel", format="png", interactive=False, height=OUTPUT_HEIGHT)
+        rec_b, error_b, tokens_b = (panel(text) for text in COMPARE_LABELS["vq"])
+        jpeg = panel("JPEG at the same bits per pixel")
     table = gr.Dataframe(headers=["metric"], label="Metrics", interactive=False)
+    # KL models offer their posterior std as the .npy; tests/test_browser.py reads this label
     downloads = gr.File(label="Downloads: reconstruction (PNG) and token grid (.npy)", file_count="multiple",
                         interactive=False)
     run.click(reconstruct, [image, model, compare, max_side],
               [original, rec, error, tokens, rec_b, error_b, tokens_b, jpeg, table, note, downloads],
               api_name="reconstruct", concurrency_id="heavy")
+    # Labels change with the dropdowns, off the click's path (update objects among /reconstruct's own outputs
+    # would also reach API clients as dicts instead of file paths). Loading the model here is what the next
+    # click would do first anyway.
+    model.change(lambda label: row_for(label, PANEL_LABELS), model, [rec, error, tokens], queue=False,
+                 show_progress="hidden", api_name="reconstruct_labels", api_visibility="undocumented")
+    compare.change(lambda label: row_for(label, COMPARE_LABELS), compare, [rec_b, error_b, tokens_b], queue=False,
+                   show_progress="hidden", api_name="reconstruct_compare_labels", api_visibility="undocumented")

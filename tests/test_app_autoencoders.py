@@ -1,0 +1,130 @@
+"""The reconstruction and codebook tabs with a KL autoencoder beside a VQ model, through gradio_client.
+
+One app serves the tiny AutoencoderKL of conftest.py's latent pipeline (its vae/, f = 2, 4 latent
+channels) and the tiny VQModel (f = 2, K = 32) as `--model vq=...` entries, so no trained weights
+are needed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+
+from genlab.bench import free_port  # noqa: E402
+from genlab.config import parse_args  # noqa: E402
+from genlab.images import open_image  # noqa: E402
+from genlab.models import load_autoencoder  # noqa: E402
+from genlab.ui import build_app  # noqa: E402
+from genlab.ui.common import OUTPUT_DIR  # noqa: E402
+from genlab.ui.reconstruct_tab import COMPARE_LABELS, METRIC_ROWS, PANEL_LABELS, std_image  # noqa: E402
+
+BITS, CODES = METRIC_ROWS[2], METRIC_ROWS[4]
+SIZE = (44, 30)  # the photo fixture's (width, height)
+
+
+@pytest.fixture(scope="module")
+def app(tiny_kl_ldm_dir, tiny_vq_dir):
+    """(client, KL label, VQ label) for an app serving both autoencoders."""
+    port = free_port()
+    config = parse_args(["--model", f"vq={tiny_kl_ldm_dir}#vae", "--model", f"vq={tiny_vq_dir}",
+                         "--port", str(port)], environ={})
+    demo = build_app(config)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                allowed_paths=[str(OUTPUT_DIR)])
+    client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+    yield client, f"{tiny_kl_ldm_dir}#vae", str(tiny_vq_dir)
+    client.close() if hasattr(client, "close") else None
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def expected_kl(tiny_kl_ldm_dir, photo_path):
+    """The KL autoencoder's own reconstruction of the photo, outside the app."""
+    kl = load_autoencoder(tiny_kl_ldm_dir, "vae", device="cpu")
+    return kl.reconstruct(open_image(photo_path), max_side=512)
+
+
+def pixels(path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def rows_of(table) -> dict[str, list[str]]:
+    return {row[0]: row[1:] for row in table["data"]}
+
+
+def labels(client, model, compare="") -> list[str]:
+    """The panel labels after choosing `model` and `compare` in the dropdowns; each choice empties its row."""
+    updates = [*client.predict(model, api_name="/reconstruct_labels"),
+               *client.predict(compare, api_name="/reconstruct_compare_labels")]
+    assert all(update["value"] is None for update in updates)
+    return [update["label"] for update in updates]
+
+
+def test_kl_row_shows_mean_decode_posterior_sample_and_std(app, photo_path, expected_kl):
+    client, kl_label, _ = app
+    result = client.predict(handle_file(str(photo_path)), kl_label, "", 512, api_name="/reconstruct")
+    original, mean, sample, std, *compare, jpeg, table, note, downloads = result
+    assert compare == [None, None, None]
+    for panel in (original, mean, sample, std, jpeg):
+        assert Image.open(panel).size == SIZE
+    assert np.array_equal(pixels(mean), np.asarray(expected_kl.image))
+    assert np.array_equal(pixels(sample), np.asarray(expected_kl.sample))
+    assert not np.array_equal(pixels(sample), pixels(mean))  # a draw from q(z|x), not its mean
+    assert np.array_equal(pixels(std), np.asarray(std_image(expected_kl.std_map, 2, SIZE)))
+    rows = rows_of(table)
+    assert float(rows[BITS][0]) == pytest.approx(expected_kl.bits_per_pixel, abs=5e-5)  # the KL rate
+    assert float(rows["PSNR (dB)"][0]) == pytest.approx(expected_kl.psnr, abs=0.005)
+    assert rows[CODES][0].startswith("none: a 4x15x22 latent")  # no codebook: (C, h, w) at f = 2
+    jpeg_bpp = float(rows[BITS][1])
+    assert jpeg_bpp <= expected_kl.bits_per_pixel if table["headers"][-1] == "JPEG at <= the same bpp" else jpeg_bpp > 0
+    assert "4x15x22 latent" in note
+    png, code = downloads
+    assert Path(png).name.startswith("reconstruction_") and Path(code).name.startswith("posterior-std_")
+    assert np.allclose(np.load(code, allow_pickle=False), expected_kl.std_map, atol=1e-6)
+    assert labels(client, kl_label) == [*PANEL_LABELS["kl"], *COMPARE_LABELS["vq"]]
+
+
+def test_vq_row_keeps_error_and_token_panels(app, photo_path):
+    client, _, vq_label = app
+    original, reconstruction, error, tokens, *_, table, note, downloads = client.predict(
+        handle_file(str(photo_path)), vq_label, "", 512, api_name="/reconstruct")
+    assert Image.open(reconstruction).size == Image.open(error).size == SIZE
+    rows = rows_of(table)
+    assert float(rows[BITS][0]) == pytest.approx(15 * 22 * 5 / (44 * 30), rel=1e-3)  # log2(32) / 2^2, padded
+    assert rows[CODES][0].endswith("of 32 codes") and rows[CODES][-1].startswith("quality ")
+    assert np.load(downloads[1], allow_pickle=False).shape == (15, 22)
+    assert labels(client, vq_label) == ["reconstruction", "absolute error", "token indices (codes as colours)",  # as before
+                                        "reconstruction (compare)", "absolute error (compare)",
+                                        "token indices (compare)"]
+
+
+def test_compare_vq_with_kl_both_ways(app, photo_path, expected_kl):
+    client, kl_label, vq_label = app
+    result = client.predict(handle_file(str(photo_path)), vq_label, kl_label, 512, api_name="/reconstruct")
+    compare_mean, compare_sample, compare_std = result[4:7]
+    assert np.array_equal(pixels(compare_mean), np.asarray(expected_kl.image))
+    assert np.array_equal(pixels(compare_sample), np.asarray(expected_kl.sample))
+    assert Image.open(compare_std).size == SIZE
+    table = result[8]
+    assert table["headers"][:3] == ["metric", vq_label, kl_label]
+    rows = rows_of(table)
+    assert float(rows[BITS][1]) == pytest.approx(expected_kl.bits_per_pixel, abs=5e-5)
+    assert labels(client, vq_label, kl_label) == [*PANEL_LABELS["vq"], *COMPARE_LABELS["kl"]]
+    reverse = client.predict(handle_file(str(photo_path)), kl_label, vq_label, 512, api_name="/reconstruct")
+    assert np.array_equal(pixels(reverse[1]), np.asarray(expected_kl.image))
+    assert rows_of(reverse[8])[CODES][1].endswith("of 32 codes")
+    assert labels(client, kl_label, vq_label) == [*PANEL_LABELS["kl"], *COMPARE_LABELS["vq"]]
+
+
+def test_codebook_tab_refuses_a_kl_autoencoder_and_keeps_serving(app, photo_path):
+    client, kl_label, vq_label = app
+    with pytest.raises(Exception, match="not in the list of choices"):
+        client.predict(handle_file(str(photo_path)), kl_label, 0, api_name="/codebook")
+    atlas, *_, stats, _, grid, _ = client.predict(handle_file(str(photo_path)), vq_label, 0, api_name="/codebook")
+    assert Image.open(atlas).width > 0 and "perplexity" in stats
