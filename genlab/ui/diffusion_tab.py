@@ -110,10 +110,17 @@ def export_files(run: DiffusionRun, stem: str) -> list[str]:
     A latent model's GIF frames use its preview decode (the final frame: the real decoder)."""
     files = [save_output(run.image, f"{stem}.png")]
     preview = run.codec.is_latent
-    frames = [image_grid([upscale(f.x_t), upscale(f.x0)], columns=2)
+
+    def shown(image: Image.Image) -> Image.Image:  # small images enlarged, large ones (an 800 px inpaint) reduced
+        image = upscale(image)
+        if image.height > DISPLAY_SIDE:
+            image = image.resize((max(1, image.width * DISPLAY_SIDE // image.height), DISPLAY_SIDE))
+        return image
+
+    frames = [image_grid([shown(f.x_t), shown(f.x0)], columns=2)
               for f in (Frame(step, run.codec, preview, run.crop) for step in run.trajectory.steps)]
     if frames:
-        frames.append(image_grid([upscale(run.image)] * 2, columns=2))
+        frames.append(image_grid([shown(run.image)] * 2, columns=2))
         buffer = io.BytesIO()
         frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=80, loop=0)
         files.append(save_output(buffer.getvalue(), f"{stem}.gif"))
@@ -391,7 +398,7 @@ def build(registry: Registry, demo: gr.Blocks) -> None:
                     "painted region is generated.")
         with gr.Row():
             editor = gr.ImageEditor(label="Image and mask (brush = repaint)", type="filepath", image_mode="RGBA",
-                                    sources=("upload", "clipboard"), layers=False, transforms=(), height=320,
+                                    sources=("upload", "clipboard"), height=320,
                                     brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=12))
             with gr.Column():
                 inpaint_steps = gr.Slider(1, 250, value=50, step=1, label="Steps")
