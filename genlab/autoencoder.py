@@ -39,7 +39,7 @@ LATENT_RANGE = 3.0  # scaled latents are ~N(0, 1): channel images show [-3, 3]
 
 # ------------------------------------------------------------------------- KL autoencoder
 @dataclass
-class KLReconstruction:
+class KLReconstruction(metrics.ComparedToInput):
     """What `KLAutoencoder.reconstruct` returns: the fields of `vq.Reconstruction` plus the posterior's."""
 
     input: Image.Image  # the image that was encoded (after any downscaling)
@@ -68,13 +68,6 @@ class KLReconstruction:
     def sample_psnr(self) -> float:
         return metrics.psnr(self.input, self.sample)
 
-    @cached_property
-    def ssim(self) -> float:
-        return metrics.ssim(self.input, self.image)
-
-    @cached_property
-    def error_map(self) -> np.ndarray:
-        return metrics.abs_error_map(self.input, self.image)
 
 
 class KLAutoencoder:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from PIL import Image
@@ -87,3 +88,19 @@ def non_local_means(noisy: np.ndarray, sigma: float) -> np.ndarray:
     noise std `sigma` on the same scale, with the settings its documentation recommends (h = 0.8 sigma)."""
     return denoise_nl_means(noisy, h=0.8 * sigma, sigma=sigma, fast_mode=True, patch_size=5, patch_distance=6,
                             channel_axis=-1)
+
+
+class ComparedToInput:
+    """Mixin of reconstruction results holding `input` and `image` (PIL): the comparisons every view shows,
+    computed on first access."""
+
+    input: Image.Image
+    image: Image.Image
+
+    @cached_property
+    def ssim(self) -> float:
+        return ssim(self.input, self.image)
+
+    @cached_property
+    def error_map(self) -> np.ndarray:
+        return abs_error_map(self.input, self.image)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from functools import cached_property
 
 import numpy as np
 import torch
@@ -29,7 +28,7 @@ ATLAS_COLUMNS = 16
 
 
 @dataclass
-class Reconstruction:
+class Reconstruction(metrics.ComparedToInput):
     """What `VQ.reconstruct` returns; `ssim` and `error_map` are computed on first access."""
 
     input: Image.Image  # the image that was encoded (after any downscaling)
@@ -56,13 +55,6 @@ class Reconstruction:
     def distinct_codes(self) -> int:
         return int(np.unique(self.indices).size)
 
-    @cached_property
-    def ssim(self) -> float:
-        return metrics.ssim(self.input, self.image)
-
-    @cached_property
-    def error_map(self) -> np.ndarray:
-        return metrics.abs_error_map(self.input, self.image)
 
 
 class VQ:
