@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from . import metrics
-from .images import limit_side, open_image, pad_to_multiple, pil_to_tensor, tensor_to_pil, tensor_to_uint8
+from .images import prepare_input, tensor_to_uint8
 
 LATENT_RANGE = 3.0  # scaled latents are ~N(0, 1): channel images show [-3, 3]
 
@@ -97,10 +97,7 @@ class KLAutoencoder:
     def reconstruct(self, image, max_side: int | None = 512, seed: int = 0) -> KLReconstruction:
         """Encode, then decode the posterior mean and one posterior sample (seeded)."""
         start = time.perf_counter()
-        image = open_image(image)
-        original_size = image.size
-        image, resized = limit_side(image, max_side)
-        pixels, (height, width) = pad_to_multiple(pil_to_tensor(image), self.downsample_factor)
+        image, pixels, (height, width), resized_from = prepare_input(image, max_side, self.downsample_factor)
         posterior = self.posterior(pixels)
         mean, std = posterior.mean.float(), posterior.std.float()  # (1, C, h, w)
         noise = torch.randn(mean.shape, generator=torch.Generator().manual_seed(int(seed))).to(mean.device)
@@ -111,7 +108,7 @@ class KLAutoencoder:
         return KLReconstruction(
             image, Image.fromarray(tensor_to_uint8(decoded[0]), "RGB"), Image.fromarray(tensor_to_uint8(decoded[1]), "RGB"),
             std[0, :, :h, :w].mean(dim=0).cpu().numpy(), float(kl_nats) / math.log(2), (self.latent_channels, h, w),
-            time.perf_counter() - start, original_size if resized else None,
+            time.perf_counter() - start, resized_from,
         )
 
 
@@ -218,4 +215,4 @@ def channels_image(sample: torch.Tensor, scale: float = LATENT_RANGE, upscale: i
     return image.convert("RGB")
 
 
-__all__ = ["KLAutoencoder", "KLReconstruction", "LatentCodec", "PixelCodec", "channels_image", "tensor_to_pil"]
+__all__ = ["KLAutoencoder", "KLReconstruction", "LatentCodec", "PixelCodec", "channels_image"]

@@ -127,6 +127,16 @@ def limit_side(image: Image.Image, max_side: int | None) -> tuple[Image.Image, b
     return image.resize(size, Image.Resampling.LANCZOS), True
 
 
+def prepare_input(image, max_side: int | None, multiple: int):
+    """An upload as an autoencoder takes it: (PIL image after downscaling, (1, 3, H', W') pixels padded to
+    multiples of `multiple`, (H, W), the original (width, height) when downscaled else None)."""
+    image = open_image(image)
+    original_size = image.size
+    image, resized = limit_side(image, max_side)
+    pixels, (height, width) = pad_to_multiple(pil_to_tensor(image), multiple)
+    return image, pixels, (height, width), original_size if resized else None
+
+
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
     """RGB PIL -> (1, 3, H, W) float32 in [-1, 1]."""
     array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0  # (H, W, 3)

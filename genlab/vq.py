@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw
 
 from . import metrics
 from .tiling import apply_tiled
-from .images import image_grid, limit_side, open_image, pad_to_multiple, pil_to_tensor, tensor_to_pil, tensor_to_uint8
+from .images import image_grid, prepare_input, tensor_to_pil, tensor_to_uint8
 
 ATLAS_PAGE_SIZE = 256  # codes per atlas page; large codebooks (8192) are paged
 ATLAS_COLUMNS = 16
@@ -143,15 +143,12 @@ class VQ:
     def reconstruct(self, image, max_side: int | None = 512) -> Reconstruction:
         """Encode and decode an image; sides are reflect-padded to multiples of f and cropped back."""
         start = time.perf_counter()
-        image = open_image(image)
-        original_size = image.size
-        image, resized = limit_side(image, max_side)
-        pixels, (height, width) = pad_to_multiple(pil_to_tensor(image), self.downsample_factor)
+        image, pixels, (height, width), resized_from = prepare_input(image, max_side, self.downsample_factor)
         indices = self.encode(pixels)
         decoded = self.decode_tensor(indices)[..., :height, :width]
         reconstruction = Image.fromarray(tensor_to_uint8(decoded.cpu()), "RGB")
         return Reconstruction(image, reconstruction, self._visible(indices[0], height, width), self.num_codes,
-                              time.perf_counter() - start, original_size if resized else None)
+                              time.perf_counter() - start, resized_from)
 
     def _visible(self, indices: torch.Tensor, height: int, width: int) -> np.ndarray:
         """The (ceil(H/f), ceil(W/f)) tokens covering the image (tiny images are padded further)."""
@@ -159,8 +156,7 @@ class VQ:
         return indices[: -(-height // f), : -(-width // f)].cpu().numpy()
 
     def indices_of(self, image, max_side: int | None = 512) -> np.ndarray:
-        image, _ = limit_side(open_image(image), max_side)
-        pixels, (height, width) = pad_to_multiple(pil_to_tensor(image), self.downsample_factor)
+        _, pixels, (height, width), _ = prepare_input(image, max_side, self.downsample_factor)
         return self._visible(self.encode(pixels)[0], height, width)
 
     # ------------------------------------------------------------------- statistics

@@ -27,11 +27,6 @@ from diffusers import AutoencoderKL
 from . import common
 
 
-def kl_per_element(posterior) -> torch.Tensor:
-    """(B,) KL(q(z | x) || N(0, I)) in nats, summed over the latent, by diffusers' DiagonalGaussianDistribution."""
-    return posterior.kl()
-
-
 def vae_loss(model: AutoencoderKL, pixels: torch.Tensor, kl_weight: float, l1_weight: float, generator=None):
     """(loss, reconstruction, logs) for a batch (B, 3, H, W) in [-1, 1]."""
     posterior = model.encode(pixels).latent_dist
@@ -40,7 +35,7 @@ def vae_loss(model: AutoencoderKL, pixels: torch.Tensor, kl_weight: float, l1_we
     rec_loss = torch.nn.functional.mse_loss(reconstruction, pixels)
     if l1_weight:
         rec_loss = rec_loss + l1_weight * (reconstruction - pixels).abs().mean()
-    kl = kl_per_element(posterior).float().mean() / pixels[0].numel()  # nats per pixel value
+    kl = posterior.kl().float().mean() / pixels[0].numel()  # (B,) nats summed over z -> nats per pixel value
     loss = rec_loss + kl_weight * kl
     return loss, reconstruction, {"rec": rec_loss.item(), "kl": kl.item()}
 
@@ -97,10 +92,6 @@ class LatentBank:
         """The training latents' range, max |mu| + 3 sigma over every image (scaled): what sampling clips
         x0_hat to, as pixel models clip to [-1, 1]."""
         return float(((self.mean.abs() + 3 * self.std) * self.scaling_factor).max())
-
-    @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        return tuple(self.mean.shape[2:])
 
     def __iter__(self):
         while True:

@@ -195,7 +195,7 @@ def build(registry: Registry, demo: gr.Blocks) -> None:
                           interactive=True, label=f"step ({len(trajectory['timesteps'])} kept)")
         return trajectory, scrub, export_files(run, stem)
 
-    def conditions(dm, class_name, guidance, prompt, negative_prompt) -> dict:
+    def conditions(class_name, guidance, prompt, negative_prompt) -> dict:
         return dict(class_label=class_name or None, guidance_scale=guidance, prompt=prompt or None,
                     negative_prompt=negative_prompt or None)
 
@@ -204,7 +204,7 @@ def build(registry: Registry, demo: gr.Blocks) -> None:
         dm = registry.diffusion(label)
         check_work(dm, [(int(steps), int(batch), is_guided(dm, class_name, guidance))], (dm.sample_size,) * 2)
         stream = dm.sample_stream(seed=int(seed), steps=int(steps), scheduler=scheduler, batch=int(batch), eta=eta,
-                                  **conditions(dm, class_name, guidance, prompt, negative_prompt))
+                                  **conditions(class_name, guidance, prompt, negative_prompt))
         schedule = dm.schedule()
         # x_T first: the visitor sees the run start before the first (batched, guided) UNet call
         noise = dm.initial_noise(int(seed), int(batch))
@@ -277,7 +277,7 @@ def build(registry: Registry, demo: gr.Blocks) -> None:
         dm = registry.diffusion(label)
         image = open_image(image_path)
         kwargs = dict(seed=int(seed), scheduler=scheduler, steps=int(steps) if steps else None,
-                      **conditions(dm, class_name, guidance, prompt, negative_prompt))
+                      **conditions(class_name, guidance, prompt, negative_prompt))
         if mode == "noisy":
             if not 0 < sigma_255 <= 255:
                 raise gr.Error("Set the noise level sigma (0-255 units) above 0, or press Estimate.")
@@ -311,7 +311,7 @@ def build(registry: Registry, demo: gr.Blocks) -> None:
         side = (min(image.height, 512), min(image.width, 512))
         check_work(dm, [(int(steps), 1, is_guided(dm, class_name, guidance))], side)
         stream = dm.inpaint_stream(image, mask, steps=int(steps), seed=int(seed), scheduler=scheduler,
-                                   **conditions(dm, class_name, guidance, prompt, negative_prompt))
+                                   **conditions(class_name, guidance, prompt, negative_prompt))
         run = yield from stream_x0(dm, stream, (gr.skip(), gr.skip(), gr.skip()))
         trajectory, scrub_slider, files = finish(run, label, int(steps), "inpaint")
         painted = int(np.count_nonzero(np.asarray(mask)))
@@ -331,7 +331,7 @@ def build(registry: Registry, demo: gr.Blocks) -> None:
         items = []
         for setting, name, steps in plans:
             run = dm.sample(seed=int(seed), steps=int(steps), scheduler=COMPARE_NAMES[name], record=False,
-                            **conditions(dm, class_name, guidance, prompt, negative_prompt))
+                            **conditions(class_name, guidance, prompt, negative_prompt))
             items.append((upscale(run.image), setting))
         return items
 
