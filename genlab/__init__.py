@@ -7,6 +7,8 @@
     run = dm.sample(seed=0, steps=50, scheduler="ddim")   # .image .frames[i].timestep/.x_t/.x0
     ldm = genlab.load_diffusion("weights/ldm-emoji")      # latent: ldm.is_latent, ldm.latent_shape
     vae = genlab.load_autoencoder("weights/ldm-emoji")    # its AutoencoderKL: .reconstruct(image)
+    prior = genlab.load_prior("weights/maskgit-emoji")    # a token prior over prior.vq's codes
+    run = prior.sample(seed=0, steps=12, order="confidence", class_label="Animals & Nature")  # .image .tokens .frames
 
 Nothing here imports gradio: the UI lives in `genlab.ui`.
 """
@@ -14,12 +16,14 @@ Nothing here imports gradio: the UI lives in `genlab.ui`.
 from .autoencoder import KLAutoencoder, KLReconstruction, LatentCodec
 from .diffusion import SCHEDULERS, DiffusionModel, DiffusionRun
 from .images import InputError, open_image
-from .models import ModelLoadError, ModelSpec, embedded_status, load_autoencoder, load_diffusion, load_vq
+from .models import (ModelLoadError, ModelSpec, embedded_status, load_autoencoder, load_diffusion, load_prior,
+                     load_vq)
+from .prior import TokenPrior, TokenRun
 from .vq import VQ, Reconstruction, perplexity
 
 __version__ = "0.1.0"
 __all__ = [
     "DiffusionModel", "DiffusionRun", "InputError", "KLAutoencoder", "KLReconstruction", "LatentCodec", "ModelLoadError",
-    "ModelSpec", "Reconstruction", "SCHEDULERS", "VQ", "embedded_status", "load_autoencoder", "load_diffusion", "load_vq",
-    "open_image", "perplexity",
+    "ModelSpec", "Reconstruction", "SCHEDULERS", "VQ", "TokenPrior", "TokenRun", "embedded_status", "load_autoencoder", "load_diffusion",
+    "load_prior", "load_vq", "open_image", "perplexity",
 ]

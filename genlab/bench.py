@@ -26,6 +26,11 @@ Rows, all on one device (CUDA when available, else CPU; `--device` overrides) an
                               costs at most 1/4 of the pixel UNet's
   KL reconstruction           median `KLAutoencoder.reconstruct` of ldm-emoji-vae on the 64 px emoji
                               example, with its rate (KL bits per pixel) and PSNR in the row name
+  prior sample                `TokenPrior.sample` of maskgit-emoji, 12 steps in confidence order (MaskGIT),
+                              the first class at the prior's default guidance (the UI's defaults), decode
+                              to the image included; batch 1 and batch 16
+  prior bits per pixel        `TokenPrior.bits_per_pixel` of the 64 px emoji example (one transformer
+                              call per token, in chunks), with the value against log2 K / f² in the row name
 
 The app rows talk to a server in its own process, as a browser does. A server launched in this
 process would share the client's GIL: while it streams a frame every few milliseconds (batch 1 on
@@ -33,8 +38,8 @@ CPU), the client thread waits for the GIL and the first frame appears several ti
 real visitor sees it.
 
 Each timed value is the median of the repeats. Embedded models that are not trained yet (ldm-emoji
-while it trains) give "n/a" rows instead of failing the run. Timings taken while other jobs use the
-CPU are inflated: the header line prints the load average for that reason.
+or maskgit-emoji while they train) give "n/a" rows instead of failing the run. Timings taken while
+other jobs use the CPU are inflated: the header line prints the load average for that reason.
 """
 
 from __future__ import annotations
@@ -65,6 +70,7 @@ EXAMPLE_PHOTO = Path(__file__).resolve().parent / "assets" / "examples" / "rocke
 EXAMPLE_EMOJI = Path(__file__).resolve().parent / "assets" / "examples" / "emoji-grinning.png"
 VQ_MODEL, COMPARE_MODEL, DIFFUSION_MODEL = "vqvae-photo", "vqgan-photo", "ddpm-emoji"
 LATENT_MODEL, KL_MODEL = "ldm-emoji", "ldm-emoji-vae"
+PRIOR_MODEL, PRIOR_STEPS = "maskgit-emoji", 12
 PIXEL_SIDE = 64  # the pixel-space UNet the latent model is measured against
 SAMPLE_STEPS = 50
 MB = 1e6
@@ -78,6 +84,8 @@ TARGETS = {
     "first_frame": ("≤ 200 ms", lambda v: v <= 200),
     "round_trip": ("≤ 250 ms", lambda v: v <= 250),
     "latent_ratio": ("≤ 0.25", lambda v: v <= 0.25),
+    "prior_sample": ("≤ 300 ms", lambda v: v <= 300),
+    "prior_batch": ("≤ 1.5 s", lambda v: v <= 1.5),
 }
 
 
@@ -111,16 +119,21 @@ def median_seconds(fn, device: torch.device, repeats: int) -> float:
     return statistics.median(timed(fn, device) for _ in range(repeats))
 
 
+def is_trained(name: str) -> bool:
+    """Whether the embedded model `name` (or embedded pipeline autoencoder) has its weights."""
+    return models.embedded_status().get(name) == "trained"
+
+
 def load_embedded(name: str, device: torch.device):
     """An embedded model (or an embedded pipeline's autoencoder) through GenLab's loader; one retry,
     since training may be rewriting the file."""
-    if models.embedded_status()[name] != "trained":
+    if not is_trained(name):
         raise Missing("/".join(EMBEDDED_AUTOENCODERS[name]) if name in EMBEDDED_AUTOENCODERS else name)
     if name in EMBEDDED_AUTOENCODERS:
         folder, subfolder = EMBEDDED_AUTOENCODERS[name]
         load = lambda: models.load_autoencoder(WEIGHTS_DIR / folder, subfolder, device=device)  # noqa: E731
     else:
-        loader = models.load_vq if EMBEDDED[name] == "vq" else models.load_diffusion
+        loader = {"vq": models.load_vq, "prior": models.load_prior}.get(EMBEDDED[name], models.load_diffusion)
         load = lambda: loader(WEIGHTS_DIR / name, device=device)  # noqa: E731
     try:
         return load()
@@ -131,9 +144,8 @@ def load_embedded(name: str, device: torch.device):
 
 def require_trained(*names: str) -> None:
     """Raise Missing for the first of `names` (embedded models) without trained weights."""
-    status = models.embedded_status()
     for name in names:
-        if status[name] != "trained":
+        if not is_trained(name):
             raise Missing(name)
 
 
@@ -403,13 +415,33 @@ def latent_vs_pixel(dm, device: torch.device, repeats: int) -> dict:
             "ratio": statistics.median(ours / theirs for ours, theirs in zip(latent_s, pixel_s))}
 
 
-def kl_reconstruction(kl, device: torch.device, repeats: int) -> tuple[float, object]:
-    """(median ms, the KLReconstruction) of the emoji example at the VAE's 64 px."""
+def example_emoji(side: int = 64):
     from PIL import Image
 
-    image = Image.open(EXAMPLE_EMOJI).convert("RGB").resize((64, 64), Image.Resampling.LANCZOS)
+    return Image.open(EXAMPLE_EMOJI).convert("RGB").resize((side, side), Image.Resampling.LANCZOS)
+
+
+def kl_reconstruction(kl, device: torch.device, repeats: int) -> tuple[float, object]:
+    """(median ms, the KLReconstruction) of the emoji example at the VAE's 64 px."""
+    image = example_emoji()
     result = kl.reconstruct(image, max_side=None)
     return 1000 * median_seconds(lambda: kl.reconstruct(image, max_side=None), device, repeats), result
+
+
+def prior_timings(prior, device: torch.device, repeats: int) -> dict:
+    """Median seconds of `sample` (batch 1 and 16, the image decoded) and of `bits_per_pixel` of the emoji
+    example, with that code length; sampling uses the UI's defaults: the first class, default guidance."""
+    label = prior.classes[0] if prior.is_conditional else None
+
+    def sample(batch: int):
+        return prior.sample(seed=0, steps=PRIOR_STEPS, order="confidence", batch=batch, class_label=label).image
+
+    image = prior.fit(example_emoji())
+    bpp = prior.bits_per_pixel(image)  # also the warm-up of its timing
+    return {"label": label, "one_s": median_seconds(lambda: sample(1), device, repeats),
+            "batch_s": median_seconds(lambda: sample(16), device, repeats),
+            "bpp_s": statistics.median(timed(lambda: prior.bits_per_pixel(image), device) for _ in range(repeats)),
+            "bpp": bpp}
 
 
 # --------------------------------------------------------------------------------- table
@@ -429,7 +461,7 @@ def failure(error: Exception) -> str:
 
 ROW_ORDER = ["start", "rss", "rec256", "rec512", "round_trip", "atlas", "step", "ratio", "first_frame",
              "first_frame_ui", "ldm_first_frame", "ldm_first_frame_ui", "ldm_step", "pixel_step", "latent_ratio",
-             "kl_rec"]
+             "kl_rec", "prior_sample", "prior_batch", "prior_bpp"]
 
 
 FRAME_ROWS = {  # row -> (model, batch, target)
@@ -504,6 +536,30 @@ def latent_rows(device: torch.device, repeats: int) -> dict[str, list[str]]:
     return rows
 
 
+def prior_rows(device: torch.device, repeats: int) -> dict[str, list[str]]:
+    """maskgit-emoji: sampling at batch 1 and 16, and the code length of one image."""
+    names = {"prior_sample": f"prior sample, {PRIOR_STEPS} steps, batch 1 ({PRIOR_MODEL}",
+             "prior_batch": f"prior sample, {PRIOR_STEPS} steps, batch 16 ({PRIOR_MODEL}",
+             "prior_bpp": f"prior bits per pixel of one image ({PRIOR_MODEL}, 64 px emoji example"}
+    try:
+        prior = load_embedded(PRIOR_MODEL, device)
+        timings = prior_timings(prior, device, repeats)
+        label = f"class {timings['label']!r}" if timings["label"] is not None else "unconditional"
+        setting = (f"{prior.grid[0]}x{prior.grid[1]} tokens, confidence order, {label}, guidance "
+                   f"{prior.default_guidance_scale:g}, decode included)")
+        rows = {"prior_sample": row(f"{names['prior_sample']}, {setting}", 1000 * timings["one_s"], "prior_sample",
+                                    " ms", "{:.0f}"),
+                "prior_batch": row(f"{names['prior_batch']}, the same settings)", timings["batch_s"], "prior_batch",
+                                   " s", "{:.2f}")}
+        index_bpp = prior.index_bits_per_pixel
+        rows["prior_bpp"] = row(f"{names['prior_bpp']}: {timings['bpp']:.3f} bits per pixel, "
+                                f"{timings['bpp'] / index_bpp:.0%} of log2 K / f² = {index_bpp:.3f})",
+                                1000 * timings["bpp_s"], None, " ms", "{:.0f}")
+        return rows
+    except Exception as error:
+        return {key: row(name + ")", failure(error), key if key in TARGETS else None) for key, name in names.items()}
+
+
 def run(device: torch.device, repeats: int) -> list[list[str]]:
     rows: dict[str, list[str]] = {}
 
@@ -542,6 +598,7 @@ def run(device: torch.device, repeats: int) -> list[list[str]]:
         rows["ratio"] = row("loop ratio GenLab record=True / DDIMPipeline", failure(error), "ratio")
 
     rows.update(latent_rows(device, repeats))
+    rows.update(prior_rows(device, repeats))
     return [rows[key] for key in ROW_ORDER]
 
 

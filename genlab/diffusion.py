@@ -36,6 +36,8 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
 from .autoencoder import LATENT_RANGE, PixelCodec, channels_image
+from .conditioning import Conditioning, ConditionalModel
+from .images import mask_of
 
 SCHEDULERS: dict[str, tuple[type, dict]] = {
     "ddpm": (DDPMScheduler, {}),
@@ -170,29 +172,6 @@ class Trajectory:
 
 
 @dataclass
-class Conditioning:
-    """UNet keyword arguments of the conditional branch and of the unconditional one.
-
-    Class labels: {"class_labels": (B,)} and the null class; text: {"encoder_hidden_states": (B, L, D)}
-    and the negative prompt's. With guidance_scale != 1 both run in one batch (classifier-free guidance).
-    """
-
-    cond: dict
-    uncond: dict | None = None
-
-    @classmethod
-    def classes(cls, labels: torch.Tensor | None, null_class: int | None) -> "Conditioning | None":
-        if labels is None:
-            return None
-        return cls({"class_labels": labels}, None if null_class is None else {"class_labels": torch.full_like(labels, null_class)})
-
-    def batched(self, guided: bool, device) -> dict:
-        if not guided:
-            return {k: v.to(device) for k, v in self.cond.items()}
-        return {k: torch.cat([v, self.uncond[k]]).to(device) for k, v in self.cond.items()}
-
-
-@dataclass
 class KnownRegion:
     """Inpainting: the sample-space x_0 of the input and where it is kept (1) or repainted (0)."""
 
@@ -291,7 +270,6 @@ def reverse_process(unet, scheduler, x_t: torch.Tensor, record: bool = True, **k
 # ----------------------------------------------------------------------- public wrapper
 MAX_BATCH = 16
 MAX_SIDE = 512
-MAX_PROMPT_CHARS = 2000
 
 
 def _seed_noise(shape, seed: int) -> torch.Tensor:
@@ -414,7 +392,7 @@ class DiffusionRun:
         return None if self.reference is None else psnr(self.reference, self.image)
 
 
-class DiffusionModel:
+class DiffusionModel(ConditionalModel):
     """A UNet over pixels or over an autoencoder's latents, its scheduler config and conditioning, with
     GenLab's operations.
 
@@ -474,55 +452,10 @@ class DiffusionModel:
     def scheduler(self, name: str):
         return make_scheduler(self.scheduler_config, name)
 
-    def class_index(self, label) -> int | None:
-        if label is None or label == "":
-            return self.null_class if self.is_conditional else None
-        if not self.is_conditional:
-            raise ValueError(f"{self.name} is not class-conditional; leave the class empty")
-        if isinstance(label, str) and not label.lstrip("-").isdigit():
-            if label not in self.classes:
-                raise ValueError(f"unknown class {label!r}; choose one of {self.classes}")
-            return self.classes.index(label)
-        index = int(label)
-        if not 0 <= index < len(self.classes):
-            raise ValueError(f"class index must be in [0, {len(self.classes) - 1}], got {index}")
-        return index
-
     def _check_steps(self, steps) -> int:
         if not isinstance(steps, (int, np.integer)) or not 1 <= int(steps) <= MAX_STEPS:
             raise ValueError(f"steps must be an integer in [1, {MAX_STEPS}], got {steps!r}")
         return int(steps)
-
-    @staticmethod
-    def _check_prompt(prompt, what: str = "prompt") -> str | None:
-        if prompt is None:
-            return None
-        if not isinstance(prompt, str):
-            raise ValueError(f"the {what} must be text, got {type(prompt).__name__}")
-        if len(prompt) > MAX_PROMPT_CHARS:
-            raise ValueError(f"the {what} has {len(prompt)} characters; keep it under {MAX_PROMPT_CHARS}")
-        return prompt
-
-    def _conditioning(self, batch: int, class_label, prompt, negative_prompt, notes: list[str]):
-        """(Conditioning or None, whether the run is unconditional) for the model's kind of conditioning."""
-        prompt = self._check_prompt(prompt)
-        negative_prompt = self._check_prompt(negative_prompt, "negative prompt")
-        if self.text is None:
-            if prompt or negative_prompt:
-                raise ValueError(f"{self.name} is not text-conditioned; leave the prompt empty"
-                                 + (" and choose a class" if self.is_conditional else ""))
-            label = self.class_index(class_label)
-            if label is None:
-                return None, True
-            labels = torch.full((batch,), label, dtype=torch.long)
-            return Conditioning.classes(labels, self.null_class), label == self.null_class
-        if class_label not in (None, ""):
-            raise ValueError(f"{self.name} is conditioned on text, not on classes; give a prompt instead")
-        cond, truncated = self.text.encode([prompt or ""] * batch)
-        uncond, negative_truncated = self.text.encode([negative_prompt or ""] * batch)
-        if truncated or negative_truncated:
-            notes.append(f"the prompt was cut to the text encoder's {self.text.max_tokens} tokens")
-        return Conditioning({"encoder_hidden_states": cond}, {"encoder_hidden_states": uncond}), False
 
     def _plan(self, scheduler, x_t, guidance_scale, eta, seed, *, batch: int, class_label=None, prompt=None,
               negative_prompt=None, notes: list[str] | None = None, known: KnownRegion | None = None) -> dict:
@@ -689,46 +622,13 @@ class DiffusionModel:
         """
         return self._last(self.denoise_stream(*args, **kwargs))
 
-    def mask_of(self, mask, size: tuple[int, int]) -> torch.Tensor:
-        """A mask (PIL image, array or tensor; non-zero = repaint) -> (1, 1, H, W) float {0, 1} of the image's size.
-
-        A PIL mask of another size than the (downscaled) image is resized with nearest neighbours when
-        its aspect ratio matches; anything else raises ValueError."""
-        from PIL import Image
-
-        height, width = size
-        if isinstance(mask, Image.Image):
-            if mask.mode in ("RGBA", "LA"):
-                mask = mask.getchannel("A") if mask.getextrema()[-1][1] > 0 else mask.convert("L")
-            if mask.size != (width, height):
-                if abs(mask.width / mask.height - width / height) > 0.02:
-                    raise ValueError(f"the mask is {mask.width}x{mask.height} but the image is {width}x{height}")
-                mask = mask.convert("L").resize((width, height), Image.Resampling.NEAREST)
-            array = np.asarray(mask.convert("L"))
-        elif isinstance(mask, (np.ndarray, torch.Tensor)):
-            array = np.asarray(mask.cpu() if isinstance(mask, torch.Tensor) else mask)
-            if array.ndim == 3 and array.shape[-1] in (1, 3, 4):
-                array = array.max(axis=-1)
-            if array.ndim != 2:
-                raise ValueError(f"a mask array must be (H, W), got shape {array.shape}")
-            if array.shape != (height, width):
-                raise ValueError(f"the mask is {array.shape[1]}x{array.shape[0]} but the image is {width}x{height}")
-        else:
-            raise ValueError(f"a mask must be an image or an (H, W) array, got {type(mask).__name__}")
-        if not np.isfinite(array.astype(np.float64)).all():
-            raise ValueError("the mask holds NaN or infinite values")
-        repaint = torch.from_numpy(array != 0).float()[None, None]  # (1, 1, H, W)
-        if not repaint.any():
-            raise ValueError("the mask is empty: paint the region the model should repaint")
-        return repaint
-
     def inpaint_stream(self, image, mask, steps: int = 50, seed: int = 0, scheduler: str = "ddim", class_label=None,
                        guidance_scale: float | None = None, eta: float = 0.0, max_side: int = MAX_SIDE,
                        record: bool = True, prompt: str | None = None, negative_prompt: str | None = None):
         """Like `inpaint`, as a generator: one Step per reverse step, then the DiffusionRun."""
         steps = self._check_steps(steps)
         image, pixels, (height, width) = self._prepare(image, max_side)
-        repaint = self.mask_of(mask, (height, width))  # (1, 1, H, W)
+        repaint = mask_of(mask, (height, width))  # (1, 1, H, W)
         padded = F.pad(repaint, (0, pixels.shape[-1] - width, 0, pixels.shape[-2] - height))
         # a latent cell is repainted when any pixel of its f x f patch is (max pooling)
         repaint_sample = F.max_pool2d(padded, self.codec.factor) if self.is_latent else padded

@@ -5,6 +5,8 @@
     python -m genlab.eval emoji   --model weights/ddpm-emoji  --data data/emoji/32 --out artifacts/emoji [--card]
     python -m genlab.eval vae     --model weights/ldm-emoji   --data data/emoji/64-holdout [--card --section vae]
     python -m genlab.eval emoji   --model weights/ldm-emoji   --data data/emoji/32 --out artifacts/ldm [--card --section emoji]
+    python -m genlab.eval emoji   --model weights/maskgit-emoji --data data/emoji/32 --out weights/maskgit-emoji [--card --section emoji]
+    python -m genlab.eval prior   --model weights/maskgit-emoji --data data/emoji/64-holdout [--limit N] [--card --section prior]
 
 vq: PSNR / SSIM per image and mean, code usage and perplexity over the folder, JPEG PSNR at no
     more than the same bits per pixel, and sharpness = mean |grad recon|^2 / mean |grad original|^2
@@ -15,7 +17,12 @@ emoji: a grid of samples per category; background lightness, centre colourfulnes
     diversity beside the same statistics of real emoji; and the share of samples that a small
     classifier trained on real emoji assigns to the requested category. Samples larger than the
     real emoji of `--data` (a 64 px latent model judged on 32 px emoji) are downsampled to their size
-    (area average) before they are scored.
+    (area average) before they are scored. A token-prior pipeline folder (model_index.json with
+    transformer/ and an AmusedScheduler in scheduler/) is sampled by `TokenPrior.sample` in
+    confidence order (MaskGIT), 12 steps unless `--steps` says otherwise (diffusion: 50 DDIM steps).
+prior: a token prior's code length on held-out images: bits per pixel of each image's tokens under the
+    (unconditional) prior, -sum log2 p(x_i | x_<i) / pixels, against log2 K / f^2 of storing every
+    index as it is (bar: at most 60% of it); and its VQ model's PSNR and code usage on the same images.
 vae: a KL autoencoder (or a pipeline's vae/) on held-out images: PSNR and SSIM of the posterior-mean
     decode, PSNR of a posterior-sample decode, and the rate (KL bits per pixel).
 `--card` writes the printed section into the model card's "Measured quality".
@@ -24,6 +31,7 @@ vae: a KL autoencoder (or a pipeline's vae/) on held-out images: PSNR and SSIM o
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import time
@@ -35,9 +43,22 @@ from PIL import Image
 
 from . import metrics
 from .data import list_images
-from .images import image_grid, open_image, pil_to_tensor, tensor_to_pil
-from .models import load_autoencoder, load_diffusion, load_vq
+from .images import image_grid, open_image, pil_to_tensor
+from .models import load_autoencoder, load_diffusion, load_prior, load_vq
 from .vq import perplexity
+
+
+DIFFUSION_STEPS, PRIOR_STEPS = 50, 12  # emoji samples: DDIM steps, MaskGIT steps
+PRIOR_BAR = 0.60  # a prior should code its tokens in at most 60% of log2 K / f^2
+
+
+def is_token_prior(model) -> bool:
+    """A local token-prior pipeline folder: model_index.json, transformer/ and an AmusedScheduler."""
+    folder = Path(model)
+    config = folder / "scheduler" / "scheduler_config.json"
+    if not ((folder / "model_index.json").is_file() and (folder / "transformer").is_dir() and config.is_file()):
+        return False
+    return json.loads(config.read_text()).get("_class_name") == "AmusedScheduler"
 
 
 def gradient_energy(image) -> float:
@@ -212,33 +233,60 @@ def to_size(images: torch.Tensor, side: int) -> torch.Tensor:
     return torch.nn.functional.interpolate(images, size=(side, side), mode="area")
 
 
-def eval_emoji(model: str, data: Path, out: Path, per_class: int = 16, steps: int = 50, guidance: float | None = None) -> str:
+def emoji_sampler(model: str, steps: int | None, guidance: float | None):
+    """(model, sample, how it samples): `sample(seed, class_name, batch)` -> ((B, 3, H, W) in [-1, 1], PIL
+    images) from a diffusion model (DDIM) or a token prior (MaskGIT, confidence order)."""
+    if is_token_prior(model):
+        prior = load_prior(model, device="cpu")
+        steps = steps or PRIOR_STEPS
+
+        def sample(seed: int, class_name: str, batch: int):
+            run = prior.sample(seed=seed, steps=steps, order="confidence", batch=batch, class_label=class_name,
+                               guidance_scale=guidance)
+            return run.pixels, run.images
+
+        return prior, sample, f"{steps} MaskGIT steps (confidence order)"
+    dm = load_diffusion(model, device="cpu")
+    steps = steps or DIFFUSION_STEPS
+
+    def sample(seed: int, class_name: str, batch: int):
+        run = dm.sample(seed=seed, steps=steps, scheduler="ddim", batch=batch, class_label=class_name,
+                        guidance_scale=guidance, record=False)
+        return run.final_pixels, run.images
+
+    return dm, sample, f"{steps} DDIM steps"
+
+
+def eval_emoji(model: str, data: Path, out: Path, per_class: int = 16, steps: int | None = None,
+               guidance: float | None = None) -> str:
+    """Samples per category of a class-conditional diffusion model or token prior, judged against `data`.
+    `steps` defaults to 50 DDIM steps (diffusion) or 12 MaskGIT steps (token prior)."""
     from .train.common import ImageFolder
 
-    dm = load_diffusion(model, device="cpu")
+    generator, sample, how = emoji_sampler(model, steps, guidance)
+    classes = generator.classes
     real = ImageFolder(data)
     real_images = torch.stack([pil_to_tensor(Image.fromarray(a))[0] for a in real.images])
     real_labels = torch.as_tensor(real.labels_array)
     out.mkdir(parents=True, exist_ok=True)
     rows, samples, requested = [], [], []
-    for index, name in enumerate(dm.classes):
-        run = dm.sample(seed=index, steps=steps, scheduler="ddim", batch=per_class, class_label=name,
-                        guidance_scale=guidance, record=False)
-        samples.append(to_size(run.final_pixels, real_images.shape[-1]))
+    for index, name in enumerate(classes):
+        pixels, images = sample(index, name, per_class)
+        sample_side = pixels.shape[-1]
+        samples.append(to_size(pixels, real_images.shape[-1]))
         requested += [index] * per_class
-        rows.append(image_grid(run.images, columns=per_class))
+        rows.append(image_grid(images, columns=per_class))
     grid = image_grid(rows, columns=1, gap=4)
     grid.save(out / "samples_per_category.png")
-    sixteen = dm.sample(seed=0, steps=steps, scheduler="ddim", batch=16, class_label=dm.classes[0],
-                        guidance_scale=guidance, record=False)
-    image_grid(sixteen.images, columns=4).save(out / "sixteen_smileys.png")
+    _, sixteen = sample(0, classes[0], 16)
+    image_grid(sixteen, columns=4).save(out / "sixteen_smileys.png")
     samples = torch.cat(samples)
     classifier, accuracy = train_classifier(real_images, real_labels, len(real.classes))
     with torch.no_grad():
         predicted = classifier(samples).argmax(1)
     requested = torch.as_tensor(requested)
     follows = (predicted == requested).float().mean().item()
-    follows_each = per_class_recall(predicted, requested, len(dm.classes))  # every class is requested
+    follows_each = per_class_recall(predicted, requested, len(classes))  # every class is requested
     s_light, s_colour, s_div = emoji_stats(samples)
     pick = torch.randperm(len(real_images), generator=torch.Generator().manual_seed(0))[: len(samples)]
     r_light, r_colour, r_div = emoji_stats(real_images[pick])
@@ -246,14 +294,65 @@ def eval_emoji(model: str, data: Path, out: Path, per_class: int = 16, steps: in
              f"| border lightness (0-1) | {s_light:.3f} | {r_light:.3f} |",
              f"| centre minus border saturation | {s_colour:.3f} | {r_colour:.3f} |",
              f"| mean pairwise distance (RMS, 0-1) | {s_div:.3f} | {r_div:.3f} |",
-             f"| classified as the requested category (chance: {1 / len(dm.classes):.0%}) | **{follows:.1%}** | "
+             f"| classified as the requested category (chance: {1 / len(classes):.0%}) | **{follows:.1%}** | "
              f"classifier's balanced accuracy on held-out real emoji: {accuracy:.1%} |",
-             "", "| category | " + " | ".join(dm.classes) + " |", "|---" * (len(dm.classes) + 1) + "|",
+             "", "| category | " + " | ".join(classes) + " |", "|---" * (len(classes) + 1) + "|",
              "| samples classified as it | " + " | ".join(f"{share:.0%}" for share in follows_each) + " |"]
-    return "\n".join(table) + (f"\n\n{per_class} samples per category ({len(dm.classes)} categories), {steps} DDIM steps, "
-                               f"guidance {guidance if guidance is not None else dm.default_guidance_scale}; grids in "
-                               f"`{out}/samples_per_category.png` (one row per category, in order: "
-                               f"{', '.join(dm.classes)}) and `{out}/sixteen_smileys.png`.")
+    side = real_images.shape[-1]
+    scaled = f", {sample_side} px samples area-averaged to {side} px" if sample_side != side else ""
+    return "\n".join(table) + (f"\n\n{per_class} samples per category ({len(classes)} categories), {how}, "
+                               f"guidance {guidance if guidance is not None else generator.default_guidance_scale}"
+                               f"{scaled}; grids in `{out}/samples_per_category.png` (one row per category, in order: "
+                               f"{', '.join(classes)}) and `{out}/sixteen_smileys.png`.")
+
+
+# ------------------------------------------------------------------------------- prior
+def held_out_subset(folder: Path, limit: int | None) -> list[Path]:
+    """The images of `folder`, or `limit` of them drawn at random (seed 0), in name order (names sort
+    by code point, so the first N would all be keycaps and symbols)."""
+    paths = list_images(folder)
+    if limit is not None and limit < len(paths):
+        pick = np.random.default_rng(0).choice(len(paths), size=limit, replace=False)
+        paths = [paths[i] for i in sorted(pick)]
+    return paths
+
+
+def eval_prior(model: str, folder: Path, limit: int | None = None) -> str:
+    """Code length of held-out images under a token prior (`TokenPrior.bits_per_pixel`, unconditional),
+    beside log2 K / f^2, and the prior's VQ model on the same images (PSNR, code usage)."""
+    prior = load_prior(model, device="cpu")
+    vq = prior.vq
+    paths = held_out_subset(folder, limit)
+    if not paths:
+        raise SystemExit(f"no images under {folder}")
+    bits, psnrs, usage = [], [], np.zeros(vq.num_codes, np.int64)
+    for path in paths:
+        image = prior.fit(open_image(path))  # the crop and size the prior codes
+        bits.append(prior.bits_per_pixel(image))
+        result = vq.reconstruct(image, max_side=None)
+        psnrs.append(result.psnr)
+        usage += np.bincount(result.indices.ravel(), minlength=vq.num_codes)
+    bits = np.array(bits)
+    index_bpp = prior.index_bits_per_pixel
+    ratio = bits.mean() / index_bpp
+    active = int((usage > 0).sum())
+    height, width = prior.image_size
+    verdict = "meets" if ratio <= PRIOR_BAR else "misses"
+    table = [
+        "| statistic | value |", "|---|---|",
+        f"| images | {len(paths)} ({width}x{height} px, {prior.grid[0]}x{prior.grid[1]} tokens) |",
+        f"| bits per pixel under the prior | **{bits.mean():.3f}** (median {np.median(bits):.3f}, "
+        f"90th percentile {np.percentile(bits, 90):.3f}) |",
+        f"| log2 K / f² (each index stored as it is) | {index_bpp:.3f} (K = {prior.num_codes}, "
+        f"f = {vq.downsample_factor}) |",
+        f"| prior / log2 K / f² (bar: ≤ {PRIOR_BAR:.0%}) | **{ratio:.1%}** ({verdict} the bar) |",
+        f"| VQ PSNR on these images (dB) | {np.mean(psnrs):.2f} (median {np.median(psnrs):.2f}) |",
+        f"| codes used on these images | {active} of {vq.num_codes} ({active / vq.num_codes:.1%}), "
+        f"perplexity {perplexity(usage):.1f} |",
+    ]
+    chosen = f"{len(paths)} drawn at random (seed 0) from `{folder}`" if limit is not None else f"`{folder}`"
+    return "\n".join(table) + (f"\n\nHeld-out images: {chosen}. Code length: -sum log2 p(x_i | x_<i) over the "
+                               "tokens in raster order (every later token masked), unconditional, per pixel.")
 
 
 def write_card_section(model: str, text: str, section: str | None = None) -> None:
@@ -279,17 +378,21 @@ def write_card_section(model: str, text: str, section: str | None = None) -> Non
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m genlab.eval", description=__doc__.split("\n\n")[0])
-    parser.add_argument("kind", choices=["vq", "vae", "denoise", "emoji"])
+    parser.add_argument("kind", choices=["vq", "vae", "denoise", "emoji", "prior"])
     parser.add_argument("--model", required=True)
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--out", type=Path, default=Path("artifacts/eval"))
     parser.add_argument("--sigmas", type=int, nargs="+", default=[15, 25, 50])
-    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=None,
+                        help="denoise: 1; emoji: 50 DDIM steps (diffusion) or 12 MaskGIT steps (token prior)")
     parser.add_argument("--guidance", type=float, default=None)
     parser.add_argument("--per-class", type=int, default=16, help="emoji: samples per category")
+    parser.add_argument("--limit", type=int, default=None, help="prior: this many images, drawn at random (seed 0)")
     parser.add_argument("--card", action="store_true", help="write the result into the model card")
     parser.add_argument("--section", default=None, help="with --card: write only this subsection of the card")
     args = parser.parse_args(argv)
+    if args.limit is not None and args.limit < 1:
+        parser.error(f"--limit must be at least 1, got {args.limit}")
     torch.manual_seed(0)
     start = time.perf_counter()
     if args.kind == "vq":
@@ -298,8 +401,10 @@ def main(argv=None) -> None:
         text = eval_autoencoder(args.model, args.data)
     elif args.kind == "denoise":
         text = eval_denoise(args.model, args.data, tuple(args.sigmas), args.steps or 1)
+    elif args.kind == "prior":
+        text = eval_prior(args.model, args.data, args.limit)
     else:
-        text = eval_emoji(args.model, args.data, args.out, per_class=args.per_class, steps=args.steps or 50,
+        text = eval_emoji(args.model, args.data, args.out, per_class=args.per_class, steps=args.steps,
                           guidance=args.guidance)
     print(text)
     print(f"\n({time.perf_counter() - start:.0f} s)")

@@ -185,3 +185,35 @@ def image_grid(images: list[Image.Image], columns: int | None = None, gap: int =
         row, column = divmod(index, columns)
         grid.paste(image, (column * (width + gap), row * (height + gap)))
     return grid
+
+
+def mask_of(mask, size: tuple[int, int]) -> torch.Tensor:
+    """A mask (PIL image, array or tensor; non-zero = repaint) -> (1, 1, H, W) float {0, 1} of the image's size.
+
+    A PIL mask of another size than the (downscaled) image is resized with nearest neighbours when
+    its aspect ratio matches; anything else raises ValueError."""
+    height, width = size
+    if isinstance(mask, Image.Image):
+        if mask.mode in ("RGBA", "LA"):
+            mask = mask.getchannel("A") if mask.getextrema()[-1][1] > 0 else mask.convert("L")
+        if mask.size != (width, height):
+            if abs(mask.width / mask.height - width / height) > 0.02:
+                raise ValueError(f"the mask is {mask.width}x{mask.height} but the image is {width}x{height}")
+            mask = mask.convert("L").resize((width, height), Image.Resampling.NEAREST)
+        array = np.asarray(mask.convert("L"))
+    elif isinstance(mask, (np.ndarray, torch.Tensor)):
+        array = np.asarray(mask.cpu() if isinstance(mask, torch.Tensor) else mask)
+        if array.ndim == 3 and array.shape[-1] in (1, 3, 4):
+            array = array.max(axis=-1)
+        if array.ndim != 2:
+            raise ValueError(f"a mask array must be (H, W), got shape {array.shape}")
+        if array.shape != (height, width):
+            raise ValueError(f"the mask is {array.shape[1]}x{array.shape[0]} but the image is {width}x{height}")
+    else:
+        raise ValueError(f"a mask must be an image or an (H, W) array, got {type(mask).__name__}")
+    if not np.isfinite(array.astype(np.float64)).all():
+        raise ValueError("the mask holds NaN or infinite values")
+    repaint = torch.from_numpy(array != 0).float()[None, None]  # (1, 1, H, W)
+    if not repaint.any():
+        raise ValueError("the mask is empty: paint the region the model should repaint")
+    return repaint

@@ -129,6 +129,8 @@ def _snapshot(repo_id: str, prefix: str, revision: str | None) -> Path:
     patterns = [f"{prefix}{pattern}" for pattern in (
         "*.json", "*.txt", "diffusion_pytorch_model*.safetensors", "model*.safetensors",
         "*/diffusion_pytorch_model*.safetensors", "*/model*.safetensors")]
+    if prefix:
+        patterns.append("model_index.json")  # the pipeline a component belongs to (aMUSEd's VQ reads [0, 1] pixels)
     variants = ["*.fp16.safetensors", "*.fp16-*.safetensors", "*non_ema*", "*.ema.safetensors"]
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
     try:
@@ -226,6 +228,14 @@ def read_config(folder: Path) -> dict:
         return json.loads((folder / "config.json").read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise ModelLoadError(f"cannot read {str(folder / 'config.json')!r}: {error}") from None
+
+
+def _pipeline_class(folder: Path) -> str:
+    """The `_class_name` of `folder/model_index.json`, "" when there is none."""
+    try:
+        return str(json.loads((folder / "model_index.json").read_text()).get("_class_name", ""))
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return ""
 
 
 def genlab_info(folder: Path) -> dict:
@@ -333,7 +343,9 @@ def _build_vq(folder: Path, device: torch.device, name: str):
     if device.type == "cuda":
         model.quantize.float()  # codebook look-ups stay fp32
     info = genlab_info(folder)
-    return VQ(model, name=info.get("title") or name, tile=info.get("tile"))
+    # aMUSEd's VQ-GAN reads and writes [0, 1] pixels; its pipeline folder says so by its class name
+    unit_pixels = _pipeline_class(folder.parent).startswith("Amused")
+    return VQ(model, name=info.get("title") or name, tile=info.get("tile"), unit_pixels=unit_pixels)
 
 
 def _build_kl(folder: Path, device: torch.device, name: str):
@@ -399,8 +411,9 @@ def _latent_codec(folder: Path, device: torch.device):
 
 
 def _text_encoder(folder: Path, device: torch.device):
-    """A `genlab.text.TextEncoder` from the pipeline's tokenizer/ and text_encoder/ (safetensors only)."""
-    from transformers import AutoTokenizer, CLIPTextModel
+    """A `genlab.text.TextEncoder` from the pipeline's tokenizer/ and text_encoder/ (safetensors only):
+    a `CLIPTextModel` (Stable Diffusion) or, where its config says so, a `CLIPTextModelWithProjection` (aMUSEd)."""
+    from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
 
     from .text import TextEncoder
 
@@ -411,7 +424,9 @@ def _text_encoder(folder: Path, device: torch.device):
         raise ModelLoadError(f"{str(folder / 'text_encoder')!r} has no .safetensors weights file")
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
-        model, info = CLIPTextModel.from_pretrained(folder / "text_encoder", use_safetensors=True, output_loading_info=True)
+        architectures = read_config(folder / "text_encoder").get("architectures") or []
+        cls = CLIPTextModelWithProjection if "CLIPTextModelWithProjection" in architectures else CLIPTextModel
+        model, info = cls.from_pretrained(folder / "text_encoder", use_safetensors=True, output_loading_info=True)
     except Exception as error:
         raise ModelLoadError(f"cannot load the text encoder of {str(folder)!r}: {error}") from None
     if info.get("missing_keys") or info.get("mismatched_keys"):
@@ -458,10 +473,50 @@ def load_diffusion(source, subfolder: str | None = None, device=None, revision: 
     return cached(("diffusion", str(source), subfolder, revision, str(device)), build)
 
 
+def load_prior(source, subfolder: str | None = None, device=None, revision: str | None = None):
+    """A `genlab.prior.TokenPrior`: a pipeline folder (local or Hub) with vqvae/ (VQModel), transformer/
+    (GenLab's `MaskedTokenTransformer` or diffusers' `UVit2DModel`), scheduler/ (`AmusedScheduler`) and,
+    for aMUSEd, text_encoder/ + tokenizer/."""
+    from diffusers import UVit2DModel
+
+    from .prior import TokenPrior
+    from .token_transformer import MaskedTokenTransformer
+
+    device = pick_device(device)
+    transformers = {"MaskedTokenTransformer": MaskedTokenTransformer, "UVit2DModel": UVit2DModel}
+
+    def build():
+        folder = resolve_source(source, subfolder, revision)
+        if not is_pipeline(folder):
+            raise ModelLoadError(f"{str(folder)!r} is not a token-prior pipeline folder (model_index.json with "
+                                 "vqvae/, transformer/ and scheduler/)")
+        for part in ("vqvae", "transformer", "scheduler"):
+            if not (folder / part).is_dir():
+                raise ModelLoadError(f"the token-prior pipeline {str(folder)!r} has no {part}/ folder")
+        kind = read_config(folder / "transformer").get("_class_name")
+        if kind not in transformers:
+            raise ModelLoadError(f"{str(folder / 'transformer')!r} holds a {kind}; a token prior needs one of {sorted(transformers)}")
+        scheduler_config = _scheduler_config(folder)
+        if scheduler_config.get("_class_name") != "AmusedScheduler":
+            raise ModelLoadError(f"{str(folder / 'scheduler')!r} holds a {scheduler_config.get('_class_name')}, "
+                                 "not an AmusedScheduler")
+        name = _label(source, subfolder, revision)
+        vq = _build_vq(folder / "vqvae", device, "vqvae")
+        transformer = place(load_diffusers_model(transformers[kind], folder / "transformer"), device)
+        text = _text_encoder(folder, device) if (folder / "text_encoder").is_dir() else None
+        info = genlab_info(folder)
+        try:
+            return TokenPrior(vq, transformer, scheduler_config, info, name=info.get("title") or name, text=text)
+        except ValueError as error:
+            raise ModelLoadError(f"{str(folder)!r}: {error}") from None
+
+    return cached(("prior", str(source), subfolder, revision, str(device)), build)
+
+
 # ---------------------------------------------------------------------- embedded models
 EMBEDDED = {
     "vqvae-photo": "vq", "vqgan-photo": "vq", "ddpm-emoji": "diffusion", "ddpm-photo": "diffusion",
-    "ldm-emoji": "diffusion",
+    "ldm-emoji": "diffusion", "maskgit-emoji": "prior",
 }
 # autoencoders inside embedded pipelines, listed beside the VQ models: label -> (folder, subfolder)
 EMBEDDED_AUTOENCODERS = {"ldm-emoji-vae": ("ldm-emoji", "vae")}

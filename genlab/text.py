@@ -12,7 +12,7 @@ import torch
 
 
 class TextEncoder:
-    """A `CLIPTokenizer` and a `CLIPTextModel` (or any transformers text model with last_hidden_state)."""
+    """A `CLIPTokenizer` and a `CLIPTextModel` or `CLIPTextModelWithProjection` (aMUSEd)."""
 
     def __init__(self, tokenizer, text_encoder):
         self.tokenizer, self.model = tokenizer, text_encoder
@@ -26,11 +26,19 @@ class TextEncoder:
         return self.model.device
 
     @torch.inference_mode()
-    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, bool]:
-        """(B, L, D) fp32 hidden states on CPU, and whether any prompt was cut to `max_tokens`."""
+    def encode(self, prompts: list[str]) -> tuple[dict, bool]:
+        """The denoiser's text keyword arguments (fp32, CPU), and whether any prompt was cut to `max_tokens`.
+
+        Stable Diffusion: {"encoder_hidden_states": (B, L, D)}, the last hidden states. aMUSEd (a
+        `CLIPTextModelWithProjection`): the penultimate hidden states and the projected pooled
+        embedding {"pooled_text_emb": (B, P)}, as its pipeline feeds `UVit2DModel`."""
         tokens = self.tokenizer(prompts, padding="max_length", max_length=self.max_tokens, truncation=True,
                                 return_overflowing_tokens=False, return_length=False, return_tensors="pt")
         full = self.tokenizer(prompts, padding=False, truncation=False)["input_ids"]
         truncated = any(len(ids) > self.max_tokens for ids in full)
-        hidden = self.model(tokens.input_ids.to(self.device))[0]  # (B, L, D) last_hidden_state
-        return hidden.float().cpu(), truncated
+        if hasattr(self.model, "text_projection"):  # aMUSEd
+            output = self.model(tokens.input_ids.to(self.device), output_hidden_states=True)
+            kwargs = {"encoder_hidden_states": output.hidden_states[-2], "pooled_text_emb": output.text_embeds}
+        else:
+            kwargs = {"encoder_hidden_states": self.model(tokens.input_ids.to(self.device))[0]}  # (B, L, D)
+        return {k: v.float().cpu() for k, v in kwargs.items()}, truncated

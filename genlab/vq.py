@@ -11,6 +11,7 @@ indices, i.e. log2(K) / f^2 bits per pixel. Indices are (B, h, w) int64 tensors 
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -60,10 +61,13 @@ class Reconstruction(metrics.ComparedToInput):
 class VQ:
     """A loaded VQ model plus the operations GenLab's tabs and notebooks use."""
 
-    def __init__(self, model, name: str = "vq", tile: int | None = None, tile_margin: int = 0):
+    def __init__(self, model, name: str = "vq", tile: int | None = None, tile_margin: int = 0,
+                 unit_pixels: bool = False):
         """`tile`: the training crop in pixels (genlab.json); larger inputs are encoded and decoded
-        in windows of that size plus `tile_margin` pixels of context (see genlab.tiling)."""
-        self.model, self.name = model, name
+        in windows of that size plus `tile_margin` pixels of context (see genlab.tiling).
+        `unit_pixels`: the model reads and writes pixels in [0, 1] (aMUSEd's VQ-GAN: its pipeline's
+        VaeImageProcessor(do_normalize=False)), not diffusers' usual [-1, 1]; GenLab's tensors stay [-1, 1]."""
+        self.model, self.name, self.unit_pixels = model, name, unit_pixels
         config = model.config
         self.num_codes: int = config.num_vq_embeddings
         self.downsample_factor: int = 2 ** (len(config.block_out_channels) - 1)
@@ -97,6 +101,8 @@ class VQ:
         return self._encode_window(pixels)
 
     def _encode_window(self, pixels: torch.Tensor) -> torch.Tensor:
+        if self.unit_pixels:
+            pixels = (pixels + 1) / 2
         latents = self.model.encode(pixels.to(self.device, self.model.dtype)).latents  # (B, D, h, w)
         batch, _, height, width = latents.shape
         _, _, (_, _, indices) = self.model.quantize(latents.float())  # diffusers' own nearest-code rule
@@ -125,7 +131,8 @@ class VQ:
         vectors = vectors.to(self.device, self.model.dtype)
         hidden = self.model.post_quant_conv(vectors)
         spatial = vectors if self.model.config.norm_type == "spatial" else None
-        return self.model.decoder(hidden, spatial).float().clamp(-1, 1)
+        decoded = self.model.decoder(hidden, spatial).float()
+        return decoded.clamp(0, 1) * 2 - 1 if self.unit_pixels else decoded.clamp(-1, 1)
 
     @torch.inference_mode()
     def vectors_of(self, indices: torch.Tensor) -> torch.Tensor:
@@ -237,28 +244,59 @@ class VQ:
         return max(1, math.ceil(self.num_codes / page_size))
 
     # ---------------------------------------------------------------------- editing
-    def _region(self, indices: np.ndarray, rows: tuple[int, int], cols: tuple[int, int]):
+    def _region(self, indices: np.ndarray, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
         (r0, r1), (c0, c1) = sorted(map(int, rows)), sorted(map(int, cols))
         height, width = indices.shape
         if not (0 <= r0 < height and 0 <= c0 < width):
             raise ValueError(f"the region must start inside the {height}x{width} token grid")
-        return slice(r0, min(r1, height - 1) + 1), slice(c0, min(c1, width - 1) + 1)
+        cells = np.zeros((height, width), bool)
+        cells[r0: min(r1, height - 1) + 1, c0: min(c1, width - 1) + 1] = True
+        return cells
+
+    def cells_touched(self, mask) -> np.ndarray:
+        """(ceil(H/f), ceil(W/f)) bool: the tokens whose f x f patch an (H, W) pixel mask (non-zero =
+        chosen) touches; the grid `reconstruct` gives an H x W image."""
+        mask = np.asarray(mask) != 0
+        if mask.ndim != 2:
+            raise ValueError(f"a pixel mask must be (H, W), got shape {mask.shape}")
+        f = self.downsample_factor
+        height, width = -(-mask.shape[0] // f), -(-mask.shape[1] // f)
+        padded = np.zeros((height * f, width * f), bool)
+        padded[: mask.shape[0], : mask.shape[1]] = mask
+        return padded.reshape(height, f, width, f).any(axis=(1, 3))
+
+    @staticmethod
+    def _check_cells(indices: np.ndarray, cells) -> np.ndarray:
+        cells = np.asarray(cells, dtype=bool)
+        if cells.shape != indices.shape:
+            raise ValueError(f"the region is a {cells.shape} mask but the token grid is {indices.shape}")
+        if not cells.any():
+            raise ValueError("the region is empty: choose at least one token")
+        return cells
 
     def replace_region(self, indices, rows: tuple[int, int], cols: tuple[int, int], code: int) -> np.ndarray:
         """Set every cell with row in rows[0]..rows[1] and column in cols[0]..cols[1] (inclusive) to `code`."""
+        return self.replace_cells(indices, self._region(np.asarray(indices), rows, cols), code)
+
+    def replace_cells(self, indices, cells, code: int) -> np.ndarray:
+        """Set every cell where the (h, w) bool mask `cells` is True to `code`."""
         edited = np.array(indices, dtype=np.int64, copy=True)
         self.check_indices(np.array([[code]]))
-        edited[self._region(edited, rows, cols)] = code
+        edited[self._check_cells(edited, cells)] = code
         return edited
 
     def resample_region(self, indices, rows, cols, usage: np.ndarray, seed: int = 0) -> np.ndarray:
         """Refill the region with codes drawn from the usage distribution."""
+        return self.resample_cells(indices, self._region(np.asarray(indices), rows, cols), usage, seed)
+
+    def resample_cells(self, indices, cells, usage: np.ndarray, seed: int = 0) -> np.ndarray:
+        """Refill the cells of the (h, w) bool mask `cells` with codes drawn from the usage distribution."""
         edited = np.array(indices, dtype=np.int64, copy=True)
-        region = self._region(edited, rows, cols)
+        cells = self._check_cells(edited, cells)
         usage = np.asarray(usage, dtype=np.float64)
         probs = usage / usage.sum() if usage.sum() > 0 else np.full(self.num_codes, 1.0 / self.num_codes)
         rng = np.random.default_rng(seed)
-        edited[region] = rng.choice(self.num_codes, size=edited[region].shape, p=probs)
+        edited[cells] = rng.choice(self.num_codes, size=int(cells.sum()), p=probs)
         return edited
 
     def swap_codes(self, indices, first: int, second: int) -> np.ndarray:
@@ -302,14 +340,25 @@ def index_colors(num_codes: int) -> np.ndarray:
     return np.array([[round(255 * c) for c in colorsys.hsv_to_rgb(h, 0.75, v)] for h, v in zip(hues, values)], np.uint8)
 
 
+@functools.lru_cache(maxsize=8)
+def _palette(num_codes: int) -> np.ndarray:
+    """index_colors(num_codes), computed once per K (read-only): 5 ms for K = 1024, on every token map."""
+    colors = index_colors(num_codes)
+    colors.flags.writeable = False
+    return colors
+
+
 def index_map_image(indices: np.ndarray, num_codes: int, cell: int = 4) -> Image.Image:
     """The token grid drawn with one colour per code, each cell `cell` pixels wide."""
-    colors = index_colors(num_codes)[np.asarray(indices)]  # (h, w, 3)
-    return Image.fromarray(np.kron(colors, np.ones((cell, cell, 1), np.uint8)), "RGB")
+    grid = Image.fromarray(_palette(num_codes)[np.asarray(indices)], "RGB")  # (h, w, 3): a pixel per token
+    return grid.resize((grid.width * cell, grid.height * cell), Image.Resampling.NEAREST)  # exact cell x cell blocks
 
 
 def heatmap_image(error: np.ndarray, vmax: float = 64.0) -> Image.Image:
     """(H, W) absolute error (0..255) -> a black-red-yellow-white heat map image."""
-    scaled = np.clip(error / vmax, 0, 1)
-    rgb = np.stack([np.clip(3 * scaled, 0, 1), np.clip(3 * scaled - 1, 0, 1), np.clip(3 * scaled - 2, 0, 1)], -1)
-    return Image.fromarray((rgb * 255).round().astype(np.uint8), "RGB")
+    level = 3 * np.clip(error / vmax, 0, 1)  # (H, W) in 0..3: red rises over 0..1, green over 1..2, blue over 2..3
+    rgb = np.empty((*level.shape, 3), level.dtype)  # float64, or float32 for a float32 map (a KL std map)
+    for channel in range(3):
+        np.clip(level - channel, 0, 1, out=rgb[..., channel])
+    rgb *= 255
+    return Image.fromarray(np.rint(rgb, out=rgb).astype(np.uint8), "RGB")

@@ -14,6 +14,11 @@ safe_serialization=True)`, the same layout as the Hub checkpoints GenLab loads:
                       (CompVis/ldm-celebahq-256 layout), scheduler/
   tiny_sd_dir         Stable Diffusion layout: UNet2DConditionModel, vae/, CLIP text_encoder/ and a
                       tokenizer/ whose vocabulary the fixture writes
+  tiny_prior_dir      token prior: MaskedTokenTransformer (3 classes, 8x8 tokens) over a K = 16, f = 2
+                      vqvae/, scheduler/ (AmusedScheduler, mask id 16), genlab.json
+  tiny_amused_dir     aMUSEd layout as diffusers' AmusedPipeline.save_pretrained writes it: UVit2DModel
+                      (8x8 tokens, vocab K + 2, mask id K + 1), VQModel (lookup_from_codebook), CLIP
+                      text_encoder/ (with projection) + tokenizer/, scheduler/
 
 Models are kept tiny (block_out_channels=(8, 16)) so the whole suite runs in seconds on a CPU.
 """
@@ -256,3 +261,77 @@ def tiny_dm(tiny_ddpm_dir):
 @pytest.fixture
 def tiny_cond_dm(tiny_cond_ddpm_dir):
     return genlab.models.load_diffusion(tiny_cond_ddpm_dir, device="cpu")
+
+
+PRIOR_CODES = 16  # K of the token-prior fixtures' VQ models
+PRIOR_GRID = 8  # tokens a side: 16-pixel images at f = 2
+PRIOR_CLASSES = ["a", "b", "c"]
+
+
+def build_token_prior(root, seed: int = 0, num_classes: int = 3, **transformer_overrides):
+    """A GenLab token-prior pipeline folder (the layout `python -m genlab.train prior` writes): vqvae/,
+    transformer/ (MaskedTokenTransformer), scheduler/ (AmusedScheduler), model_index.json, genlab.json."""
+    from diffusers import AmusedScheduler
+
+    from genlab.token_transformer import MaskedTokenTransformer
+
+    build_vq(root / "vqvae", seed, num_vq_embeddings=PRIOR_CODES)
+    torch.manual_seed(seed)
+    transformer = MaskedTokenTransformer(**{
+        "codebook_size": PRIOR_CODES, "height": PRIOR_GRID, "width": PRIOR_GRID, "num_classes": num_classes,
+        "hidden_size": 32, "num_layers": 2, "num_heads": 2, **transformer_overrides})
+    # the default init (std 0.02) makes a random transformer nearly blind to its inputs; spread the
+    # embeddings so that classes and visible tokens change the logits.
+    with torch.no_grad():
+        transformer.class_embedding.weight.normal_()
+        transformer.token_embedding.weight.normal_()
+    transformer.save_pretrained(root / "transformer", safe_serialization=True)
+    AmusedScheduler(mask_token_id=transformer.config.codebook_size).save_pretrained(root / "scheduler")
+    (root / "model_index.json").write_text(json.dumps({
+        "_class_name": "GenLabTokenPrior", "vqvae": ["diffusers", "VQModel"],
+        "transformer": ["genlab", "MaskedTokenTransformer"], "scheduler": ["diffusers", "AmusedScheduler"]}))
+    (root / "genlab.json").write_text(json.dumps({"classes": PRIOR_CLASSES[:num_classes], "default_guidance_scale": 2.0}))
+    return root
+
+
+AMUSED_KWARGS = dict(  # UVit2DModel: micro_cond_embed_dim = 5 micro-conditions x micro_cond_encode_dim
+    hidden_size=32, cond_embed_dim=16, micro_cond_encode_dim=2, micro_cond_embed_dim=10, encoder_hidden_size=16,
+    vocab_size=PRIOR_CODES + 2, codebook_size=PRIOR_CODES, in_channels=16, block_out_channels=16, num_res_blocks=1,
+    block_num_heads=1, num_hidden_layers=1, num_attention_heads=1, intermediate_size=32, sample_size=PRIOR_GRID,
+)
+
+
+def build_amused_pipeline(root, seed: int = 0):
+    """aMUSEd's layout on tiny parts, saved by diffusers' own AmusedPipeline: the CLIP text encoder's hidden
+    size is the UVit's encoder_hidden_size and its projection the pooled cond_embed_dim; the mask id is
+    vocab_size - 1 (= K + 1, as amused-256's 8255 over K = 8192), not K."""
+    from diffusers import AmusedPipeline, AmusedScheduler, UVit2DModel, VQModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
+
+    vocab_size = write_clip_tokenizer(root / "tokenizer-source")
+    tokenizer = CLIPTokenizer.from_pretrained(root / "tokenizer-source")
+    shutil.rmtree(root / "tokenizer-source")
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModelWithProjection(CLIPTextConfig(
+        vocab_size=vocab_size, hidden_size=AMUSED_KWARGS["encoder_hidden_size"], intermediate_size=32,
+        num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=16,
+        projection_dim=AMUSED_KWARGS["cond_embed_dim"], eos_token_id=vocab_size - 1, bos_token_id=vocab_size - 2,
+        pad_token_id=vocab_size - 1))
+    transformer = UVit2DModel(**AMUSED_KWARGS)
+    vqvae = VQModel(**{**VQ_KWARGS, "num_vq_embeddings": PRIOR_CODES, "lookup_from_codebook": True})
+    with torch.no_grad():
+        vqvae.quantize.embedding.weight.normal_()
+    scheduler = AmusedScheduler(mask_token_id=AMUSED_KWARGS["vocab_size"] - 1)
+    AmusedPipeline(vqvae=vqvae, tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer,
+                   scheduler=scheduler).save_pretrained(root, safe_serialization=True)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_prior_dir(tmp_path_factory):
+    return build_token_prior(tmp_path_factory.mktemp("tiny-prior"))
+
+
+@pytest.fixture(scope="session")
+def tiny_amused_dir(tmp_path_factory):
+    return build_amused_pipeline(tmp_path_factory.mktemp("tiny-amused"))

@@ -155,19 +155,35 @@ def test_compare_samplers_in_one_grid(app):
         client.predict(dm_label, ["DDIM 10"], 0, "a", 1.0, api_name="/compare")
 
 
-def test_codebook_explorer_endpoints(app, photo):
+def region(photo: str, folder: Path, box: tuple[int, int, int, int]) -> dict:
+    """The region editor's value: the analysed photo (44x30) with the pixel box (x0, y0, x1, y1) painted."""
+    layer = Image.new("RGBA", (44, 30), (0, 0, 0, 0))
+    layer.paste((255, 255, 255, 255), box)
+    path = folder / f"region-{'-'.join(map(str, box))}.png"
+    layer.save(path)
+    return {"background": handle_file(photo), "layers": [handle_file(str(path))], "composite": None}
+
+
+def test_codebook_explorer_endpoints(app, photo, tmp_path):
     client, vq_label, _ = app
     atlas, _, _, stats, _, grid, _ = client.predict(handle_file(photo), vq_label, 0, api_name="/codebook")
     assert Image.open(atlas).width > 0 and "perplexity" in stats
     code, patch, positions, text = client.predict(vq_label, 1, 2, api_name="/cell")
     assert f"code **{int(code)}**" in text
-    before, after, _, edit_text, = client.predict(vq_label, 0, 3, 0, 3, 5, api_name="/edit_replace")[:4]
+    # pixel columns 1..6 and rows 0..6 touch the 2x2 patches (f = 2) of token rows 0..3 and columns 0..3
+    painted = region(photo, tmp_path, (1, 0, 7, 7))
+    before, after, _, edit_text, = client.predict(vq_label, painted, 5, api_name="/edit_replace")[:4]
     assert "16 of 330 tokens differ" in edit_text
     assert image_size(before) == image_size(after) == (44, 30)
     _, _, _, reset_text = client.predict(vq_label, api_name="/edit_reset")[:4]
     assert reset_text.startswith("0 of 330")
+    _, _, _, resample_text = client.predict(vq_label, region(photo, tmp_path, (43, 29, 44, 30)), 0,
+                                            api_name="/edit_resample")[:4]
+    assert resample_text.endswith("of 330 tokens differ from the original image.")  # one corner token, maybe unchanged
     with pytest.raises(Exception, match="code"):
-        client.predict(vq_label, 0, 0, 0, 0, 10**6, api_name="/edit_replace")
+        client.predict(vq_label, painted, 10**6, api_name="/edit_replace")
+    with pytest.raises(Exception, match="mask is empty: paint over the tokens to edit"):
+        client.predict(vq_label, region(photo, tmp_path, (0, 0, 0, 0)), 5, api_name="/edit_replace")
     blends, snapped = client.predict(vq_label, 0, 1, 4, api_name="/interpolate")
     assert len(blends) == len(snapped) == 4
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from skimage.metrics import structural_similarity
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
@@ -115,6 +116,10 @@ def test_compare_vq_with_kl_both_ways(app, photo_path, expected_kl):
     assert table["headers"][:3] == ["metric", vq_label, kl_label]
     rows = rows_of(table)
     assert float(rows[BITS][1]) == pytest.approx(expected_kl.bits_per_pixel, abs=5e-5)
+    original = pixels(result[0])  # the three SSIMs share the input's statistics: each is still skimage's
+    for column, panel in enumerate((result[1], compare_mean, result[7])):  # model, compare model, JPEG
+        expected = structural_similarity(original, pixels(panel), data_range=255, channel_axis=-1)
+        assert float(rows["SSIM"][column]) == pytest.approx(expected, abs=5e-5)  # the table rounds to 4 decimals
     assert labels(client, vq_label, kl_label) == [*PANEL_LABELS["vq"], *COMPARE_LABELS["kl"]]
     reverse = client.predict(handle_file(str(photo_path)), kl_label, vq_label, 512, api_name="/reconstruct")
     assert np.array_equal(pixels(reverse[1]), np.asarray(expected_kl.image))

@@ -1,8 +1,8 @@
 """GenLab in a real browser (issue 7): headless Chromium clicks through every tab of the gradio page.
 
 The app is launched once on loopback with the tiny random checkpoints of conftest.py (as in
-test_app.py) and an empty weights folder, so the tiny models are the dropdowns' defaults and the
-tests need no trained weights. Each test opens the page in a fresh browser context, uploads files
+test_app.py, plus a token prior) and an empty weights folder, so the tiny models are the dropdowns'
+defaults and the tests need no trained weights. Each test opens the page in a fresh browser context, uploads files
 through the image components' own file inputs, presses the tab's main button, waits for the
 outputs to render, and saves a full-page screenshot.
 
@@ -69,7 +69,7 @@ if MISSING and not REQUIRE_BROWSER:
 
 # ------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
-def app(tiny_vq_dir, tiny_vq_lookup_dir, tiny_cond_ddpm_dir, tmp_path_factory):
+def app(tiny_vq_dir, tiny_vq_lookup_dir, tiny_cond_ddpm_dir, tiny_prior_dir, tmp_path_factory):
     """(url, vq label, second vq label, diffusion label) of an app that serves only the tiny models."""
     empty_weights = tmp_path_factory.mktemp("no-weights")
     with pytest.MonkeyPatch.context() as patch:
@@ -79,8 +79,8 @@ def app(tiny_vq_dir, tiny_vq_lookup_dir, tiny_cond_ddpm_dir, tmp_path_factory):
         patch.setattr(genlab.config, "WEIGHTS_DIR", empty_weights)
         port = free_port()
         config = parse_args(["--model", f"vq={tiny_vq_dir}", "--model", f"vq={tiny_vq_lookup_dir}",
-                             "--model", f"diffusion={tiny_cond_ddpm_dir}", "--port", str(port),
-                             "--max-file-mb", "1"], environ={})
+                             "--model", f"diffusion={tiny_cond_ddpm_dir}", "--model", f"prior={tiny_prior_dir}",
+                             "--port", str(port), "--max-file-mb", "1"], environ={})
         demo = build_app(config)
         demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
                     max_file_size="1mb", allowed_paths=[str(OUTPUT_DIR)])
@@ -314,6 +314,65 @@ def test_codebook_tab_analyzes_an_upload(page, photo, shots):
     screenshot(page, shots, "04-codebook")
 
 
+def paint_stroke(page, editor) -> None:
+    """Pick the editor's brush and drag a short stroke across the middle of its canvas."""
+    canvas = editor.locator("canvas").first
+    expect(canvas).to_be_visible()
+    page.wait_for_timeout(2000)  # the editor draws its background onto the canvas
+    editor.get_by_role("button", name="Brush", exact=True).click()
+    box = canvas.bounding_box()
+    x, y = box["x"] + box["width"] * 0.45, box["y"] + box["height"] * 0.5
+    page.mouse.move(x, y)
+    page.mouse.down()
+    for step in range(1, 8):
+        page.mouse.move(x + step * box["width"] * 0.02, y + step * box["height"] * 0.01)
+    page.mouse.up()
+
+
+def test_token_prior_example_generate_scrub_and_inpaint(page, photo, shots):
+    """The codebook tab opens on a finished example run; Generate streams to done; the step slider scrubs;
+    a brush stroke inpaints tokens."""
+    open_tab(page, "VQGAN codebook")
+    expect(page.get_by_text(re.compile(r"^Example: a, done: 12 steps, confidence order, seed 0"))).to_be_visible()
+    for label in ("token grid (grey = masked, outlined = new)", "decoded so far (masked cells grey)",
+                  "x̂0: the decoded full prediction"):
+        expect_image(page, label)
+    expect(page.get_by_label("Class", exact=True)).to_have_value("a")
+    screenshot(page, shots, "24-prior-example")
+    set_number(page, "Steps", 6)
+    page.get_by_role("button", name="Generate", exact=True).click()
+    expect(page.get_by_text(re.compile(r"^done: 6 steps, confidence order, seed 0"))).to_be_visible()
+    set_number(page, "step (scrub the finished run: 6 steps)", 2, slider=True)
+    expect(page.get_by_text(re.compile(r"^step 2 of 6: \d+ of 64 tokens known"))).to_be_visible()
+    screenshot(page, shots, "25-prior-scrub")
+    open_tab(page, "Inpaint tokens")
+    editor = block(page, "Image and mask (brush = resample)")
+    with page.expect_file_chooser() as chooser:
+        editor.get_by_role("button", name="Upload", exact=True).click()
+    chooser.value.set_files(str(photo))
+    paint_stroke(page, editor)
+    page.get_by_role("button", name="Inpaint with the prior", exact=True).click()
+    expect(page.get_by_text(re.compile(r"^Resampled \d+ of 64 tokens"))).to_be_visible()
+    expect(page.locator(".toast-body")).to_have_count(0)
+    screenshot(page, shots, "26-prior-inpaint")
+
+
+def test_codebook_region_edit_with_a_brush(page, photo, shots):
+    open_tab(page, "VQGAN codebook")
+    upload(page, "Image", photo)
+    page.get_by_role("button", name="Analyze").click()
+    expect_image(page, "Token grid (click a cell)")
+    editor = block(page, "Analysed image (brush = region to edit)")
+    expect(editor.locator("canvas").first).to_be_visible()
+    paint_stroke(page, editor)
+    set_number(page, "replace with code", 5)
+    page.get_by_role("button", name="Replace region").click()
+    expect(page.get_by_text(re.compile(r"^[1-9]\d* of 330 tokens differ from the original image"))).to_be_visible()
+    expect_image(page, "after")
+    expect(page.locator(".toast-body")).to_have_count(0)
+    screenshot(page, shots, "27-codebook-region-edit")
+
+
 def test_diffusion_sample_streams_to_done(page, shots):
     open_tab(page, "Diffusion, step by step")
     open_tab(page, "Sample")
@@ -356,17 +415,7 @@ def test_diffusion_inpaint_with_a_brush(page, photo, shots):
     with page.expect_file_chooser() as chooser:
         editor.get_by_role("button", name="Upload", exact=True).click()
     chooser.value.set_files(str(photo))
-    canvas = editor.locator("canvas").first
-    expect(canvas).to_be_visible()
-    page.wait_for_timeout(2000)  # the editor draws the upload onto its canvas
-    editor.get_by_role("button", name="Brush", exact=True).click()
-    box = canvas.bounding_box()
-    x, y = box["x"] + box["width"] * 0.45, box["y"] + box["height"] * 0.5
-    page.mouse.move(x, y)
-    page.mouse.down()
-    for step in range(1, 8):
-        page.mouse.move(x + step * box["width"] * 0.02, y + step * box["height"] * 0.01)
-    page.mouse.up()
+    paint_stroke(page, editor)
     page.get_by_role("button", name="Inpaint", exact=True).click()
     expect(page.get_by_text(re.compile(r"^Repainted [\d,]+ of 1,320 pixels"))).to_be_visible(timeout=ACTION_MS)
     expect_image(page, "result (live: x̂0)")

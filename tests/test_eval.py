@@ -1,11 +1,25 @@
-"""The evaluation command's scores (genlab.eval): the pieces that judge the embedded models."""
+"""The evaluation command's scores (genlab.eval): the pieces that judge the embedded models, and its
+token-prior paths (`emoji` on a prior folder, `prior`) on a tiny random prior."""
 
 from __future__ import annotations
 
+import json
+import math
+
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from genlab.eval import balanced_accuracy, emoji_stats, psnr_float
+import genlab
+from genlab import eval as genlab_eval
+from genlab.data import list_images
+from genlab.eval import balanced_accuracy, emoji_stats, held_out_subset, is_token_prior, psnr_float
+from genlab.images import image_grid, open_image
+
+CLASSES = ["a", "b", "c"]
+PRIOR_CODES, PRIOR_GRID, PRIOR_F = 16, 4, 4  # K, tokens per side, downsample factor: 16 px samples
+DATA_SIDE = 8  # the "real emoji": smaller than the samples, so the emoji path must area-average them
 
 
 def test_balanced_accuracy_does_not_reward_the_majority_class():
@@ -29,3 +43,149 @@ def test_emoji_stats_see_a_white_border_a_coloured_centre_and_diversity():
 def test_psnr_float_clips_the_test_image():
     clean = torch.full((8, 8, 3), 0.5).numpy()
     assert psnr_float(clean, clean + 1.0) == pytest.approx(psnr_float(clean, clean + 0.5))  # both clip to 1
+
+
+# ------------------------------------------------------------------------------ token priors
+@pytest.fixture(scope="module")
+def tiny_prior_dir(tmp_path_factory):
+    """A token-prior pipeline folder as the prior trainer writes it: vqvae/ (VQModel, f = 4, K = 16),
+    transformer/ (MaskedTokenTransformer over 4x4 tokens, classes a, b, c), scheduler/ (AmusedScheduler
+    with mask_token_id = K), model_index.json, genlab.json and a model card."""
+    from diffusers import AmusedScheduler, VQModel
+
+    from genlab.token_transformer import MaskedTokenTransformer
+
+    root = tmp_path_factory.mktemp("tiny-prior")
+    torch.manual_seed(0)
+    vq = VQModel(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
+                 up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(8, 16, 16), layers_per_block=1,
+                 norm_num_groups=8, latent_channels=4, num_vq_embeddings=PRIOR_CODES,
+                 sample_size=PRIOR_GRID * PRIOR_F, mid_block_add_attention=False)
+    with torch.no_grad():
+        vq.quantize.embedding.weight.normal_()  # spread the codebook, so that images use several codes
+    vq.save_pretrained(root / "vqvae", safe_serialization=True)
+    MaskedTokenTransformer(codebook_size=PRIOR_CODES, height=PRIOR_GRID, width=PRIOR_GRID, num_classes=len(CLASSES),
+                           hidden_size=32, num_layers=2, num_heads=2).save_pretrained(root / "transformer",
+                                                                                      safe_serialization=True)
+    AmusedScheduler(mask_token_id=PRIOR_CODES).save_pretrained(root / "scheduler")
+    (root / "model_index.json").write_text(json.dumps({
+        "_class_name": "GenLabTokenPrior", "vqvae": ["diffusers", "VQModel"],
+        "transformer": ["genlab", "MaskedTokenTransformer"], "scheduler": ["diffusers", "AmusedScheduler"]}))
+    (root / "genlab.json").write_text(json.dumps({"classes": CLASSES, "default_guidance_scale": 2.0}))
+    (root / "README.md").write_text("# tiny prior\n\n## Measured quality\n\n### prior\nold prior text\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_emoji_dir(tmp_path_factory):
+    """Four labelled 8 px images per class (labels.json + classes.json, as genlab.data writes them)."""
+    root = tmp_path_factory.mktemp("tiny-emoji")
+    rng = np.random.default_rng(0)
+    labels = {}
+    for index, name in enumerate(CLASSES):
+        for copy in range(4):
+            pixels = np.full((DATA_SIDE, DATA_SIDE, 3), 255, np.uint8)
+            pixels[2:6, 2:6] = rng.integers(0, 256, 3)  # a coloured square on white
+            pixels[2:6, 2:6, index] = 0
+            file = f"{index}{copy}.png"
+            Image.fromarray(pixels).save(root / file)
+            labels[file] = name
+    (root / "labels.json").write_text(json.dumps(labels))
+    (root / "classes.json").write_text(json.dumps(CLASSES))
+    return root
+
+
+def test_is_token_prior_needs_a_transformer_and_an_amused_scheduler(tiny_prior_dir, tmp_path):
+    assert is_token_prior(tiny_prior_dir) and is_token_prior(str(tiny_prior_dir))
+    ldm = tmp_path / "ldm"
+    for part in ("unet", "vae", "scheduler"):
+        (ldm / part).mkdir(parents=True)
+    (ldm / "model_index.json").write_text("{}")
+    (ldm / "scheduler" / "scheduler_config.json").write_text(json.dumps({"_class_name": "DDIMScheduler"}))
+    assert not is_token_prior(ldm)
+    (ldm / "transformer").mkdir()  # a transformer, but a diffusion scheduler: not a token prior
+    assert not is_token_prior(ldm)
+    assert not is_token_prior(tmp_path / "missing") and not is_token_prior("google/ddpm-cifar10-32")
+
+
+def test_held_out_subset_draws_a_seeded_sample_in_name_order(tiny_emoji_dir):
+    everything = list_images(tiny_emoji_dir)
+    assert held_out_subset(tiny_emoji_dir, None) == everything
+    assert held_out_subset(tiny_emoji_dir, 100) == everything
+    picked = held_out_subset(tiny_emoji_dir, 5)
+    assert len(set(picked)) == 5 and picked == sorted(picked) and set(picked) <= set(everything)
+    assert held_out_subset(tiny_emoji_dir, 5) == picked  # seeded
+
+
+def test_emoji_eval_samples_a_token_prior_per_category_and_writes_its_card(tiny_prior_dir, tiny_emoji_dir, tmp_path,
+                                                                          capsys, monkeypatch):
+    out = tmp_path / "out"
+    monkeypatch.setattr(genlab_eval, "train_classifier", fast_judge(genlab_eval.train_classifier))
+    monkeypatch.setattr("sys.argv", ["genlab.eval", "emoji", "--model", str(tiny_prior_dir), "--card"])
+    genlab_eval.main(["emoji", "--model", str(tiny_prior_dir), "--data", str(tiny_emoji_dir), "--out", str(out),
+                      "--per-class", "2", "--guidance", "1.5", "--card", "--section", "emoji"])
+    printed = capsys.readouterr().out
+    assert "| category | a | b | c |" in printed
+    assert "2 samples per category (3 categories), 12 MaskGIT steps (confidence order), guidance 1.5" in printed
+    assert f"{PRIOR_GRID * PRIOR_F} px samples area-averaged to {DATA_SIDE} px" in printed
+
+    # Row i of the grid is class i sampled with seed i, as the diffusion path seeds its rows.
+    prior = genlab.load_prior(tiny_prior_dir, device="cpu")
+    rows = [image_grid(prior.sample(seed=i, steps=12, batch=2, class_label=name, guidance_scale=1.5).images,
+                       columns=2) for i, name in enumerate(CLASSES)]
+    expected = np.asarray(image_grid(rows, columns=1, gap=4))
+    assert np.array_equal(np.asarray(open_image(out / "samples_per_category.png")), expected)
+    sixteen = prior.sample(seed=0, steps=12, batch=16, class_label=CLASSES[0], guidance_scale=1.5).images
+    assert np.array_equal(np.asarray(open_image(out / "sixteen_smileys.png")),
+                          np.asarray(image_grid(sixteen, columns=4)))
+
+    card = (tiny_prior_dir / "README.md").read_text()
+    assert "### prior\nold prior text" in card  # the other section is kept
+    assert "### emoji\nMeasured on" in card and "12 MaskGIT steps" in card
+
+
+def test_emoji_eval_takes_12_prior_steps_unless_told(tiny_prior_dir):
+    prior, sample, how = genlab_eval.emoji_sampler(str(tiny_prior_dir), None, None)
+    assert how == "12 MaskGIT steps (confidence order)"
+    pixels, images = sample(1, "b", 2)
+    expected = prior.sample(seed=1, steps=12, batch=2, class_label="b").pixels  # default guidance
+    assert pixels.shape == (2, 3, 16, 16) and len(images) == 2 and torch.equal(pixels, expected)
+    _, sample, how = genlab_eval.emoji_sampler(str(tiny_prior_dir), 3, None)
+    assert how == "3 MaskGIT steps (confidence order)"
+    assert torch.equal(sample(1, "b", 2)[0], prior.sample(seed=1, steps=3, batch=2, class_label="b").pixels)
+
+
+def test_prior_eval_reports_code_length_against_log2k_over_f2(tiny_prior_dir, tiny_emoji_dir, capsys, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["genlab.eval", "prior"])
+    genlab_eval.main(["prior", "--model", str(tiny_prior_dir), "--data", str(tiny_emoji_dir), "--limit", "3"])
+    printed = capsys.readouterr().out
+    cells = [line.strip("| ").split(" | ") for line in printed.splitlines() if line.startswith("| ")]
+    values = {name: value for name, value in cells}
+
+    prior = genlab.load_prior(tiny_prior_dir, device="cpu")
+    images = [prior.fit(open_image(path)) for path in held_out_subset(tiny_emoji_dir, 3)]
+    bits = np.array([prior.bits_per_pixel(image) for image in images])
+    index_bpp = math.log2(PRIOR_CODES) / PRIOR_F ** 2
+    assert values["images"].startswith("3 (16x16 px, 4x4 tokens)")
+    assert values["bits per pixel under the prior"].startswith(f"**{bits.mean():.3f}** (median {np.median(bits):.3f}")
+    assert values["log2 K / f² (each index stored as it is)"].startswith(f"{index_bpp:.3f} (K = 16, f = 4)")
+    ratio = bits.mean() / index_bpp
+    assert values["prior / log2 K / f² (bar: ≤ 60%)"] == (
+        f"**{ratio:.1%}** ({'meets' if ratio <= 0.6 else 'misses'} the bar)")
+    # An untrained prior spends about log2 K bits a token (uniform logits): it must not pass the bar.
+    assert ratio > 0.6
+    psnrs = [prior.vq.reconstruct(image, max_side=None).psnr for image in images]
+    assert values["VQ PSNR on these images (dB)"].startswith(f"{np.mean(psnrs):.2f}")
+    used = np.unique(np.concatenate([prior.vq.reconstruct(i, max_side=None).indices.ravel() for i in images]))
+    assert values["codes used on these images"].startswith(f"{len(used)} of {PRIOR_CODES}")
+    assert "3 drawn at random (seed 0)" in printed
+
+
+def test_prior_eval_refuses_a_limit_below_one(tiny_prior_dir, tiny_emoji_dir):
+    with pytest.raises(SystemExit):
+        genlab_eval.main(["prior", "--model", str(tiny_prior_dir), "--data", str(tiny_emoji_dir), "--limit", "0"])
+
+
+def fast_judge(train_classifier):
+    """train_classifier with 50 steps instead of 1500: the test checks the plumbing, not the judge."""
+    return lambda images, labels, classes: train_classifier(images, labels, classes, steps=50)

@@ -155,8 +155,8 @@ def test_text_guidance_is_the_cfg_combination(sd):
     x_t = run.trajectory.steps[0].x_t
     t = torch.tensor(run.timesteps[0])
     with torch.inference_mode():
-        eps_c = sd.unet(x_t, t, encoder_hidden_states=cond).sample
-        eps_u = sd.unet(x_t, t, encoder_hidden_states=uncond).sample
+        eps_c = sd.unet(x_t, t, **cond).sample
+        eps_u = sd.unet(x_t, t, **uncond).sample
     torch.testing.assert_close(run.trajectory.steps[0].pred_eps, eps_u + 3.0 * (eps_c - eps_u), atol=1e-4, rtol=1e-4)
 
 

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 import genlab
-from genlab.vq import ATLAS_PAGE_SIZE
+from genlab.vq import ATLAS_PAGE_SIZE, index_colors, index_map_image
 
 from conftest import build_vq
 
@@ -85,3 +85,43 @@ def test_atlas_of_an_8192_code_model_builds_within_its_cap(tmp_path):
     assert page.width > 0
     with pytest.raises(ValueError, match="page"):
         vq.codebook_atlas(page=vq.atlas_pages())
+
+
+def test_painted_cells_are_the_tokens_whose_patch_the_mask_touches(tiny_vq):
+    f = tiny_vq.downsample_factor  # 2
+    mask = np.zeros((7, 9), bool)  # a 7x9 image: a 4x5 token grid, the last row and column half padding
+    mask[1, 1] = mask[6, 8] = True
+    cells = tiny_vq.cells_touched(mask)
+    assert cells.shape == (4, 5) and cells.sum() == 2 and cells[0, 0] and cells[3, 4]
+    mask[:] = False
+    mask[f - 1: f + 1, 0] = True  # straddles two token rows
+    assert np.array_equal(np.nonzero(tiny_vq.cells_touched(mask))[0], [0, 1])
+
+
+def test_cell_edits_change_exactly_the_chosen_tokens(tiny_vq):
+    indices = tiny_vq.indices_of(photo())
+    cells = np.zeros(indices.shape, bool)
+    cells[1, 2] = cells[3, 0] = True
+    code = (int(indices[1, 2]) + 1) % tiny_vq.num_codes
+    replaced = tiny_vq.replace_cells(indices, cells, code)
+    assert np.all(replaced[cells] == code) and np.array_equal(replaced[~cells], indices[~cells])
+    usage = np.zeros(tiny_vq.num_codes, np.int64)
+    usage[5] = 1
+    resampled = tiny_vq.resample_cells(indices, cells, usage, seed=0)
+    assert np.all(resampled[cells] == 5) and np.array_equal(resampled[~cells], indices[~cells])
+    rows = np.zeros(indices.shape, bool)
+    rows[0:2, 0:3] = True  # a rectangle as cells draws the same codes as resample_region with the same seed
+    assert np.array_equal(tiny_vq.resample_cells(indices, rows, np.ones(tiny_vq.num_codes), seed=4),
+                          tiny_vq.resample_region(indices, (0, 1), (0, 2), np.ones(tiny_vq.num_codes), seed=4))
+    with pytest.raises(ValueError, match="region is empty"):
+        tiny_vq.replace_cells(indices, np.zeros(indices.shape, bool), 0)
+    with pytest.raises(ValueError, match="token grid"):
+        tiny_vq.replace_cells(indices, cells[:-1], 0)
+
+
+@pytest.mark.parametrize("cell", [1, 3, 4])
+def test_token_map_draws_each_code_as_a_cell_block_of_its_colour(cell):
+    indices = np.random.default_rng(0).integers(0, 1024, (5, 7))  # not square: rows stay rows
+    drawn = np.asarray(index_map_image(indices, 1024, cell))
+    assert drawn.shape == (5 * cell, 7 * cell, 3)
+    assert np.array_equal(drawn, np.kron(index_colors(1024)[indices], np.ones((cell, cell, 1), np.uint8)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import genlab
@@ -119,3 +120,27 @@ def test_ldm_emoji_sdedit_from_a_small_t_and_inpainting(grinning):
     out, source = np.asarray(painted.image, np.int16), np.asarray(grinning, np.int16)
     assert (out[mask == 0] == source[mask == 0]).all()
     assert np.abs(out[mask > 0] - source[mask > 0]).mean() > 3
+
+
+def test_maskgit_emoji_tokenizer_reconstructs_and_prior_codes_below_the_index_rate(grinning):
+    prior = genlab.load_prior(shipped("maskgit-emoji"), device="cpu")
+    assert prior.grid == (16, 16) and prior.image_size == (64, 64) and "Animals & Nature" in prior.classes
+    result = prior.vq.reconstruct(grinning)
+    assert result.psnr > 26.0, f"{result.psnr:.2f} dB"  # the card's held-out mean is over 28 dB
+    bits = prior.bits_per_pixel(grinning)
+    assert 0 < bits < 0.6 * prior.index_bits_per_pixel, f"{bits:.3f} bits per pixel"
+
+
+def test_maskgit_emoji_samples_are_emoji_and_inpainting_keeps_the_other_tokens(grinning):
+    prior = genlab.load_prior(shipped("maskgit-emoji"), device="cpu")
+    run = prior.sample(seed=0, steps=12, batch=8, class_label="Smileys & Emotion")
+    pixels = (run.pixels + 1) / 2  # (8, 3, 64, 64) in [0, 1]
+    border = torch.cat([pixels[..., :4, :].flatten(1), pixels[..., -4:, :].flatten(1)], 1)
+    assert border.mean() > 0.7, f"border lightness {border.mean():.3f}"  # emoji sit on a light background
+    assert (pixels[1:] - pixels[:1]).abs().flatten(1).mean(1).min() > 0.02  # the samples differ
+    mask = np.zeros((64, 64), np.uint8)
+    mask[36:56, 16:48] = 255  # the mouth
+    painted = prior.inpaint(grinning, mask, steps=8, seed=0, class_label="Smileys & Emotion")
+    original = prior.tokens_of(grinning)[0].numpy()
+    assert (painted.tokens[~painted.token_mask] == original[~painted.token_mask]).all()
+    assert (painted.tokens[painted.token_mask] != original[painted.token_mask]).any()

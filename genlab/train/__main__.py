@@ -1,4 +1,4 @@
-"""GenLab's training CLI: VQ-VAE, VQGAN and DDPM on any folder of images.
+"""GenLab's training CLI: VQ-VAE, VQGAN, DDPM, KL autoencoders, latent diffusion and token priors on any folder of images.
 
     python -m genlab.train vqvae --data data/photos/train --out weights/vqvae-photo
     python -m genlab.train vqgan --data data/photos/train --out weights/vqgan-photo --init weights/vqvae-photo
@@ -6,11 +6,13 @@
     python -m genlab.train ddpm  --data data/photos/train --out weights/ddpm-photo --preset photo-denoiser
     python -m genlab.train vae   --data data/emoji/64-train --out runs/emoji-vae --preset emoji-vae
     python -m genlab.train ldm   --data data/emoji/64-train --out weights/ldm-emoji --vae runs/emoji-vae
+    python -m genlab.train vqgan --data data/emoji/64-train --out runs/emoji-vq --preset emoji-vq
+    python -m genlab.train prior --data data/emoji/64-train --out weights/maskgit-emoji --vq runs/emoji-vq
 
 Runs on CPU or CUDA (bf16 autocast on GPU) and across GPUs or nodes with `accelerate launch -m
 genlab.train ...`. Checkpoints (safetensors + JSON, no pickle) go to `--run-dir`; `--resume`
 continues from there, `--init` starts from an exported weights folder (e.g. committed weights).
-Every `--save-every` steps and at the end, the model (EMA weights for diffusion) is exported to
+Every `--save-every` steps and at the end, the model (EMA weights for diffusion and priors) is exported to
 `--out` with `save_pretrained`, plus its scheduler config and a model card.
 """
 
@@ -30,10 +32,14 @@ from tqdm.auto import tqdm
 
 from ..diffusion import make_scheduler, reverse_process
 from . import common, ddpm, latent, vq
+from . import prior as prior_training
 
 PRESETS = {
     # small enough to train in hours on 2 CPU cores, and to reconstruct 256^2 in ~100 ms
     "vq-photo": dict(channels="16,32,64", layers_per_block=1, codes=1024, code_dim=4, crop=64, batch_size=16, lr=1e-3),
+    # f = 4 VQGAN for 64 px emoji (64 -> 16 x 16 tokens of 1024 codes): the tokenizer of maskgit-emoji
+    "emoji-vq": dict(channels="32,64,64", layers_per_block=1, codes=1024, code_dim=4, crop=64, batch_size=16,
+                     lr=1e-3, lr_schedule="cosine", warmup_steps=200),
     "emoji": dict(channels="32,64,64", layers_per_block=1, attention="0,0,1", sample_size=32, crop=32, batch_size=32,
                   lr=1e-3, lr_schedule="cosine", warmup_steps=500, beta_schedule="squaredcos_cap_v2",
                   min_snr_gamma=5.0, label_dropout=0.1, class_power=0.5),
@@ -46,12 +52,16 @@ PRESETS = {
     "emoji-ldm": dict(channels="64,128,128", layers_per_block=1, attention="0,0,1", crop=64, batch_size=32,
                       lr=1e-3, lr_schedule="cosine", warmup_steps=500, beta_schedule="squaredcos_cap_v2",
                       min_snr_gamma=5.0, label_dropout=0.1, class_power=0.5),
+    # class-conditional masked-token transformer over emoji-vq's 16 x 16 tokens (maskgit-emoji)
+    "emoji-prior": dict(hidden_size=128, num_layers=4, num_heads=4, batch_size=32, lr=1e-3, lr_schedule="cosine",
+                        warmup_steps=300, label_dropout=0.1, class_power=0.5, raster_share=0.25, weight_decay=0.01),
 }
-DEFAULT_PRESET = {"vqvae": "vq-photo", "vqgan": "vq-photo", "ddpm": "emoji", "vae": "emoji-vae", "ldm": "emoji-ldm"}
+DEFAULT_PRESET = {"vqvae": "vq-photo", "vqgan": "vq-photo", "ddpm": "emoji", "vae": "emoji-vae", "ldm": "emoji-ldm",
+                  "prior": "emoji-prior"}
 
 # options a preset may leave out, and the value that switches each off
 OFF = dict(kl_weight=0.0, min_snr_gamma=0.0, label_dropout=0.0, t_focus_max=0, t_focus_share=0.0, class_power=1.0,
-           lr_schedule="constant", warmup_steps=0)
+           lr_schedule="constant", warmup_steps=0, raster_share=0.0, weight_decay=0.0)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -104,6 +114,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--vae", type=Path, default=None, help="ldm: the trained AutoencoderKL folder (kept frozen)")
     parser.add_argument("--export-fp16", action="store_true",
                         help="ldm: store the exported unet/ and vae/ weights in fp16 (GenLab upcasts them on CPU)")
+    # token prior
+    parser.add_argument("--vq", type=Path, default=None, help="prior: the trained VQModel folder whose tokens it models (kept frozen)")
+    parser.add_argument("--hidden-size", type=int, help="prior: transformer width")
+    parser.add_argument("--num-layers", type=int, help="prior: transformer blocks")
+    parser.add_argument("--num-heads", type=int, help="prior: attention heads")
+    parser.add_argument("--raster-share", type=float, help="prior: share of masks that hide every token from a raster position on")
+    parser.add_argument("--weight-decay", type=float, help="AdamW weight decay (prior)")
     # diffusion
     parser.add_argument("--attention", help="per down block, 1 = attention block (e.g. 0,0,1)")
     parser.add_argument("--sample-size", type=int)
@@ -123,7 +140,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     for key, off in OFF.items():
         if getattr(args, key, None) is None:
             setattr(args, key, off)
-    args.channels = tuple(int(c) for c in str(args.channels).split(","))
+    args.channels = tuple(int(c) for c in str(args.channels).split(",")) if args.channels is not None else None
     if args.attention is not None:
         args.attention = tuple(bool(int(a)) for a in str(args.attention).split(","))
         if len(args.attention) != len(args.channels):
@@ -132,6 +149,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--freeze-encoder needs --init (the encoder and codebook to keep)")
     if args.kind == "ldm" and args.vae is None and not args.resume:
         parser.error("ldm needs --vae: the trained AutoencoderKL whose latents it models")
+    if args.kind == "prior" and args.vq is None and not args.resume:
+        parser.error("prior needs --vq: the trained VQModel whose tokens it models")
     args.run_dir = args.run_dir or Path("runs") / args.out.name
     return args
 
@@ -511,14 +530,7 @@ def train_ddpm(args, accelerator: Accelerator, data: common.ImageFolder, state: 
             class_labels = ddpm.drop_labels(labels, null_class, args.label_dropout, generator).to(accelerator.device)
         with accelerator.autocast():
             loss = ddpm.diffusion_loss(unet, scheduler, clean, timesteps, class_labels, args.min_snr_gamma)
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(unet.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        ema.step(unet.parameters())
-        state.step += 1
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        running = common.ema_step(accelerator, unet, loss, optimizer, schedule, ema, state, running)
         progress.update(1)
         if state.step % args.log_every == 0:
             progress.set_postfix(loss=round(running, 4), lr=f"{schedule.get_last_lr()[0]:.2e}",
@@ -611,6 +623,160 @@ def export_ddpm(args, unet: UNet2DModel, scheduler, classes: list[str], state: c
     )
 
 
+# ------------------------------------------------------------------------------ token prior
+def train_prior(args, accelerator: Accelerator, data: common.ImageFolder, state: common.RunState) -> None:
+    """A MaskedTokenTransformer on the tokens of a frozen VQModel (`--vq`), with EMA, bf16, resume."""
+    from diffusers import AmusedScheduler
+
+    from ..token_transformer import MaskedTokenTransformer
+
+    classes = data.classes if data.classes else []
+    checkpoint = args.run_dir / "checkpoint"
+    resuming = args.resume and (checkpoint / "model").exists()
+    args.vq = checkpoint / "vqvae" if resuming else args.vq
+    vq_model = VQModel.from_pretrained(args.vq).to(accelerator.device).requires_grad_(False)
+    seed = args.seed + state.step + accelerator.process_index
+    bank = prior_training.TokenBank(vq_model, data, args.batch_size, seed,
+                                    class_power=args.class_power if classes else 1.0)
+    grid = tuple(bank.tokens.shape[-2:])
+    accelerator.print(f"tokens: {len(bank.tokens)} images x 2 (mirrored), {grid[0]}x{grid[1]} each, "
+                      f"{bank.distinct_codes()} of {vq_model.config.num_vq_embeddings} codes in use")
+    init = args.init / "transformer" if args.init and (args.init / "transformer").is_dir() else args.init
+    if resuming:
+        model = MaskedTokenTransformer.from_pretrained(checkpoint / "model")
+        ema_start = MaskedTokenTransformer.from_pretrained(checkpoint / "ema")
+    elif args.init:
+        model, ema_start = MaskedTokenTransformer.from_pretrained(init), MaskedTokenTransformer.from_pretrained(init)
+    else:
+        model = MaskedTokenTransformer(codebook_size=vq_model.config.num_vq_embeddings, height=grid[0], width=grid[1],
+                                       num_classes=len(classes), hidden_size=args.hidden_size,
+                                       num_layers=args.num_layers, num_heads=args.num_heads)
+        ema_start = None
+    ema = EMAModel((ema_start or model).parameters(), decay=args.ema_decay, use_ema_warmup=True, power=2 / 3,
+                   model_cls=MaskedTokenTransformer, model_config=model.config)
+    ema.optimization_step = state.step
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay)
+    if resuming:
+        common.load_optimizer(optimizer, checkpoint)
+    schedule = common.lr_scheduler(optimizer, args.lr_schedule, args.lr, args.warmup_steps, args.steps, state.step)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    ema.to(accelerator.device)
+    scheduler = AmusedScheduler(mask_token_id=vq_model.config.num_vq_embeddings)
+    null_class = len(classes) if classes else None
+    generator = torch.Generator().manual_seed(args.seed + state.step)
+    batches = iter(bank)
+    timer = common.Timer(state.wall_seconds)
+    progress = tqdm(total=args.steps, initial=state.step, disable=not accelerator.is_main_process, desc="prior")
+    running = None
+
+    def ema_copy() -> MaskedTokenTransformer:
+        ema_model = MaskedTokenTransformer.from_config(accelerator.unwrap_model(model).config)
+        ema.copy_to(ema_model.parameters())
+        return ema_model.eval()
+
+    def save():
+        state.wall_seconds = timer.total
+        if accelerator.is_main_process:
+            checkpoint.mkdir(parents=True, exist_ok=True)
+            accelerator.unwrap_model(model).save_pretrained(checkpoint / "model")
+            ema_model = ema_copy()
+            ema_model.save_pretrained(checkpoint / "ema")
+            if not (checkpoint / "vqvae").exists() or (checkpoint / "vqvae").resolve() != Path(args.vq).resolve():
+                latent.save_autoencoder(vq_model, args.vq, checkpoint / "vqvae")
+            common.save_optimizer(optimizer, checkpoint)
+            state.save(checkpoint)
+            export_prior(args, ema_model, vq_model, scheduler, classes, state)
+
+    while state.step < args.steps and (args.max_minutes is None or timer.total - timer.already < args.max_minutes * 60):
+        tokens, labels = next(batches)
+        tokens = tokens.to(accelerator.device)
+        class_labels = None
+        if classes:
+            class_labels = ddpm.drop_labels(labels, null_class, args.label_dropout, generator).to(accelerator.device)
+        with accelerator.autocast():
+            loss = prior_training.masked_token_loss(accelerator.unwrap_model(model), tokens, class_labels, generator,
+                                                    args.raster_share)
+        running = common.ema_step(accelerator, model, loss, optimizer, schedule, ema, state, running)
+        progress.update(1)
+        if state.step % args.log_every == 0:
+            progress.set_postfix(loss=round(running, 4), bits=round(running / math.log(2), 3),
+                                 lr=f"{schedule.get_last_lr()[0]:.2e}", ema_decay=round(ema.cur_decay_value or 0.0, 5))
+        if state.step % args.save_every == 0:
+            save()
+        if state.step % args.sample_every == 0 and accelerator.is_main_process:
+            save_prior_samples(ema_copy(), vq_model, scheduler, classes, args.run_dir / "samples" / f"{state.step:06d}.png",
+                               guidance_scale=args.guidance_scale)
+    save()
+    progress.close()
+
+
+def save_prior_samples(model, vq_model: VQModel, scheduler, classes: list[str], path: Path, *, guidance_scale: float,
+                       count: int = 16, steps: int = 12) -> None:
+    """16 samples, 12 confidence-order steps, seed 0, classes in order."""
+    from ..prior import TokenPrior
+    from ..vq import VQ
+
+    prior = TokenPrior(VQ(vq_model.eval()), model.eval(), dict(scheduler.config),
+                       {"classes": classes, "default_guidance_scale": guidance_scale})
+    if classes:
+        images = [prior.sample(seed=0, steps=steps, batch=1 + (count - 1 - c) // len(classes), class_label=c).pixels
+                  for c in range(min(count, len(classes)))]
+        pixels = torch.stack([images[i % len(classes)][i // len(classes)] for i in range(count)])
+    else:
+        pixels = prior.sample(seed=0, steps=steps, batch=count).pixels
+    common.save_grid(pixels, path, columns=4)
+
+
+def export_prior(args, model, vq_model: VQModel, scheduler, classes: list[str], state: common.RunState) -> None:
+    """The aMUSEd-like pipeline layout: vqvae/ + transformer/ + scheduler/ + model_index.json, with
+    genlab.json and the model card at its root."""
+    import diffusers
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(args.out / "transformer", safe_serialization=True)
+    scheduler.save_pretrained(args.out / "scheduler")
+    if (args.out / "vqvae").resolve() != Path(args.vq).resolve():
+        latent.save_autoencoder(vq_model, args.vq, args.out / "vqvae")
+    index = {"_class_name": "GenLabTokenPriorPipeline", "_diffusers_version": diffusers.__version__,
+             "vqvae": ["diffusers", "VQModel"], "transformer": ["genlab", "MaskedTokenTransformer"],
+             "scheduler": ["diffusers", "AmusedScheduler"]}
+    (args.out / "model_index.json").write_text(json.dumps(index, indent=2))
+    info = {"kind": "prior", "title": args.out.name}
+    if classes:
+        info.update(classes=classes, default_guidance_scale=args.guidance_scale)
+    (args.out / "genlab.json").write_text(json.dumps(info, indent=1))
+    state.save(args.out)
+    save_prior_samples(model, vq_model, scheduler, classes, args.out / "samples.png", guidance_scale=args.guidance_scale)
+    config = model.config
+    factor = 2 ** (len(vq_model.config.block_out_channels) - 1)
+    conditional = (f"Class-conditional on {len(classes)} classes ({', '.join(classes)}) by a prepended class token, "
+                   f"with label dropout {args.label_dropout}, so classifier-free guidance works (class {len(classes)} "
+                   "= no label). " if classes else "")
+    vq_card = ""
+    if (args.out / "vqvae" / "run.json").is_file():
+        vq_run = common.RunState.load(args.out / "vqvae")
+        commands = "\n".join(vq_run.commands)
+        vq_card = (f"## The tokenizer (`vqvae/`)\nTrained first, by GenLab's CLI ({vq_run.step} steps, "
+                   f"{vq_run.wall_seconds / 60:.1f} min on {', '.join(sorted(set(vq_run.hardware)))}); its own card is "
+                   f"`vqvae/README.md`:\n\n```\n{commands}\n```\n\n")
+    common.write_model_card(
+        args.out, f"GenLab {args.out.name}",
+        f"A bidirectional masked-token transformer (GenLab's `MaskedTokenTransformer`, "
+        f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters: {config.num_layers} blocks, width "
+        f"{config.hidden_size}, {config.num_heads} heads) over the {config.height}x{config.width} tokens of the "
+        f"{vq_model.config.num_vq_embeddings}-code VQGAN in `vqvae/` (f = {factor}, frozen), MaskGIT-style "
+        f"(arXiv:2202.04200): cosine-schedule masks, and {args.raster_share:.0%} of masks hide every token from a "
+        f"random raster position on. {conditional}Sampling: diffusers' `AmusedScheduler` (confidence order), or raster "
+        "/ random order. Exported weights are the EMA weights.",
+        f"`{args.data}`: every image and its mirror image, encoded once; batch {args.batch_size}, {lr_text(args)}"
+        + (f", AdamW weight decay {args.weight_decay:g}" if args.weight_decay else "")
+        + (f"; class c drawn with probability proportional to n_c^{args.class_power:g}" if classes and args.class_power != 1 else "")
+        + ".",
+        state, "`samples.png`: 16 samples, 12 confidence-order steps, seed 0"
+        + (f", guidance {args.guidance_scale:g}, classes in order" if classes else "") + ".\n\n" + vq_card,
+    )
+
+
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
@@ -628,7 +794,8 @@ def main(argv=None) -> None:
     state.hardware.append(common.describe_hardware(accelerator.device))
     data = common.ImageFolder(args.data)
     accelerator.print(f"{len(data)} images from {args.data}" + (f", classes {data.classes}" if data.classes else ""))
-    trainers = {"vqvae": train_vq, "vqgan": train_vq, "ddpm": train_ddpm, "vae": train_vae, "ldm": train_ddpm}
+    trainers = {"vqvae": train_vq, "vqgan": train_vq, "ddpm": train_ddpm, "vae": train_vae, "ldm": train_ddpm,
+                "prior": train_prior}
     trainers[args.kind](args, accelerator, data, state)
 
 

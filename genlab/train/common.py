@@ -146,6 +146,20 @@ def lr_scheduler(optimizer: torch.optim.Optimizer, name: str, lr: float, warmup:
     return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total, last_epoch=step - 1)
 
 
+def ema_step(accelerator, model: torch.nn.Module, loss: torch.Tensor, optimizer, schedule, ema, state: "RunState",
+             running: float | None) -> float:
+    """One optimizer step of a model with EMA weights (the DDPM, LDM and prior trainers): backward, clip the
+    gradient norm to 1, step optimizer, rate schedule and EMA, count the step; returns the running loss."""
+    optimizer.zero_grad(set_to_none=True)
+    accelerator.backward(loss)
+    accelerator.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    schedule.step()
+    ema.step(model.parameters())
+    state.step += 1
+    return loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+
+
 def save_modules(modules: dict[str, torch.nn.Module], folder: Path) -> None:
     """Plain (non-diffusers) modules, e.g. the discriminator, as safetensors state dicts."""
     for name, module in modules.items():

@@ -58,22 +58,35 @@ def images_to_tensor(images: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
-class LatentBank:
+class EncodedBank:
+    """What a frozen first stage makes of every image of a folder and of its mirror image, encoded once;
+    batches draw (image, mirrored or not) with `common.RandomCrops`' per-image weights (class_power
+    included). All images must share one size (the first stage's training crop)."""
+
+    def __init__(self, data: common.ImageFolder, batch_size: int, seed: int, class_power: float, kind: str):
+        sizes = {image.shape for image in data.images}
+        if len(sizes) != 1:
+            raise SystemExit(f"{kind} training needs images of one size, found {sorted(sizes)[:4]}")
+        crops = common.RandomCrops(data, next(iter(sizes))[0], batch_size, seed, class_power=class_power)
+        self.weights, self.rng, self.batch_size = crops.weights, crops.rng, batch_size
+        self.labels = torch.from_numpy(data.labels_array)
+
+    def draw(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B,) image indices and (B,) 0/1: mirrored."""
+        index = torch.from_numpy(self.rng.choice(len(self.weights), size=self.batch_size, p=self.weights))
+        return index, torch.from_numpy(self.rng.integers(0, 2, size=self.batch_size))
+
+
+class LatentBank(EncodedBank):
     """The frozen autoencoder's posterior for every image of a folder and its mirror image.
 
-    Batches are drawn with the same per-image weights as `common.RandomCrops` (square-root class
-    sampling included); each draw takes a fresh posterior sample z = mu + sigma * e, scaled by the
-    autoencoder's `scaling_factor`. All images must share one size (the crop size).
+    Each draw takes a fresh posterior sample z = mu + sigma * e, scaled by the autoencoder's
+    `scaling_factor` (see `EncodedBank` for how images are drawn).
     """
 
     def __init__(self, vae: AutoencoderKL, data: common.ImageFolder, batch_size: int, seed: int,
                  class_power: float = 1.0, encode_batch: int = 64):
-        sizes = {image.shape for image in data.images}
-        if len(sizes) != 1:
-            raise SystemExit(f"latent training needs images of one size, found {sorted(sizes)[:4]}")
-        crops = common.RandomCrops(data, next(iter(sizes))[0], batch_size, seed, class_power=class_power)
-        self.weights, self.rng, self.batch_size = crops.weights, crops.rng, batch_size
-        self.labels = torch.from_numpy(data.labels_array)
+        super().__init__(data, batch_size, seed, class_power, "latent")
         self.scaling_factor = float(vae.config.scaling_factor)
         vae.eval()
         posteriors = {False: ([], []), True: ([], [])}  # flipped -> (means, stds)
@@ -95,8 +108,7 @@ class LatentBank:
 
     def __iter__(self):
         while True:
-            index = torch.from_numpy(self.rng.choice(len(self.weights), size=self.batch_size, p=self.weights))
-            flip = torch.from_numpy(self.rng.integers(0, 2, size=self.batch_size))
+            index, flip = self.draw()
             mean, std = self.mean[index, flip], self.std[index, flip]  # (B, C, h, w)
             noise = torch.randn(mean.shape, generator=self.generator)
             yield self.scaling_factor * (mean + std * noise), self.labels[index]

@@ -1,4 +1,5 @@
-"""GenLab's gradio app: four tabs over the ops in genlab.vq, genlab.autoencoder, genlab.diffusion and genlab.toy.
+"""GenLab's gradio app: four tabs over the ops in genlab.vq, genlab.autoencoder, genlab.prior, genlab.diffusion
+and genlab.toy.
 
 Each tab module turns UI values into calls of the ops and the ops' results into UI values;
 `build_app` only assembles them. Heavy events share one concurrency slot ("heavy"), so a CPU or
@@ -19,7 +20,8 @@ HEAVY_CONCURRENCY = 1
 
 def status_markdown(registry: Registry) -> str:
     lines = [f"- **{name}**: {status}" for name, status in registry.status.items()]
-    extra = [label for label in list(registry.config.vq_models) + list(registry.config.diffusion_models)
+    config = registry.config
+    extra = [label for label in [*config.vq_models, *config.diffusion_models, *config.prior_models]
              if label not in registry.status]
     lines += [f"- **{label}**: from --model / GENLAB_MODELS (loaded on first use)" for label in extra]
     return "Models: " + "  \n".join([""] + lines)
@@ -37,7 +39,7 @@ def build_app(config: AppConfig) -> gr.Blocks:
         with gr.Tab("VQ-VAE reconstruction"):
             reconstruct_tab.build(registry)
         with gr.Tab("VQGAN codebook"):
-            codebook_tab.build(registry)
+            codebook_tab.build(registry, demo)
         with gr.Tab("Diffusion, step by step"):
             diffusion_tab.build(registry, demo)
         with gr.Tab("Foundations (2D)"):

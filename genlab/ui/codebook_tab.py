@@ -1,20 +1,43 @@
-"""VQGAN codebook explorer tab: atlas, usage statistics, PCA map, image <-> codes, token editing, interpolation."""
+"""VQGAN codebook tab: generate and inpaint in token space with a token prior, and explore the codebook
+(atlas, usage statistics, PCA map, image <-> codes, token editing on a painted region, interpolation).
+
+Token priors (genlab.prior: MaskGIT's confidence order, Taming Transformers' raster order, aMUSEd) stream a
+frame per unmasking step: the token grid as it fills in (masked cells grey, the tokens fixed in this step
+outlined), the tokens decoded so far, and the decoded full prediction x̂0. A raster run takes one step
+per token (256 on a 16x16 grid), so only every k-th step is streamed (at most MAX_LIVE_FRAMES); the
+finished run is kept per visitor as compact token arrays, and the step slider decodes any of its
+steps without running the transformer again. Stop cancels a run: gradio closes its generator, so it ends
+within one streamed frame (at most ceil(steps / MAX_LIVE_FRAMES) transformer steps).
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import threading
+import time
 from pathlib import Path
 
 import gradio as gr
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
 
-from ..images import open_image
+from ..images import mask_of, open_image
 from ..models import ModelSpec
-from ..vq import VQ, index_map_image, perplexity
-from .common import OUTPUT_HEIGHT, Registry, SafeImage, example_images, user_errors
+from ..prior import MAX_STEPS, TokenFrame, TokenPrior, TokenRun, TokenStep
+from ..vq import VQ, index_colors, index_map_image, perplexity
+from .common import (DISPLAY_SIDE, NOT_TRAINED, OUTPUT_HEIGHT, Registry, SafeImage, SafeImageEditor, example_images,
+                     mask_from_editor, upscale, user_errors)
 from .plots import pca_figure, usage_figure
+
+MAX_LIVE_FRAMES = 32  # streamed frames per run; longer runs (raster order) stream every k-th step
+STATE_TTL_S = 3600  # a visitor's last run is dropped an hour after it finished
+MASKED = (128, 128, 128)  # grey, as the decoded frames show masked cells
+NEW_TOKEN = (255, 220, 0)  # outline of the tokens fixed in the step shown
+ORDER_CHOICES = [("confidence (MaskGIT)", "confidence"), ("raster (Taming Transformers)", "raster"),
+                 ("random", "random")]
+DEFAULT_STEPS = 12
 
 _reference_usage: dict[str, np.ndarray] = {}
 _reference_lock = threading.Lock()
@@ -67,7 +90,261 @@ def highlight(image: Image.Image, indices: np.ndarray, mask: np.ndarray, factor:
     return out
 
 
-def build(registry: Registry) -> None:
+# ------------------------------------------------------------------------------ token priors
+def token_grid_image(tokens: np.ndarray, new: np.ndarray | None, num_codes: int, cell: int) -> Image.Image:
+    """A token grid as a prior fills it: each code in its index colour, cells still masked (-1) grey,
+    the tokens fixed in this step outlined."""
+    tokens = np.asarray(tokens)
+    colors = index_colors(num_codes)[np.clip(tokens, 0, None)]  # (h, w, 3)
+    colors[tokens < 0] = MASKED
+    pixels = np.kron(colors, np.ones((cell, cell, 1), np.uint8))  # (h * cell, w * cell, 3)
+    if new is not None and np.any(new):
+        width = max(1, cell // 8)
+        border = np.zeros((cell, cell), np.uint8)
+        border[:width] = border[-width:] = border[:, :width] = border[:, -width:] = 1
+        pixels[np.kron(np.asarray(new, np.uint8), border).astype(bool)] = NEW_TOKEN
+    return Image.fromarray(pixels, "RGB")
+
+
+def grid_cell(grid: tuple[int, int]) -> int:
+    return max(4, DISPLAY_SIDE // max(grid))
+
+
+def pack_run(label: str, run: TokenRun, summary: str) -> dict:
+    """A visitor's copy of a finished run: per step the grid (mask id where masked), the prediction and
+    the new tokens, as small arrays (a 256-step raster run on a 16x16 grid: 330 kB)."""
+    codes = np.int16 if run.prior.mask_id <= np.iinfo(np.int16).max else np.int32
+
+    def stacked(name: str, dtype) -> np.ndarray:
+        return np.stack([getattr(step, name)[0].numpy() for step in run.steps]).astype(dtype)  # (S, h, w)
+
+    return {"model": label, "tokens": stacked("tokens", codes), "pred": stacked("pred", codes),
+            "new": stacked("new", bool), "summary": summary}
+
+
+def unpack_frame(prior: TokenPrior, run: dict, index: int) -> TokenFrame:
+    """Step `index` of a packed run as a TokenFrame (its images decode on first access)."""
+    def tensor(name: str) -> torch.Tensor:
+        return torch.from_numpy(run[name][index].astype(np.int64 if name != "new" else bool))[None]
+
+    return TokenFrame(TokenStep(tensor("tokens"), tensor("pred"), tensor("new")), prior, index)
+
+
+def frame_panels(prior: TokenPrior, frame: TokenFrame) -> tuple:
+    """(token grid, tokens decoded so far, decoded full prediction x̂0) for a frame, enlarged."""
+    grid = token_grid_image(frame.tokens, frame.new, prior.num_codes, grid_cell(prior.grid))
+    return grid, upscale(frame.image), upscale(frame.x0)
+
+
+def step_line(frame: TokenFrame, total: int) -> str:
+    known = int((frame.tokens >= 0).sum())
+    return (f"step {frame.index + 1} of {total}: {known} of {frame.tokens.size} tokens known, "
+            f"{int(frame.new.sum())} fixed in this step (outlined)")
+
+
+def whole(value, name: str) -> int:
+    """A UI number that must be a whole number (gr.Number hands over floats)."""
+    if value is None or isinstance(value, bool) or not float(value).is_integer():
+        raise gr.Error(f"{name} must be a whole number, got {value!r}.")
+    return int(value)
+
+
+def prior_settings(order, steps, temperature, top_k, guidance, seed, class_name, prompt, negative_prompt) -> dict:
+    """UI values -> keyword arguments of TokenPrior.sample_stream / inpaint_stream (which check their ranges)."""
+    if temperature is None:
+        raise gr.Error("Set a temperature (above 0; 1 samples the model's own distribution).")
+    top_k = whole(top_k, "top-k") if top_k is not None else 0
+    return dict(order=order, steps=whole(steps, "steps"), temperature=float(temperature), top_k=top_k or None,
+                guidance_scale=None if guidance is None else float(guidance), seed=whole(seed, "seed"),
+                class_label=class_name or None, prompt=prompt or None, negative_prompt=negative_prompt or None)
+
+
+def prior_description(label: str, prior: TokenPrior) -> str:
+    (h, w), (height, width), f = prior.grid, prior.image_size, prior.vq.downsample_factor
+    kind = ("text-conditioned (prompt)" if prior.text is not None else
+            f"{len(prior.classes)} classes" if prior.is_conditional else "unconditional")
+    return (f"**{label}**: {kind}; a {h}x{w} grid of {prior.num_codes} codes (f = {f}, {width}x{height} pixels), "
+            f"{prior.index_bits_per_pixel:.3f} bits per pixel as raw indices (log2 K / f²). Raster order takes one "
+            f"step per token ({h * w}).")
+
+
+def build_prior_section(registry: Registry, demo: gr.Blocks) -> None:
+    """Generate and inpaint with a token prior: streamed frames, then a step slider over the finished run."""
+    examples: dict[str, dict] = {}  # prior label -> its packed example run (seed 0, the defaults)
+    examples_lock = threading.Lock()
+
+    def run_stream(prior: TokenPrior, label: str, stream, total: int, describe):
+        """Yield the live panels of every k-th frame of `stream`, then the last frame with the packed run
+        and the step slider; `describe(run, seconds)` words the final status."""
+        every = max(1, math.ceil(total / MAX_LIVE_FRAMES))
+        started = time.perf_counter()
+        for item in stream:
+            if isinstance(item, TokenFrame):
+                if (item.index + 1) % every == 0 and item.index + 1 < total:
+                    yield (*frame_panels(prior, item), step_line(item, total), gr.skip(), gr.skip())
+            else:
+                run = item
+        seconds = time.perf_counter() - started
+        packed = pack_run(label, run, describe(run, seconds))
+        yield (*frame_panels(prior, run.frames[-1]), packed["summary"], step_slider(len(run.steps)), packed)
+
+    def step_slider(count: int) -> gr.Slider:
+        return gr.Slider(minimum=1, maximum=count, value=count, step=1, interactive=True,
+                         label=f"step (scrub the finished run: {count} steps)")
+
+    def finished(run: TokenRun, seconds: float) -> str:
+        notes = "".join(f" ({note})" for note in run.notes)
+        return (f"done: {len(run.steps)} steps, {run.order} order, seed {run.seed}{notes}; "
+                f"{seconds / max(1, len(run.steps)) * 1000:.0f} ms per step, streaming included.")
+
+    @user_errors
+    def prior_sample(label, order, steps, temperature, top_k, guidance, seed, class_name="", prompt="",
+                     negative_prompt=""):
+        prior = registry.prior(label)
+        settings = prior_settings(order, steps, temperature, top_k, guidance, seed, class_name, prompt, negative_prompt)
+        stream = prior.sample_stream(**settings)  # checks every setting before the first step
+        count = prior.grid[0] * prior.grid[1]
+        total = count if order == "raster" else settings["steps"]
+        yield (token_grid_image(np.full(prior.grid, -1), None, prior.num_codes, grid_cell(prior.grid)), None, None,
+               f"all {count} tokens masked; {total} steps to go", gr.skip(), gr.skip())
+        yield from run_stream(prior, label, stream, total, finished)
+
+    @user_errors
+    def prior_inpaint(label, editor, order, steps, temperature, top_k, guidance, seed, class_name="", prompt="",
+                      negative_prompt=""):
+        prior = registry.prior(label)
+        image, mask = mask_from_editor(editor, "the region the prior should resample")
+        settings = prior_settings(order, steps, temperature, top_k, guidance, seed, class_name, prompt, negative_prompt)
+        stream = prior.inpaint_stream(image, mask, **settings)
+        cells = torch.from_numpy(prior.token_mask(image, mask))[None]  # (1, h, w) bool, the tokens to resample
+        own = prior.tokens_of(image)  # (1, h, w)
+        start = TokenFrame(TokenStep(own.masked_fill(cells, prior.mask_id), own, torch.zeros_like(cells)), prior, -1)
+        resampled = int(cells.sum())
+        total = resampled if order == "raster" else settings["steps"]
+        (height, width), f = prior.image_size, prior.vq.downsample_factor
+        yield (token_grid_image(start.tokens, None, prior.num_codes, grid_cell(prior.grid)), upscale(start.image), None,
+               f"{resampled} of {cells.numel()} tokens masked (each token whose {f}x{f} patch the brush touches); "
+               f"the image is centre-cropped and resized to {width}x{height} pixels", gr.skip(), gr.skip())
+
+        def describe(run: TokenRun, seconds: float) -> str:
+            return (f"Resampled {resampled} of {cells.numel()} tokens; the other tokens are the image's own. "
+                    + finished(run, seconds))
+
+        yield from run_stream(prior, label, stream, total, describe)
+
+    @user_errors
+    def prior_scrub(step, run):
+        if not run or "tokens" not in run:
+            raise gr.Error("Generate or inpaint first; then scrub through the run's steps.")
+        prior = registry.prior(run["model"])
+        count = len(run["tokens"])
+        index = min(max(whole(step, "step"), 1), count) - 1
+        frame = unpack_frame(prior, run, index)
+        return (*frame_panels(prior, frame), f"{step_line(frame, count)}. {run['summary']}")
+
+    def conditioning_update(label):
+        """Class picker for class priors, prompt + negative prompt for text priors, guidance for both."""
+        hidden = (gr.Dropdown(choices=[], value=None, visible=False), gr.Textbox(visible=False),
+                  gr.Textbox(visible=False), gr.Slider(visible=False))
+        try:
+            prior = registry.prior(label)
+        except Exception as error:
+            return (*hidden, f"{label}: {error}" if label else "No token prior is available.")
+        about = prior_description(label, prior)
+        guidance = gr.Slider(value=prior.default_guidance_scale, visible=True)
+        if prior.text is not None:
+            return (gr.Dropdown(choices=[], value=None, visible=False), gr.Textbox(visible=True), gr.Textbox(visible=True),
+                    guidance, about)
+        if not prior.is_conditional:
+            return (*hidden, about)
+        choices = [("(unconditional)", "")] + [(name, name) for name in prior.classes]
+        return (gr.Dropdown(choices=choices, value=prior.classes[0], visible=True), gr.Textbox(visible=False),
+                gr.Textbox(visible=False), guidance, about)
+
+    def example(label):
+        """The section's first view: a finished run of the default prior (seed 0, the defaults, its first
+        class), computed once per model and scrubbable like the visitor's own runs."""
+        if not label or registry.status.get(label) == NOT_TRAINED:
+            return gr.skip(), gr.skip(), gr.skip(), "No trained token prior yet.", gr.skip(), gr.skip()
+        try:
+            prior = registry.prior(label)
+            with examples_lock:
+                if label not in examples:
+                    class_label = prior.classes[0] if prior.is_conditional and prior.text is None else None
+                    started = time.perf_counter()
+                    run = prior.sample(seed=0, steps=DEFAULT_STEPS, class_label=class_label)
+                    summary = (f"Example: {class_label or 'unconditional'}, " + finished(run, time.perf_counter() - started)
+                               + " Press Generate to watch a run step by step.")
+                    examples[label] = pack_run(label, run, summary)
+                packed = examples[label]
+        except Exception as error:
+            return gr.skip(), gr.skip(), gr.skip(), f"No example: {error}", gr.skip(), gr.skip()
+        count = len(packed["tokens"])
+        return (*frame_panels(prior, unpack_frame(prior, packed, count - 1)), packed["summary"], step_slider(count), packed)
+
+    gr.Markdown(
+        "### Generate in token space\nA token prior is a VQGAN's second stage: a transformer over the code grid. "
+        "MaskGIT (Chang et al. 2022) starts from a fully masked grid and fixes the most confident tokens each step "
+        "(cosine schedule); Taming Transformers (Esser et al. 2021) writes one token at a time in raster order. "
+        "Left: the grid as it fills in (grey = still masked, outlined = fixed in this step); middle: the tokens "
+        "decoded so far; right: the decoded full prediction of that step.")
+    run_state = gr.State({}, time_to_live=STATE_TTL_S)
+    default = registry.default("prior", "maskgit-emoji")
+    with gr.Row():
+        prior_model = gr.Dropdown(registry.choices("prior"), value=default, label="Token prior")
+        class_name = gr.Dropdown([], label="Class", visible=False, allow_custom_value=True)
+        order = gr.Radio(ORDER_CHOICES, value="confidence", label="Order")
+        guidance = gr.Slider(0, 10, value=1.0, step=0.5, label="Guidance scale (classifier-free)", visible=False)
+    with gr.Row():
+        prompt = gr.Textbox("", label="Prompt", visible=False, max_lines=3, placeholder="a fox in the snow")
+        negative_prompt = gr.Textbox("", label="Negative prompt", visible=False, max_lines=2)
+    with gr.Row():
+        steps = gr.Number(DEFAULT_STEPS, label="Steps", info=f"1-{MAX_STEPS}; raster order: one per token")
+        temperature = gr.Slider(0, 10, value=1.0, step=0.05, label="Temperature",
+                                info="divides the logits; must be above 0")
+        top_k = gr.Number(0, label="Top-k", info="keep the k likeliest codes; 0 = all")
+        seed = gr.Number(0, label="Seed", precision=0, minimum=0)
+    about = gr.Markdown()
+    with gr.Tab("Generate"):
+        generate_button = gr.Button("Generate", variant="primary")
+    with gr.Tab("Inpaint tokens"):
+        gr.Markdown("Upload an image and paint over a region: every token whose f x f patch the brush touches is "
+                    "masked and resampled by the prior, conditioned on all the others, which stay the image's own. "
+                    "The image is centre-cropped and resized to the prior's grid first.")
+        with gr.Row():
+            editor = SafeImageEditor(label="Image and mask (brush = resample)", type="filepath", image_mode="RGBA",
+                                    sources=("upload", "clipboard"), height=320, format="png",
+                                    brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=12))
+            inpaint_button = gr.Button("Inpaint with the prior", variant="primary", scale=0)
+    with gr.Row(equal_height=True):
+        status = gr.Markdown()
+        stop_button = gr.Button("Stop", variant="stop", scale=0)  # stops a generate or inpaint run
+    with gr.Row():
+        live_grid = gr.Image(label="token grid (grey = masked, outlined = new)", format="png", interactive=False,
+                             height=OUTPUT_HEIGHT)
+        live_image = gr.Image(label="decoded so far (masked cells grey)", format="png", interactive=False,
+                              height=OUTPUT_HEIGHT)
+        live_x0 = gr.Image(label="x̂0: the decoded full prediction", format="png", interactive=False,
+                           height=OUTPUT_HEIGHT)
+    step = gr.Slider(1, 2, value=1, step=1, label="step (scrub the finished run)", interactive=True)
+
+    conditioning = [class_name, prompt, negative_prompt, guidance, about]
+    prior_model.change(conditioning_update, prior_model, conditioning, api_visibility="private")
+    demo.load(conditioning_update, prior_model, conditioning, api_visibility="private")
+    run_outputs = [live_grid, live_image, live_x0, status, step, run_state]
+    settings = [order, steps, temperature, top_k, guidance, seed, class_name, prompt, negative_prompt]
+    demo.load(example, prior_model, run_outputs, api_name="prior_example", api_visibility="undocumented",
+              concurrency_id="heavy")
+    generate_event = generate_button.click(prior_sample, [prior_model, *settings], run_outputs,
+                                           api_name="prior_sample", concurrency_id="heavy")
+    inpaint_event = inpaint_button.click(prior_inpaint, [prior_model, editor, *settings], run_outputs,
+                                         api_name="prior_inpaint", concurrency_id="heavy")
+    stop_button.click(None, None, None, cancels=[generate_event, inpaint_event], api_visibility="private")
+    step.input(prior_scrub, [step, run_state], [live_grid, live_image, live_x0, status], api_name="prior_scrub",
+               show_progress="hidden", trigger_mode="always_last")
+
+
+def build_explorer(registry: Registry) -> None:
     def load(label: str) -> VQ:
         return registry.vq(label)
 
@@ -162,16 +439,22 @@ def build(registry: Registry) -> None:
         grid = index_map_image(edited, vq.num_codes, cell_size(edited))
         return before, after, grid, f"{changed} of {edited.size} tokens differ from the original image.", state
 
-    @user_errors
-    def edit_replace(label, row0, row1, col0, col1, code, state):
-        state, vq = state_of(state), load(label)
-        return show_edit(vq, state, vq.replace_region(state["indices"], (row0, row1), (col0, col1), int(code)))
+    def painted_cells(vq: VQ, editor, state: dict) -> np.ndarray:
+        """(h, w) bool: the tokens whose f x f patch the brush touched on the analysed image."""
+        _, mask = mask_from_editor(editor, "the tokens to edit")
+        image = state["image"]
+        return vq.cells_touched(mask_of(mask, (image.height, image.width))[0, 0].numpy())
 
     @user_errors
-    def edit_resample(label, row0, row1, col0, col1, seed, state):
+    def edit_replace(label, editor, code, state):
         state, vq = state_of(state), load(label)
-        return show_edit(vq, state, vq.resample_region(state["indices"], (row0, row1), (col0, col1),
-                                                       state["usage"], int(seed)))
+        return show_edit(vq, state, vq.replace_cells(state["indices"], painted_cells(vq, editor, state), int(code)))
+
+    @user_errors
+    def edit_resample(label, editor, seed, state):
+        state, vq = state_of(state), load(label)
+        return show_edit(vq, state, vq.resample_cells(state["indices"], painted_cells(vq, editor, state),
+                                                      state["usage"], int(seed)))
 
     @user_errors
     def edit_swap(label, first, second, state):
@@ -182,6 +465,11 @@ def build(registry: Registry) -> None:
     def edit_reset(label, state):
         state, vq = state_of(state), load(label)
         return show_edit(vq, {**state, "indices": state["original"]}, state["original"].copy())
+
+    def region_canvas(state):
+        """The analysed image as the region editor's background, nothing painted yet."""
+        image = (state or {}).get("image")
+        return gr.skip() if image is None else {"background": image, "layers": [], "composite": image}
 
     @user_errors
     def interpolate(label, first, second, steps):
@@ -228,18 +516,23 @@ def build(registry: Registry) -> None:
             with gr.Row():
                 cell_button = gr.Button("Show cell")
                 code_button = gr.Button("Show code")
-    gr.Markdown("#### Token editing: rows/columns are inclusive token coordinates")
+    gr.Markdown("#### Token editing: paint a region on the analysed image; every token whose f x f patch the "
+                "brush touches is edited")
     with gr.Row():
-        row0, row1 = gr.Number(0, label="from row", precision=0), gr.Number(7, label="to row", precision=0)
-        col0, col1 = gr.Number(0, label="from column", precision=0), gr.Number(7, label="to column", precision=0)
-        edit_code = gr.Number(0, label="replace with code", precision=0)
-        seed = gr.Number(0, label="resample seed", precision=0)
-    with gr.Row():
-        swap_a, swap_b = gr.Number(0, label="swap code", precision=0), gr.Number(1, label="with code", precision=0)
-        replace_button = gr.Button("Replace region")
-        resample_button = gr.Button("Resample region")
-        swap_button = gr.Button("Swap codes")
-        reset_button = gr.Button("Reset")
+        region = SafeImageEditor(label="Analysed image (brush = region to edit)", type="filepath", image_mode="RGBA",
+                                sources=(), transforms=(), height=320, format="png",
+                                brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=8))
+        with gr.Column():
+            with gr.Row():
+                edit_code = gr.Number(0, label="replace with code", precision=0)
+                replace_button = gr.Button("Replace region")
+            with gr.Row():
+                seed = gr.Number(0, label="resample seed", precision=0)
+                resample_button = gr.Button("Resample region")
+            with gr.Row():
+                swap_a, swap_b = gr.Number(0, label="swap code", precision=0), gr.Number(1, label="with code", precision=0)
+                swap_button = gr.Button("Swap codes")
+            reset_button = gr.Button("Reset")
     with gr.Row():
         before = gr.Image(label="before", format="png", interactive=False, height=OUTPUT_HEIGHT)
         after = gr.Image(label="after", format="png", interactive=False, height=OUTPUT_HEIGHT)
@@ -254,7 +547,8 @@ def build(registry: Registry) -> None:
 
     analyze_button.click(analyze, [image, model, page],
                          [atlas, page, usage_plot, stats, pca_plot, grid, positions, state],
-                         api_name="codebook", concurrency_id="heavy")
+                         api_name="codebook", concurrency_id="heavy").success(
+        region_canvas, state, region, api_visibility="private", show_progress="hidden")
     page.release(atlas_page, [model, page, state], atlas, api_name="atlas", concurrency_id="heavy")
     atlas.select(atlas_click, [model, page, state], code, api_visibility="private").then(
         code_positions, [model, code, state], [patch, positions, cell_text], api_visibility="private",
@@ -264,10 +558,15 @@ def build(registry: Registry) -> None:
     cell_button.click(cell_info, [model, row, col, state], [code, patch, positions, cell_text], api_name="cell", concurrency_id="heavy")
     code_button.click(code_positions, [model, code, state], [patch, positions, cell_text], api_name="code_positions", concurrency_id="heavy")
     edit_outputs = [before, after, grid, edit_text, state]
-    replace_button.click(edit_replace, [model, row0, row1, col0, col1, edit_code, state], edit_outputs,
+    replace_button.click(edit_replace, [model, region, edit_code, state], edit_outputs,
                          api_name="edit_replace", concurrency_id="heavy")
-    resample_button.click(edit_resample, [model, row0, row1, col0, col1, seed, state], edit_outputs,
+    resample_button.click(edit_resample, [model, region, seed, state], edit_outputs,
                           api_name="edit_resample", concurrency_id="heavy")
     swap_button.click(edit_swap, [model, swap_a, swap_b, state], edit_outputs, api_name="edit_swap", concurrency_id="heavy")
     reset_button.click(edit_reset, [model, state], edit_outputs, api_name="edit_reset", concurrency_id="heavy")
     interpolate_button.click(interpolate, [model, first, second, steps], [blends, snapped], api_name="interpolate", concurrency_id="heavy")
+
+
+def build(registry: Registry, demo: gr.Blocks) -> None:
+    build_prior_section(registry, demo)
+    build_explorer(registry)

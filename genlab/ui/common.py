@@ -1,4 +1,4 @@
-"""Pieces every tab shares: safe image upload, error translation, the model registry, examples."""
+"""Pieces every tab shares: safe image upload, brush masks, error translation, the model registry, examples."""
 
 from __future__ import annotations
 
@@ -12,20 +12,54 @@ import threading
 from pathlib import Path
 
 import gradio as gr
+import numpy as np
+from PIL import Image
 
 from .. import models
-from ..config import AppConfig
-from ..images import InputError
+from ..config import AppConfig, prior_autoencoder
+from ..images import InputError, open_image
 from ..models import ModelLoadError, ModelSpec
 
 log = logging.getLogger("genlab")
 OUTPUT_HEIGHT = 256  # output images get a fixed height so small results are not squashed under their labels
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "examples"
 NOT_TRAINED = "not trained yet"
+DISPLAY_SIDE = 256
 
 
 def example_images() -> list[str]:
     return sorted(str(p) for p in EXAMPLES_DIR.glob("*.png"))
+
+
+def upscale(image: Image.Image) -> Image.Image:
+    """Small outputs (32x32 emoji) are shown enlarged with visible pixels."""
+    if max(image.size) < DISPLAY_SIDE:
+        scale = DISPLAY_SIDE // max(image.size)
+        image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
+    return image
+
+
+def mask_from_editor(value, region: str = "the region the model should repaint") -> tuple[Image.Image, Image.Image]:
+    """(image, mask) from gradio's ImageEditor value: the background is the upload (through
+    genlab.open_image), the mask the union of the painted layers' alpha (white where painted).
+    `region` names what to paint in the error messages."""
+    if not isinstance(value, dict) or not value.get("background"):
+        raise gr.Error(f"Upload an image into the editor first, then paint {region}.")
+    image = open_image(value["background"])
+    mask = Image.new("L", image.size, 0)
+    for layer in value.get("layers") or []:
+        if layer is None:
+            continue
+        painted = Image.open(layer)
+        if painted.width * painted.height > 4 * image.width * image.height + 4096:
+            raise gr.Error("The mask layer is much larger than the image; paint on the uploaded image.")
+        alpha = painted.convert("RGBA").getchannel("A")
+        if alpha.size != image.size:
+            alpha = alpha.resize(image.size, Image.Resampling.NEAREST)
+        mask = Image.fromarray(np.maximum(np.asarray(mask), np.asarray(alpha)))
+    if not np.asarray(mask).any():
+        raise gr.Error(f"The mask is empty: paint over {region} (brush tool).")
+    return image, mask
 
 
 class SafeImage(gr.Image):
@@ -52,6 +86,56 @@ class SafeImage(gr.Image):
 
     def api_info(self):
         return gr.Image.api_info(self)
+
+
+class SafeImageEditor(gr.ImageEditor):
+    """gr.ImageEditor whose background and painted layers reach GenLab as file paths, undecoded (see SafeImage).
+
+    gradio's own preprocessing decodes them with Pillow and converts them to `image_mode`, which fails
+    with an unhelpful message on a non-image, an SVG or a bomb, and on any JPEG sent through the API
+    (RGBA cannot be saved as JPEG). Here the background is decoded by `genlab.open_image` in the event
+    function (`mask_from_editor`), and each layer is checked by it before the event runs. The browser
+    sends its canvas as PNG bytes; those are written to gradio's cache (and deleted with it) first.
+    """
+
+    @classmethod
+    def get_component_class_id(cls) -> str:
+        return gr.ImageEditor.get_component_class_id()
+
+    def get_block_name(self) -> str:
+        return "imageeditor"
+
+    def preprocess(self, payload):
+        if payload is None:
+            return None
+        source = payload if payload.id is None else self.blob_storage.pop(payload.id, None)
+        if source is None:  # the browser's blobs never arrived
+            return {"background": None, "layers": [], "composite": None}
+        return {"background": self._path(source.background),
+                "layers": [self._layer(layer) for layer in source.layers if layer is not None],
+                "composite": self._path(source.composite)}
+
+    def _path(self, file) -> str | None:
+        if file is None:
+            return None
+        if isinstance(file, (bytes, bytearray, memoryview)):  # a canvas export from the browser
+            Path(self.GRADIO_CACHE).mkdir(parents=True, exist_ok=True)
+            handle, path = tempfile.mkstemp(suffix=f".{self.format}", dir=self.GRADIO_CACHE)
+            with os.fdopen(handle, "wb") as out:
+                out.write(file)
+            self.temp_files.add(path)
+            return path
+        if file.path is None:
+            raise gr.Error("The upload did not arrive; please try again.")
+        return file.path
+
+    def _layer(self, file) -> str:
+        path = self._path(file)
+        try:
+            open_image(path)
+        except InputError as error:
+            raise gr.Error(f"A painted layer cannot be read: {error}", print_exception=False) from None
+        return path
 
 
 def user_errors(fn):
@@ -86,11 +170,20 @@ def user_errors(fn):
 
 
 class Registry:
-    """Labels shown in the dropdowns -> loaded models (shared through genlab.models' cache)."""
+    """Labels shown in the dropdowns -> loaded models (shared through genlab.models' cache).
+
+    Kinds: "vq" (any autoencoder), "diffusion" and "prior" (token priors over a VQ model's codes)."""
 
     def __init__(self, config: AppConfig):
         self.config = config
         self.status = models.embedded_status()
+        for vq_label, prior_label in self._prior_autoencoders().items():  # a prior's vqvae/ is as trained as the prior
+            if prior_label in self.status:
+                self.status.setdefault(vq_label, self.status[prior_label])
+
+    def table(self, kind: str) -> dict[str, ModelSpec]:
+        return {"vq": self.config.vq_models, "diffusion": self.config.diffusion_models,
+                "prior": self.config.prior_models}[kind]
 
     def _spec(self, table: dict[str, ModelSpec], label: str, kind: str) -> ModelSpec:
         if not label:
@@ -117,6 +210,21 @@ class Registry:
         spec = self._spec(self.config.diffusion_models, label, "diffusion")
         return models.load_diffusion(spec.source, spec.subfolder, device=self.config.device, revision=spec.revision)
 
+    def prior(self, label: str):
+        """A genlab.prior.TokenPrior."""
+        spec = self._spec(self.config.prior_models, label, "token prior")
+        return models.load_prior(spec.source, spec.subfolder, device=self.config.device, revision=spec.revision)
+
+    def _prior_autoencoders(self) -> dict[str, str]:
+        """VQ label -> the label of the prior whose vqvae/ it is."""
+        by_spec = {prior_autoencoder(spec): label for label, spec in self.config.prior_models.items()}
+        return {label: by_spec[spec] for label, spec in self.config.vq_models.items() if spec in by_spec}
+
+    def prior_of(self, vq_label: str) -> str | None:
+        """The token prior trained on a VQ model's codes, when one is listed (and trained)."""
+        prior = self._prior_autoencoders().get(vq_label)
+        return prior if prior is not None and self.status.get(prior) != NOT_TRAINED else None
+
     def is_latent(self, label: str) -> bool:
         """Whether a diffusion model is a latent one, known without loading it for local folders."""
         spec = self.config.diffusion_models.get(label)
@@ -126,17 +234,15 @@ class Registry:
         return folder.is_dir() and models.is_pipeline(folder) and any((folder / p).is_dir() for p in ("vae", "vqvae"))
 
     def choices(self, kind: str) -> list[tuple[str, str]]:
-        table = self.config.vq_models if kind == "vq" else self.config.diffusion_models
         shown = []
-        for label in table:
+        for label in self.table(kind):
             text = f"{label} (latent)" if kind == "diffusion" and self.is_latent(label) else label
             shown.append((f"{text} ({NOT_TRAINED})" if self.status.get(label) == NOT_TRAINED else text, label))
         return shown
 
     def default(self, kind: str, prefer: str | None = None, exclude: str | None = None) -> str | None:
         """The preferred model if trained, else the first trained one (never `exclude`)."""
-        table = self.config.vq_models if kind == "vq" else self.config.diffusion_models
-        trained = [label for label in table if self.status.get(label) != NOT_TRAINED and label != exclude]
+        trained = [label for label in self.table(kind) if self.status.get(label) != NOT_TRAINED and label != exclude]
         if prefer in trained:
             return prefer
         return trained[0] if trained else None

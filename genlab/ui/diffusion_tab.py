@@ -17,7 +17,8 @@ from ..autoencoder import channels_image
 from ..diffusion import DiffusionModel, DiffusionRun, Frame, Step, as_image, estimate_sigma, noise_as_image
 from ..images import InputError, image_grid, open_image
 from ..metrics import non_local_means, psnr
-from .common import OUTPUT_HEIGHT, Registry, SafeImage, example_images, file_stem, save_output, user_errors
+from .common import (DISPLAY_SIDE, OUTPUT_HEIGHT, Registry, SafeImage, SafeImageEditor, example_images, file_stem,
+                     mask_from_editor, save_output, upscale, user_errors)
 from .plots import schedule_figure
 
 SCHEDULER_CHOICES = [("DDPM", "ddpm"), ("DDIM", "ddim"), ("DPM-Solver++", "dpm++")]
@@ -25,7 +26,6 @@ COMPARE_CHOICES = ["DDIM 10", "DDIM 50", "DPM-Solver++ 10", "DPM-Solver++ 25", "
 COMPARE_NAMES = {"DDIM": "ddim", "DPM-Solver++": "dpm++", "DDPM": "ddpm"}
 TRAJECTORY_BYTES = 16 * 2**20  # per visitor: a longer trajectory keeps evenly spaced steps only
 STATE_TTL_S = 3600  # a visitor's trajectory is dropped an hour after their last run
-DISPLAY_SIDE = 256
 # One request's work: UNet evaluations x positions of the sample (latent or pixel), guidance counted
 # twice. ddpm-emoji at 1000 steps x batch 16 x guidance (32.8M) and every default pass; a 512^2 photo
 # denoised in 1000 steps (262M) does not.
@@ -33,14 +33,6 @@ MAX_WORK = 40_000_000
 
 
 to_grid, noise_grid = as_image, noise_as_image  # native resolution; a grid for B > 1
-
-
-def upscale(image: Image.Image) -> Image.Image:
-    """Small samples (32x32 emoji) are shown enlarged with visible pixels."""
-    if max(image.size) < DISPLAY_SIDE:
-        scale = DISPLAY_SIDE // max(image.size)
-        image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
-    return image
 
 
 def check_work(dm: DiffusionModel, runs: list[tuple[int, int, bool]], side: tuple[int, int]) -> int:
@@ -135,28 +127,6 @@ def export_files(run: DiffusionRun, stem: str) -> list[str]:
                 if target.exists():
                     files.append(save_output(target.read_bytes(), target.name))
     return files
-
-
-def mask_from_editor(value) -> tuple[Image.Image, Image.Image]:
-    """(image, mask) from gradio's ImageEditor value: the background is the upload (through
-    genlab.open_image), the mask the union of the painted layers' alpha (white where painted)."""
-    if not isinstance(value, dict) or not value.get("background"):
-        raise gr.Error("Upload an image into the editor first, then paint the region to repaint.")
-    image = open_image(value["background"])
-    mask = Image.new("L", image.size, 0)
-    for layer in value.get("layers") or []:
-        if layer is None:
-            continue
-        painted = Image.open(layer)
-        if painted.width * painted.height > 4 * image.width * image.height + 4096:
-            raise gr.Error("The mask layer is much larger than the image; paint on the uploaded image.")
-        alpha = painted.convert("RGBA").getchannel("A")
-        if alpha.size != image.size:
-            alpha = alpha.resize(image.size, Image.Resampling.NEAREST)
-        mask = Image.fromarray(np.maximum(np.asarray(mask), np.asarray(alpha)))
-    if not np.asarray(mask).any():
-        raise gr.Error("The mask is empty: paint over the region the model should repaint (brush tool).")
-    return image, mask
 
 
 def example_result(registry: Registry, label: str | None):
@@ -397,7 +367,7 @@ def build(registry: Registry, demo: gr.Blocks) -> None:
                     "the known region from q(x_t | x_0) (RePaint's conditioning, Lugmayr et al. 2022), so only the "
                     "painted region is generated.")
         with gr.Row():
-            editor = gr.ImageEditor(label="Image and mask (brush = repaint)", type="filepath", image_mode="RGBA",
+            editor = SafeImageEditor(label="Image and mask (brush = repaint)", type="filepath", image_mode="RGBA",
                                     sources=("upload", "clipboard"), height=320,
                                     brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=12))
             with gr.Column():

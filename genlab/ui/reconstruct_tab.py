@@ -5,13 +5,18 @@ A VQ model's row shows its reconstruction, the absolute error and the token map;
 row shows the decode of the posterior mean, the decode of one posterior sample and the posterior std
 (see genlab.autoencoder). The "bits per pixel" row is the model's rate either way: log2(K) / f^2 for
 VQ, the KL term in bits over the pixels for KL; the "distinct codes used" row gives a KL model's
-latent shape instead.
+latent shape instead. A VQ model with a token prior (a prior pipeline's vqvae/) adds the row "bits per
+pixel under its token prior": the code length of the image's tokens, -log2 p(tokens) under the prior
+over the pixels (genlab.prior.TokenPrior.bits_per_pixel), i.e. what an entropy coder driven by the
+prior would spend, against the log2(K) / f^2 of storing each index as it is.
 
 Speed: each panel is encoded once, as a PNG with zlib's run-length strategy, and handed to gradio as
 a file. gradio's own encoder uses Pillow's defaults (zlib level 6, default strategy): on 256² photos
 and heat maps that is 5 to 14 times slower (22-48 ms against 3-4 ms a panel on the 2-core CPU beside
 a training run) for files within 6% of the same size, and the reconstruction was encoded a second
 time for its download; with a compare model, 8 panels were most of the time spent outside the models.
+The three SSIMs (model, compare model, JPEG: each against the same input) share one
+`metrics.SsimReference`, so the input's own statistics are filtered once, not three times.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from .common import OUTPUT_HEIGHT, Registry, SafeImage, example_images, file_ste
 
 METRIC_ROWS = ("PSNR (dB)", "SSIM", "bits per pixel", "compression vs 24-bit RGB",
                "distinct codes used (JPEG: quality)", "latency (ms)")
+PRIOR_ROW = "bits per pixel under its token prior"
 PANEL_LABELS = {  # the three panels of a model's row
     "vq": ("reconstruction", "absolute error", "token indices (codes as colours)"),
     "kl": ("reconstruction: decode of the posterior mean", "decode of a posterior sample z ~ q(z|x)",
@@ -77,12 +83,17 @@ def kind_of(autoencoder) -> str:
     return "kl" if isinstance(autoencoder, KLAutoencoder) else "vq"
 
 
-def reconstruct_one(registry: Registry, label: str, image, max_side: int, prefix: str = ""):
+def reconstruct_one(registry: Registry, label: str, image, max_side: int, prefix: str = "",
+                    reference: metrics.SsimReference | None = None):
     """Run one autoencoder; returns (result, its three panels and its code as (file name, value), metric
-    column). The code is what the download offers beside the reconstruction: the token grid (VQ) or
-    the posterior std (KL). `prefix` starts the file names (the compare row's, so names never clash)."""
+    column, the SsimReference of its input). The code is what the download offers beside the
+    reconstruction: the token grid (VQ) or the posterior std (KL). `prefix` starts the file names (the
+    compare row's, so names never clash). `reference`: the first model's, whose input statistics this
+    SSIM reuses (a new one is made when it is None or holds other pixels)."""
     autoencoder = registry.autoencoder(label)
     result = autoencoder.reconstruct(image, max_side=int(max_side))
+    if reference is None or not reference.matches(result.input):
+        reference = metrics.SsimReference(result.input)
     stem = file_stem(label)
     if kind_of(autoencoder) == "kl":
         panels = [(f"{prefix}reconstruction_{stem}.png", result.image),
@@ -98,14 +109,17 @@ def reconstruct_one(registry: Registry, label: str, image, max_side: int, prefix
                   (f"{prefix}token-map_{stem}.png", index_map_image(result.indices, autoencoder.num_codes, cell))]
         code = (f"{prefix}tokens_{stem}.npy", result.indices.astype(np.int32))
         bottleneck = f"{result.distinct_codes} of {autoencoder.num_codes} codes"
-    column = [round(result.psnr, 2), round(result.ssim, 4), round(result.bits_per_pixel, 4),
+    column = [round(result.psnr, 2), round(reference.ssim(result.image), 4), round(result.bits_per_pixel, 4),
               f"{result.compression_ratio:.1f}x", bottleneck, round(result.latency_s * 1000, 1)]
-    return result, panels, code, column
+    return result, panels, code, column, reference
 
 
-def jpeg_column(image, bpp: float):
+def jpeg_column(image, bpp: float, reference: metrics.SsimReference | None = None):
+    """JPEG of `image` at <= bpp bits per pixel and its metric column; `reference`: an SsimReference of
+    `image` to reuse (the models' input)."""
     jpeg = metrics.jpeg_at_bpp(image, bpp)
-    return jpeg, [round(jpeg.psnr, 2), round(metrics.ssim(image, jpeg.image), 4), round(jpeg.bits_per_pixel, 4),
+    reference = metrics.SsimReference(image) if reference is None else reference
+    return jpeg, [round(jpeg.psnr, 2), round(reference.ssim(jpeg.image), 4), round(jpeg.bits_per_pixel, 4),
                   f"{24 / jpeg.bits_per_pixel:.1f}x", f"quality {jpeg.quality}", "-"]
 
 
@@ -119,6 +133,23 @@ def shape_note(result, max_side: int) -> str:
     return f"{size} -> {result.indices.shape[0]}x{result.indices.shape[1]} tokens."
 
 
+def prior_bits(registry: Registry, label: str, image) -> tuple[str, str]:
+    """(table cell, note) for the bits per pixel of `image` under the token prior of VQ model `label`;
+    ("-", "") when it has none."""
+    prior_label = registry.prior_of(label)
+    if prior_label is None:
+        return "-", ""
+    prior = registry.prior(prior_label)
+    bpp = prior.bits_per_pixel(image)
+    (height, width), index_bpp = prior.image_size, prior.index_bits_per_pixel
+    ratio = (f"{index_bpp / bpp:.1f}x fewer bits" if bpp <= index_bpp else
+             f"{bpp / index_bpp:.1f}x more: the prior finds this image unlikely")
+    return str(round(bpp, 4)), (
+        f" {label}'s token prior {prior_label} codes the image, centre-cropped and resized to {width}x{height}, in "
+        f"{bpp:.3f} bits per pixel (-log2 p of its tokens in raster order), against log2 K / f² = "
+        f"{index_bpp:.3f} for the raw indices ({ratio}).")
+
+
 def build(registry: Registry) -> None:
     @user_errors
     def reconstruct(image_path, model, compare_model, max_side, progress=gr.Progress()):
@@ -127,26 +158,32 @@ def build(registry: Registry) -> None:
         progress(0.1, desc="decoding the upload")
         image = open_image(image_path)
         progress(0.3, desc=f"reconstructing with {model}")
-        result, panels, code, column = reconstruct_one(registry, model, image, max_side)
+        result, panels, code, column, reference = reconstruct_one(registry, model, image, max_side)
         headers, columns = ["metric", model], [column]
         compare_panels = []
         if compare_model and compare_model != model:
             progress(0.6, desc=f"reconstructing with {compare_model}")
-            _, compare_panels, _, compare_column = reconstruct_one(registry, compare_model, image, max_side, "compare_")
+            _, compare_panels, _, compare_column, _ = reconstruct_one(registry, compare_model, image, max_side,
+                                                                      "compare_", reference)
             headers.append(compare_model)
             columns.append(compare_column)
         progress(0.8, desc="JPEG at the same bit rate")
-        jpeg, jpeg_values = jpeg_column(result.input, result.bits_per_pixel)
+        jpeg, jpeg_values = jpeg_column(result.input, result.bits_per_pixel, reference)
         headers.append("JPEG at <= the same bpp" if jpeg.within_budget else
                        "JPEG at quality 1 (cannot go as low as the model's bpp)")
         columns.append(jpeg_values)
-        table = pd.DataFrame([[name, *map(str, values)] for name, *values in zip(METRIC_ROWS, *columns)],
-                             columns=headers)
+        rows = [[name, *map(str, values)] for name, *values in zip(METRIC_ROWS, *columns)]
+        note = shape_note(result, max_side)
+        if any(registry.prior_of(label) for label in headers[1:-1]):
+            progress(0.9, desc="code length under the token prior")
+            priors = [prior_bits(registry, label, result.input) for label in headers[1:-1]]
+            rows.insert(METRIC_ROWS.index("bits per pixel") + 1, [PRIOR_ROW, *(cell for cell, _ in priors), "-"])
+            note += "".join(note_text for _, note_text in priors)
+        table = pd.DataFrame(rows, columns=headers)
         original, *row_paths, jpeg_path, code_path = save_files(
             [("original.png", result.input), *panels, *compare_panels, (f"jpeg_q{jpeg.quality}.png", jpeg.image), code])
         main_row, compare_row = row_paths[:3], row_paths[3:] or [None, None, None]
-        return (original, *main_row, *compare_row, jpeg_path, table, shape_note(result, max_side),
-                [main_row[0], code_path])
+        return (original, *main_row, *compare_row, jpeg_path, table, note, [main_row[0], code_path])
 
     def row_for(label, labels: dict[str, tuple[str, str, str]]):
         """A row's panels emptied and relabelled for the model just chosen (VQ or KL), so they never show one

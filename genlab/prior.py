@@ -1,0 +1,439 @@
+"""Token priors: generate, inpaint and measure code length in a VQ model's token space (a VQGAN's second stage).
+
+Taming Transformers: Esser et al. (arXiv:2012.09841). A transformer models the VQGAN's code grid as
+  p(x) = prod_i p(x_i | x_<i) in raster order and samples it one token at a time, with top-k and
+  temperature ("raster" order below).
+MaskGIT: Chang et al. (arXiv:2202.04200). A bidirectional transformer predicts every masked token at
+  once. Sampling starts fully masked; step s of S samples all masked tokens, keeps the most confident
+  ones and re-masks the rest so that N cos(pi/2 (s+1)/S) stay masked (the cosine schedule, their
+  eq. 3); confidence is the sampled token's log-probability plus Gumbel noise whose temperature
+  anneals linearly to 0 ("confidence" order). diffusers' `AmusedScheduler.step` is exactly this step.
+  "random" keeps the same number of tokens per step but picks them in a seeded random order.
+aMUSEd: Patil et al. (arXiv:2401.01808): MaskGIT with diffusers' `UVit2DModel` over a VQGAN's tokens,
+  conditioned on CLIP text; the same loop runs it, with its pipeline's conditioning.
+Inpainting: tokens whose f x f patch touches the mask are masked and sampled by the same loop,
+  conditioned on every other token, which stays the image's own.
+Code length (Shannon): an entropy coder driven by the prior spends -log2 p(x_i | x_<i) bits on
+  token i; a bidirectional model gives p(x_i | x_<i) when every later token is masked. Summed over
+  the grid and divided by the pixels, this is the image's bits per pixel under the prior, against the
+  log2 K / f^2 of storing each index as it is.
+
+Tokens are (B, h, w) int64 tensors inside, holding the mask id (K for GenLab's transformer,
+`scheduler.config.mask_token_id` for aMUSEd) where unknown; at the public API they are (h, w) numpy
+int arrays with -1 where still masked.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AmusedScheduler
+from PIL import Image, ImageOps
+
+from .conditioning import ConditionalModel
+from .images import image_grid, mask_of, open_image, pil_to_tensor, tensor_to_pil
+
+ORDERS = ("confidence", "raster", "random")
+MAX_STEPS = 64  # confidence and random orders; raster takes one step per token
+MAX_BATCH = 16
+CHOICE_TEMPERATURE = 2.0  # start of the annealed Gumbel temperature (AmusedScheduler's default)
+UNKNOWN = -1  # masked cells at the public API
+
+
+@dataclass
+class TokenStep:
+    """One unmasking step (CPU tensors): the grid after it, the model's full prediction, what it fixed."""
+
+    tokens: torch.Tensor  # (B, h, w) after the step; mask id where still masked
+    pred: torch.Tensor  # (B, h, w) a sampled token for every position (known ones kept)
+    new: torch.Tensor  # (B, h, w) bool: fixed in this step
+
+
+def filter_logits(logits: torch.Tensor, temperature: float, top_k: int | None) -> torch.Tensor:
+    """(B, K, h, w) logits / temperature, with all but the top_k codes of each position at -inf."""
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[1]:
+        kth = logits.topk(top_k, dim=1).values[:, -1:]  # (B, 1, h, w)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return logits
+
+
+def sample_tokens(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """(B, K, h, w) logits -> (B, h, w) one multinomial draw per position."""
+    batch, codes, height, width = logits.shape
+    probs = logits.permute(0, 2, 3, 1).reshape(-1, codes).softmax(dim=-1).cpu()  # (B*h*w, K)
+    return torch.multinomial(probs, 1, generator=generator).view(batch, height, width).to(logits.device)
+
+
+def still_masked(count: int, step: int, steps: int, previous: int) -> int:
+    """Masked tokens left after `step` (0-based) of `steps`: MaskGIT's cosine schedule with
+    AmusedScheduler's rounding (at least one new token a step while it can, none left at the end)."""
+    if step == steps - 1:
+        return 0
+    # float32, as the scheduler computes it (cos(pi/3) = 0.49999997 there: floor(64 * it) = 31, not 32)
+    ratio = torch.cos(torch.tensor(step + 1) / steps * math.pi / 2)
+    return max(1, min(previous - 1, int((count * ratio).floor())))
+
+
+def iterate_unmask(predict, tokens: torch.Tensor, mask_id: int, *, order: str, steps: int, generator: torch.Generator,
+                   temperature: float = 1.0, top_k: int | None = None, choice_temperature: float = CHOICE_TEMPERATURE):
+    """Generator over unmasking steps from `tokens` (mask_id where unknown; the same cells in every
+    sample) until none is masked: yields a TokenStep after each. `predict(tokens)` -> (B, K, h, w) logits.
+
+    confidence: `steps` AmusedScheduler steps; random: the same counts, cells in a seeded random
+    order; raster: one step per masked cell, in raster order. Closing the generator stops the loop.
+    """
+    masked_cells = (tokens[0] == mask_id).flatten().nonzero()[:, 0]  # (M,) positions in raster order
+    if order == "confidence":
+        scheduler = AmusedScheduler(mask_token_id=mask_id)
+        scheduler.set_timesteps(steps, temperature=(choice_temperature, 0.0))
+        start_ratio = len(masked_cells) / tokens[0].numel()
+        for timestep in scheduler.timesteps:
+            logits = filter_logits(predict(tokens), temperature, top_k)
+            out = scheduler.step(logits, int(timestep), tokens, starting_mask_ratio=start_ratio, generator=generator)
+            new = (tokens == mask_id) & (out.prev_sample != mask_id)
+            tokens = out.prev_sample
+            yield TokenStep(tokens.cpu(), out.pred_original_sample.cpu(), new.cpu())
+        return
+    if order == "raster":
+        schedule = [cell[None] for cell in masked_cells]
+    elif order == "random":
+        shuffled = masked_cells[torch.randperm(len(masked_cells), generator=generator)]
+        schedule, left = [], len(shuffled)
+        for step in range(steps):
+            remaining = still_masked(len(shuffled), step, steps, left)
+            schedule.append(shuffled[len(shuffled) - left: len(shuffled) - remaining])
+            left = remaining
+    else:
+        raise ValueError(f"unknown order {order!r}; choose one of {ORDERS}")
+    batch = tokens.shape[0]
+    for cells in schedule:
+        logits = filter_logits(predict(tokens), temperature, top_k)
+        pred = torch.where(tokens == mask_id, sample_tokens(logits, generator), tokens)  # (B, h, w)
+        flat = tokens.reshape(batch, -1).clone()
+        flat[:, cells.to(flat.device)] = pred.reshape(batch, -1)[:, cells.to(flat.device)]
+        new = (tokens == mask_id) & (flat.view_as(tokens) != mask_id)
+        tokens = flat.view_as(tokens)
+        yield TokenStep(tokens.cpu(), pred.cpu(), new.cpu())
+
+
+def _public(tokens: torch.Tensor, mask_id: int) -> np.ndarray:
+    """(B, h, w) tensor -> (h, w) array for one sample, (B, h, w) for more; masked cells -1."""
+    array = torch.where(tokens == mask_id, UNKNOWN, tokens).numpy()
+    return array[0] if len(array) == 1 else array
+
+
+def _as_image(pixels: torch.Tensor) -> Image.Image:
+    """(B, 3, H, W) in [-1, 1] -> one image (a grid of 4 columns for B > 1)."""
+    images = [tensor_to_pil(p) for p in pixels]
+    return images[0] if len(images) == 1 else image_grid(images, columns=min(4, len(images)))
+
+
+@dataclass
+class TokenFrame:
+    """One step as arrays and images; images are decoded on first access."""
+
+    step: TokenStep
+    prior: "TokenPrior"
+    index: int  # 0-based step number
+
+    @property
+    def tokens(self) -> np.ndarray:
+        """(h, w) ints ((B, h, w) for a batch), -1 where still masked."""
+        return _public(self.step.tokens, self.prior.mask_id)
+
+    @property
+    def new(self) -> np.ndarray:
+        """(h, w) bools ((B, h, w) for a batch): tokens fixed in this step."""
+        new = self.step.new.numpy()
+        return new[0] if len(new) == 1 else new
+
+    @property
+    def masked_share(self) -> float:
+        return float((self.step.tokens == self.prior.mask_id).float().mean())
+
+    @cached_property
+    def image(self) -> Image.Image:
+        """The tokens decoded so far; cells still masked are grey."""
+        masked = self.step.tokens == self.prior.mask_id
+        pixels = self.prior.vq.decode_tensor(torch.where(masked, self.step.pred, self.step.tokens)).cpu()
+        f = self.prior.vq.downsample_factor
+        grey = masked.repeat_interleave(f, 1).repeat_interleave(f, 2)[:, None]  # (B, 1, H, W)
+        return _as_image(pixels.masked_fill(grey, 0.0))
+
+    @cached_property
+    def x0(self) -> Image.Image:
+        """The decoded full prediction of this step."""
+        return _as_image(self.prior.vq.decode_tensor(self.step.pred).cpu())
+
+
+@dataclass
+class TokenRun:
+    """What `sample` / `inpaint` return: the final tokens and image, and one TokenFrame per step."""
+
+    prior: "TokenPrior"
+    order: str
+    seed: int
+    steps: list[TokenStep] = field(default_factory=list)
+    final: torch.Tensor | None = None  # (B, h, w)
+    input: Image.Image | None = None  # inpainting: the image as the prior sees it (fitted to its grid)
+    token_mask: np.ndarray | None = None  # inpainting: (h, w) bool, the resampled tokens
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def frames(self) -> list[TokenFrame]:
+        return [TokenFrame(step, self.prior, index) for index, step in enumerate(self.steps)]
+
+    @property
+    def tokens(self) -> np.ndarray:
+        """(h, w) ints, or (B, h, w) for a batch."""
+        return _public(self.final, self.prior.mask_id)
+
+    @cached_property
+    def pixels(self) -> torch.Tensor:
+        return self.prior.vq.decode_tensor(self.final).cpu()  # (B, 3, H, W)
+
+    @property
+    def images(self) -> list[Image.Image]:
+        return [tensor_to_pil(p) for p in self.pixels]
+
+    @property
+    def image(self) -> Image.Image:
+        return _as_image(self.pixels)
+
+
+class TokenPrior(ConditionalModel):
+    """A token transformer over a `genlab.vq.VQ`'s codes, its conditioning, and GenLab's operations.
+
+    `transformer`: GenLab's `MaskedTokenTransformer` (class labels) or diffusers' `UVit2DModel` (aMUSEd,
+    with `text`, a `genlab.text.TextEncoder`). Either maps (B, h, w) tokens to (B, K, h, w) logits.
+    """
+
+    def __init__(self, vq, transformer, scheduler_config: dict, info: dict | None = None, name: str = "prior",
+                 text=None):
+        self.vq, self.transformer, self.text, self.name = vq, transformer, text, name
+        info = info or {}
+        config = transformer.config
+        self.is_amused = type(transformer).__name__ == "UVit2DModel"
+        self.mask_id = int(scheduler_config.get("mask_token_id", getattr(config, "codebook_size", vq.num_codes)))
+        self.num_codes = int(config.codebook_size)
+        if self.num_codes != vq.num_codes:
+            raise ValueError(f"the transformer predicts {self.num_codes} codes but the VQ model has {vq.num_codes}")
+        # [MASK] must be an input id the transformer embeds and no real code: GenLab's embeds it as K,
+        # UVit2DModel has vocab_size inputs (codes, then special ids)
+        vocab = int(getattr(config, "vocab_size", self.num_codes + 1))
+        usable = range(self.num_codes, vocab) if self.is_amused else range(self.num_codes, self.num_codes + 1)
+        if self.mask_id not in usable:
+            raise ValueError(f"the scheduler's mask_token_id {self.mask_id} is not an id this transformer can use "
+                             f"for [MASK] (it must lie in [{usable.start}, {usable.stop - 1}]: not a real code, "
+                             "inside the transformer's vocabulary)")
+        if self.is_amused:
+            side = int(info.get("grid", config.sample_size))
+            self.grid = (side, side)
+        else:
+            self.grid = (int(config.height), int(config.width))
+        self.classes: list[str] = list(info.get("classes", []))
+        num_classes = int(getattr(config, "num_classes", 0) or 0)
+        if num_classes and len(self.classes) != num_classes:
+            self.classes = [f"class {i}" for i in range(num_classes)]
+        self.null_class = num_classes if num_classes else None
+        self.default_guidance_scale = float(info.get("default_guidance_scale", 10.0 if text is not None else 1.0))
+
+    @property
+    def is_conditional(self) -> bool:
+        return self.null_class is not None
+
+    @property
+    def device(self) -> torch.device:
+        return self.transformer.device
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(H, W) in pixels of the images the prior writes."""
+        f = self.vq.downsample_factor
+        return self.grid[0] * f, self.grid[1] * f
+
+    @property
+    def index_bits_per_pixel(self) -> float:
+        """log2 K / f^2: storing every index as it is."""
+        return math.log2(self.num_codes) / self.vq.downsample_factor ** 2
+
+    # ------------------------------------------------------------------- the network
+    def _extra_kwargs(self, batch: int) -> dict:
+        """aMUSEd's micro-conditioning (width, height, crop top, crop left, aesthetic score 6), as its pipeline."""
+        if not self.is_amused:
+            return {}
+        height, width = self.image_size
+        return {"micro_conds": torch.tensor([[width, height, 0, 0, 6]] * batch, dtype=torch.float32)}
+
+    def _predictor(self, conditioning, guidance_scale: float, batch: int):
+        """tokens (B, h, w) -> (B, K, h, w) float logits, classifier-free guided when asked."""
+        guided = conditioning is not None and conditioning.uncond is not None and guidance_scale != 1.0
+        kwargs = conditioning.batched(guided, self.device) if conditioning is not None else {}
+        kwargs.update({k: torch.cat([v] * (2 if guided else 1)).to(self.device) for k, v in self._extra_kwargs(batch).items()})
+        dtype = self.transformer.dtype
+        kwargs = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in kwargs.items()}
+
+        @torch.inference_mode()
+        def predict(tokens: torch.Tensor) -> torch.Tensor:
+            tokens = tokens.to(self.device)
+            logits = self.transformer(torch.cat([tokens, tokens]) if guided else tokens, **kwargs).float()
+            if guided:
+                conditional, unconditional = logits.chunk(2)
+                logits = unconditional + guidance_scale * (conditional - unconditional)
+            return logits
+
+        return predict
+
+    # -------------------------------------------------------------------- checks
+    @staticmethod
+    def _check_int(value, name: str, low: int, high: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= int(value) <= high:
+            raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+        return int(value)
+
+    def _settings(self, order, steps, temperature, top_k, guidance_scale, choice_temperature, seed):
+        if order not in ORDERS:
+            raise ValueError(f"unknown order {order!r}; choose one of {ORDERS}")
+        if order != "raster":
+            self._check_int(steps, "steps", 1, MAX_STEPS)
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature <= 10:
+            raise ValueError(f"temperature must be a number in (0, 10], got {temperature!r}")
+        if top_k is not None:
+            top_k = self._check_int(top_k, "top_k", 1, self.num_codes)
+        guidance = self.default_guidance_scale if guidance_scale is None else guidance_scale
+        if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not 0 <= guidance <= 30:
+            raise ValueError(f"guidance scale must be a number in [0, 30], got {guidance!r}")
+        if not isinstance(choice_temperature, (int, float)) or not 0 <= choice_temperature <= 20:
+            raise ValueError(f"choice temperature must be a number in [0, 20], got {choice_temperature!r}")
+        self._check_int(seed, "seed", 0, 2**63 - 1)
+        return top_k, float(guidance)
+
+    def _stream(self, tokens: torch.Tensor, run: TokenRun, *, steps, class_label, prompt, negative_prompt,
+                temperature, top_k, guidance_scale, choice_temperature):
+        """Check the settings now, and return the generator of TokenFrames that ends with the TokenRun."""
+        top_k, guidance = self._settings(run.order, steps, temperature, top_k, guidance_scale, choice_temperature, run.seed)
+        batch = tokens.shape[0]
+        conditioning, unconditional = self._conditioning(batch, class_label, prompt, negative_prompt, run.notes)
+        predict = self._predictor(conditioning, 1.0 if unconditional else guidance, batch)
+        steps_run = iterate_unmask(predict, tokens.to(self.device), self.mask_id, order=run.order, steps=int(steps),
+                                   generator=torch.Generator().manual_seed(int(run.seed)),
+                                   temperature=float(temperature), top_k=top_k,
+                                   choice_temperature=float(choice_temperature))
+
+        def frames():
+            final = tokens
+            for step in steps_run:
+                run.steps.append(step)
+                final = step.tokens
+                yield TokenFrame(step, self, len(run.steps) - 1)
+            run.final = final.cpu()
+            yield run
+
+        return frames()
+
+    @staticmethod
+    def _last(stream):
+        for item in stream:
+            pass
+        return item
+
+    # ------------------------------------------------------------------ operations
+    def sample_stream(self, seed: int = 0, steps: int = 12, order: str = "confidence", batch: int = 1,
+                      class_label=None, temperature: float = 1.0, top_k: int | None = None,
+                      guidance_scale: float | None = None, prompt: str | None = None,
+                      negative_prompt: str | None = None, choice_temperature: float = CHOICE_TEMPERATURE):
+        """Like `sample`, as a generator: a TokenFrame per step, then the TokenRun."""
+        batch = self._check_int(batch, "batch", 1, MAX_BATCH)
+        run = TokenRun(self, order, seed)
+        tokens = torch.full((batch, *self.grid), self.mask_id, dtype=torch.long)
+        if order == "raster":
+            steps = tokens[0].numel()
+        return self._stream(tokens, run, steps=steps, class_label=class_label, prompt=prompt,
+                            negative_prompt=negative_prompt, temperature=temperature, top_k=top_k,
+                            guidance_scale=guidance_scale, choice_temperature=choice_temperature)
+
+    def sample(self, *args, **kwargs) -> TokenRun:
+        """Sample a token grid from nothing and decode it; the same seed and settings give the same image.
+
+        order: "confidence" (MaskGIT), "raster" (one token per step; `steps` is then the number of
+        tokens) or "random"; steps (1..64), batch (1..16), class_label (name or index; None =
+        unconditional) or prompt / negative_prompt (aMUSEd), temperature (divides the logits),
+        top_k, guidance_scale (classifier-free, on the logits), choice_temperature (confidence order:
+        start of the annealed Gumbel noise).
+        """
+        return self._last(self.sample_stream(*args, **kwargs))
+
+    def fit(self, image) -> Image.Image:
+        """An upload as the prior sees it: centre-cropped to the grid's aspect and resized to its pixels."""
+        height, width = self.image_size
+        return ImageOps.fit(open_image(image), (width, height), Image.Resampling.LANCZOS)
+
+    def tokens_of(self, image) -> torch.Tensor:
+        """(1, h, w) code indices of an image fitted to the prior's grid."""
+        return self.vq.encode(pil_to_tensor(self.fit(image))).cpu().clone()  # a normal tensor, editable
+
+    def token_mask(self, image, mask) -> np.ndarray:
+        """(h, w) bool: the tokens whose f x f patch touches the mask (mask: non-zero = resample, the
+        upload's size), after the same crop and resize as the image."""
+        image = open_image(image)
+        repaint = mask_of(mask, (image.height, image.width))[0, 0]  # (H0, W0)
+        height, width = self.image_size
+        fitted = ImageOps.fit(Image.fromarray(repaint.numpy().astype(np.uint8) * 255), (width, height),
+                              Image.Resampling.NEAREST)
+        pixels = torch.from_numpy(np.asarray(fitted) > 0).float()[None, None]
+        cells = F.max_pool2d(pixels, self.vq.downsample_factor)[0, 0] > 0
+        if not cells.any():
+            raise ValueError(f"the mask lies outside the centre crop the prior sees ({width}x{height} pixels "
+                             "after cropping to its aspect ratio); paint inside the image's centre")
+        return cells.numpy()
+
+    def inpaint_stream(self, image, mask, steps: int = 12, seed: int = 0, order: str = "confidence",
+                       class_label=None, temperature: float = 1.0, top_k: int | None = None,
+                       guidance_scale: float | None = None, prompt: str | None = None,
+                       negative_prompt: str | None = None, choice_temperature: float = CHOICE_TEMPERATURE):
+        """Like `inpaint`, as a generator: a TokenFrame per step, then the TokenRun."""
+        cells = self.token_mask(image, mask)
+        tokens = self.tokens_of(image)
+        tokens[0][torch.from_numpy(cells)] = self.mask_id
+        run = TokenRun(self, order, seed, input=self.fit(image), token_mask=cells)
+        if order == "raster":
+            steps = int(cells.sum())
+        return self._stream(tokens, run, steps=steps, class_label=class_label, prompt=prompt,
+                            negative_prompt=negative_prompt, temperature=temperature, top_k=top_k,
+                            guidance_scale=guidance_scale, choice_temperature=choice_temperature)
+
+    def inpaint(self, *args, **kwargs) -> TokenRun:
+        """Resample the tokens under the mask (white / non-zero = resample), conditioned on all the
+        others, which stay exactly the image's own (`vq.indices_of` of the fitted image). The image is
+        centre-cropped and resized to the prior's grid first. Same settings as `sample`."""
+        return self._last(self.inpaint_stream(*args, **kwargs))
+
+    @torch.inference_mode()
+    def token_bits(self, image, class_label=None, prompt: str | None = None, chunk: int = 32) -> np.ndarray:
+        """(h, w) code length in bits of each token of the fitted image, -log2 p(x_i | x_<i) in raster
+        order (every later token masked), under the unconditional model unless a class or prompt is given."""
+        tokens = self.tokens_of(image)[0]  # (h, w)
+        count = tokens.numel()
+        flat = tokens.flatten()
+        bits = torch.empty(count)
+        for start in range(0, count, chunk):
+            rows = torch.arange(start, min(start + chunk, count))  # row r codes token r
+            conditioning, _ = self._conditioning(len(rows), class_label, prompt, None, [])
+            predict = self._predictor(conditioning, 1.0, len(rows))
+            inputs = flat.repeat(len(rows), 1)  # (R, N)
+            inputs[torch.arange(count)[None] >= rows[:, None]] = self.mask_id  # token r and every later one masked
+            log_probs = predict(inputs.view(len(rows), *tokens.shape)).flatten(2).log_softmax(dim=1).cpu()  # (R, K, N)
+            bits[rows] = -log_probs[torch.arange(len(rows)), flat[rows], rows] / math.log(2)
+        return bits.view(tokens.shape).numpy()
+
+    def bits_per_pixel(self, image, class_label=None, prompt: str | None = None) -> float:
+        """Code length of the image's tokens under the prior over its pixels (see `token_bits`); compare
+        with `index_bits_per_pixel`, log2 K / f^2."""
+        height, width = self.image_size
+        return float(self.token_bits(image, class_label, prompt).sum()) / (height * width)

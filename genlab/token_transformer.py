@@ -1,0 +1,78 @@
+"""A bidirectional masked-token transformer over a VQ model's code grid (the second stage of a VQGAN).
+
+MaskGIT: Chang et al., "MaskGIT: Masked Generative Image Transformer" (arXiv:2202.04200): a BERT-like
+transformer sees the code grid with some tokens replaced by [MASK] and predicts every masked token,
+p(x_i | x_visible, c). Class conditioning is a token prepended to the sequence (their class-conditional
+ImageNet model); the null class (index `num_classes`) is the unconditional model that
+classifier-free guidance needs (Ho & Salimans, arXiv:2207.12598), learnt by label dropout.
+
+nanoGPT-sized and saved with diffusers' `ModelMixin`/`ConfigMixin`, so `save_pretrained` /
+`from_pretrained` round-trip it in safetensors; the blocks are diffusers' `BasicTransformerBlock`
+(pre-LayerNorm self-attention + GELU MLP, no causal mask).
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.attention import BasicTransformerBlock
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+
+class MaskedTokenTransformer(ModelMixin, ConfigMixin):
+    """tokens (B, h, w) in [0, K] (K = [MASK]) and class labels (B,) -> logits (B, K, h, w) over the K codes.
+
+    The output layout is `UVit2DModel`'s (aMUSEd), so one sampling loop serves both.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        codebook_size: int = 1024,  # K; the [MASK] token is index K (AmusedScheduler's mask_token_id)
+        height: int = 16,  # token grid (h, w) the positions are learnt for
+        width: int = 16,
+        num_classes: int = 0,  # 0: unconditional; else class index num_classes is "no class"
+        hidden_size: int = 256,
+        num_layers: int = 6,
+        num_heads: int = 4,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        if hidden_size % num_heads:
+            raise ValueError(f"hidden_size ({hidden_size}) must be a multiple of num_heads ({num_heads})")
+        self.token_embedding = nn.Embedding(codebook_size + 1, hidden_size)
+        self.position_embedding = nn.Parameter(torch.zeros(1, height * width, hidden_size))
+        self.class_embedding = nn.Embedding(num_classes + 1, hidden_size)  # + 1: the null class
+        self.blocks = nn.ModuleList(
+            BasicTransformerBlock(hidden_size, num_heads, hidden_size // num_heads, dropout=dropout,
+                                  activation_fn="gelu", attention_bias=True)
+            for _ in range(num_layers)
+        )
+        self.norm_out = nn.LayerNorm(hidden_size)
+        self.head = nn.Linear(hidden_size, codebook_size)
+        nn.init.normal_(self.position_embedding, std=0.02)
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.class_embedding.weight, std=0.02)
+
+    @property
+    def mask_token_id(self) -> int:
+        return self.config.codebook_size
+
+    @property
+    def null_class(self) -> int:
+        return self.config.num_classes
+
+    def forward(self, input_ids: torch.LongTensor, class_labels: torch.LongTensor | None = None) -> torch.Tensor:
+        batch, height, width = input_ids.shape
+        if (height, width) != (self.config.height, self.config.width):
+            raise ValueError(f"this transformer models {self.config.height}x{self.config.width} token grids, "
+                             f"got {height}x{width}")
+        if class_labels is None:
+            class_labels = torch.full((batch,), self.null_class, dtype=torch.long, device=input_ids.device)
+        hidden = self.token_embedding(input_ids.reshape(batch, -1)) + self.position_embedding  # (B, N, D)
+        hidden = torch.cat([self.class_embedding(class_labels)[:, None], hidden], dim=1)  # (B, 1 + N, D)
+        for block in self.blocks:
+            hidden = block(hidden)
+        logits = self.head(self.norm_out(hidden[:, 1:]))  # (B, N, K)
+        return logits.transpose(1, 2).reshape(batch, -1, height, width)  # (B, K, h, w)

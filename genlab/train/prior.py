@@ -1,0 +1,73 @@
+"""Training a masked-token prior over a frozen VQ model's codes (a VQGAN's second stage).
+
+MaskGIT (Chang et al., arXiv:2202.04200, sec. 3.1): mask a share r = cos(pi/2 u), u ~ U(0, 1), of
+the tokens (the same cosine schedule sampling uses) and minimise the cross-entropy of the masked
+tokens given the rest. A share of each batch (`raster_share`) instead masks every token from a
+random raster position on: the masks an autoregressive reading of the grid meets (raster-order
+sampling, and the chain-rule code length of `TokenPrior.bits_per_pixel`), which random masks
+seldom look like. Class labels are dropped to the null class with probability `label_dropout`, so
+one network also gives the unconditional prediction classifier-free guidance needs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import common
+from .latent import EncodedBank, images_to_tensor
+
+
+def mask_for_training(tokens: torch.Tensor, mask_id: int, generator: torch.Generator,
+                      raster_share: float = 0.25) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, h, w) tokens -> (inputs with mask_id where masked, (B, h, w) bool mask); >= 1 token masked per sample."""
+    batch, count = tokens.shape[0], tokens[0].numel()
+    scores = torch.rand(batch, count, generator=generator)  # (B, N) a random order per sample
+    ratio = torch.cos(math.pi / 2 * torch.rand(batch, generator=generator))  # (B,) MaskGIT's cosine
+    masked_count = (ratio * count).ceil().clamp(1, count)  # (B,)
+    masked = scores.argsort(dim=1).argsort(dim=1) < masked_count[:, None]  # the masked_count lowest scores
+    raster = torch.rand(batch, generator=generator) < raster_share
+    start = torch.randint(0, count, (batch,), generator=generator)
+    suffix = torch.arange(count)[None] >= start[:, None]  # (B, N) from a raster position on
+    masked = torch.where(raster[:, None], suffix, masked).view_as(tokens).to(tokens.device)
+    return torch.where(masked, torch.full_like(tokens, mask_id), tokens), masked
+
+
+def masked_token_loss(model, tokens: torch.Tensor, class_labels: torch.Tensor | None, generator: torch.Generator,
+                      raster_share: float = 0.25) -> torch.Tensor:
+    """Mean cross-entropy (nats) of the masked tokens of (B, h, w) `tokens` under `model` (a MaskedTokenTransformer)."""
+    inputs, masked = mask_for_training(tokens, model.mask_token_id, generator, raster_share)
+    logits = model(inputs, class_labels=class_labels)  # (B, K, h, w)
+    per_token = F.cross_entropy(logits.float(), tokens, reduction="none")  # (B, h, w)
+    return per_token[masked].mean()
+
+
+class TokenBank(EncodedBank):
+    """The frozen VQ model's tokens of every image of a folder and of its mirror image, encoded once
+    (see `EncodedBank` for how images are drawn; 64 px emoji -> 16 x 16 tokens)."""
+
+    def __init__(self, vq_model, data: common.ImageFolder, batch_size: int, seed: int, class_power: float = 1.0,
+                 encode_batch: int = 64):
+        super().__init__(data, batch_size, seed, class_power, "prior")
+        vq_model.eval()
+        tokens = {False: [], True: []}
+        with torch.no_grad():
+            for start in range(0, len(data), encode_batch):
+                pixels = images_to_tensor(data.images[start:start + encode_batch]).to(vq_model.device)
+                for flipped, chunks in tokens.items():
+                    latents = vq_model.encode(pixels.flip(-1) if flipped else pixels).latents  # (B, D, h, w)
+                    _, _, (_, _, indices) = vq_model.quantize(latents.float())
+                    chunks.append(indices.view(len(pixels), *latents.shape[-2:]).cpu())
+        self.tokens = torch.stack([torch.cat(tokens[f]) for f in (False, True)], dim=1)  # (N, 2, h, w)
+
+    def distinct_codes(self) -> int:
+        """How many codes the encoded images use."""
+        return int(np.unique(self.tokens.numpy()).size)
+
+    def __iter__(self):
+        while True:
+            index, flip = self.draw()
+            yield self.tokens[index, flip], self.labels[index]

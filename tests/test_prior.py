@@ -1,0 +1,744 @@
+"""Token priors (genlab.prior) on tiny random pipelines: loading GenLab's and aMUSEd's layouts, the three
+unmasking orders and their token counts, seeds, top-k, classifier-free guidance, inpainting, code length
+(bits per pixel under the prior), streaming, input checks, and the training helpers (genlab.train.prior).
+
+The fixtures (conftest.py): `tiny_prior_dir`, a class-conditional MaskedTokenTransformer (classes a, b, c)
+over 8x8 tokens of a K = 16, f = 2 VQ model (16-pixel images); `tiny_amused_dir`, aMUSEd's layout as
+diffusers' AmusedPipeline saves it (UVit2DModel, mask id K + 1, CLIP text encoder with projection).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import genlab
+import genlab.prior
+from genlab.models import ModelLoadError
+from genlab.prior import TokenFrame, TokenPrior, TokenRun, still_masked
+from genlab.token_transformer import MaskedTokenTransformer
+from genlab.train.prior import mask_for_training, masked_token_loss
+
+from conftest import PRIOR_CLASSES, PRIOR_CODES, PRIOR_GRID
+
+K = PRIOR_CODES
+N = PRIOR_GRID * PRIOR_GRID  # tokens per image
+SIDE = PRIOR_GRID * 2  # pixels a side (f = 2)
+
+
+@pytest.fixture
+def prior(tiny_prior_dir):
+    return genlab.load_prior(tiny_prior_dir, device="cpu")
+
+
+@pytest.fixture
+def amused(tiny_amused_dir):
+    return genlab.load_prior(tiny_amused_dir, device="cpu")
+
+
+@pytest.fixture
+def uncond_prior(prior):
+    """prior's VQ model under an unconditional transformer (num_classes = 0), built in memory."""
+    torch.manual_seed(1)
+    transformer = MaskedTokenTransformer(codebook_size=K, height=PRIOR_GRID, width=PRIOR_GRID, num_classes=0,
+                                         hidden_size=32, num_layers=1, num_heads=2).eval()
+    with torch.no_grad():
+        transformer.token_embedding.weight.normal_()
+    return TokenPrior(prior.vq, transformer, {"mask_token_id": K}, name="unconditional prior")
+
+
+@pytest.fixture
+def photo():
+    """A 16x16 colour gradient with noise: the prior's own image size, so fitting it changes nothing."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:SIDE, 0:SIDE] / (SIDE - 1)
+    base = np.stack([x, y, 1 - x], axis=-1) * 255
+    return Image.fromarray(np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8))
+
+
+@pytest.fixture
+def box_mask():
+    """White pixel rows 3..6, cols 5..9 of a 16x16 image: it touches token rows 1..3, cols 2..4 (f = 2)."""
+    mask = np.zeros((SIDE, SIDE), dtype=np.uint8)
+    mask[3:7, 5:10] = 255
+    cells = np.zeros((PRIOR_GRID, PRIOR_GRID), dtype=bool)
+    cells[1:4, 2:5] = True
+    return Image.fromarray(mask), cells
+
+
+def hidden(public: np.ndarray, mask_id: int) -> torch.Tensor:
+    """(h, w) public tokens (-1 = masked) -> (1, h, w) model input with mask_id."""
+    tokens = torch.from_numpy(np.asarray(public)).long()[None]
+    return torch.where(tokens < 0, mask_id, tokens)
+
+
+def all_masked(mask_id: int) -> torch.Tensor:
+    return torch.full((1, PRIOR_GRID, PRIOR_GRID), mask_id, dtype=torch.long)
+
+
+def masked_counts(run: TokenRun) -> list[int]:
+    return [int((np.asarray(frame.tokens) == -1).sum()) for frame in run.frames]
+
+
+def record_logits(monkeypatch) -> list[torch.Tensor]:
+    """The logits each raster / random step samples from (after temperature and top-k), in order."""
+    seen = []
+    original = genlab.prior.sample_tokens
+
+    def spy(logits, generator):
+        seen.append(logits.detach().clone())
+        return original(logits, generator)
+
+    monkeypatch.setattr(genlab.prior, "sample_tokens", spy)
+    return seen
+
+
+@torch.inference_mode()
+def class_logits(transformer, tokens: torch.Tensor, label: int) -> torch.Tensor:
+    return transformer(tokens, class_labels=torch.tensor([label])).float()
+
+
+def scheduler_counts(count: int, steps: int) -> list[int]:
+    """Masked tokens left after each step of diffusers' AmusedScheduler itself, from `count` of `count` masked."""
+    from diffusers import AmusedScheduler
+
+    scheduler = AmusedScheduler(mask_token_id=K)
+    scheduler.set_timesteps(steps)
+    sample = torch.full((1, count), K)
+    generator = torch.Generator().manual_seed(0)
+    counts = []
+    for timestep in scheduler.timesteps:
+        sample = scheduler.step(torch.randn(1, count, K, generator=generator), timestep, sample,
+                                generator=generator).prev_sample
+        counts.append(int((sample == K).sum()))
+    return counts
+
+
+# ----------------------------------------------------------------------------------- loading
+def test_load_prior_round_trips_the_transformer(tiny_prior_dir, tmp_path):
+    """save_pretrained -> load_prior gives the in-memory transformer's logits, and the prior reads its layout."""
+    folder = shutil.copytree(tiny_prior_dir, tmp_path / "prior")
+    torch.manual_seed(7)
+    original = MaskedTokenTransformer(codebook_size=K, height=PRIOR_GRID, width=PRIOR_GRID, num_classes=3,
+                                      hidden_size=32, num_layers=2, num_heads=2).eval()
+    with torch.no_grad():
+        for parameter in original.parameters():
+            parameter.normal_()  # nothing left at its default init, so every weight must load
+    shutil.rmtree(folder / "transformer")
+    original.save_pretrained(folder / "transformer", safe_serialization=True)
+    prior = genlab.load_prior(folder, device="cpu")
+    tokens = torch.randint(0, K + 1, (4, PRIOR_GRID, PRIOR_GRID), generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1, 2, 3])
+    with torch.inference_mode():
+        expected = original(tokens, class_labels=labels)
+        loaded = prior.transformer(tokens, class_labels=labels)
+    assert expected.shape == (4, K, PRIOR_GRID, PRIOR_GRID)
+    torch.testing.assert_close(loaded, expected, rtol=0, atol=0)
+    assert not prior.is_amused and prior.text is None and prior.is_conditional
+    assert prior.classes == PRIOR_CLASSES and prior.null_class == 3 and prior.mask_id == K
+    assert prior.grid == (PRIOR_GRID, PRIOR_GRID) and prior.image_size == (SIDE, SIDE)
+    assert prior.num_codes == K and prior.default_guidance_scale == 2.0  # from genlab.json
+    assert prior.index_bits_per_pixel == pytest.approx(math.log2(K) / 4)
+
+
+def _drop_transformer(folder):
+    shutil.rmtree(folder / "transformer")
+
+
+def _ddim_scheduler(folder):
+    from diffusers import DDIMScheduler
+
+    shutil.rmtree(folder / "scheduler")
+    DDIMScheduler().save_pretrained(folder / "scheduler")
+
+
+def _wrong_codebook(folder):
+    shutil.rmtree(folder / "transformer")
+    MaskedTokenTransformer(codebook_size=2 * K, height=PRIOR_GRID, width=PRIOR_GRID, num_classes=3, hidden_size=32,
+                           num_layers=1, num_heads=2).save_pretrained(folder / "transformer", safe_serialization=True)
+    config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps({**config, "mask_token_id": 2 * K}))
+
+
+def _unet_transformer(folder):
+    config = json.loads((folder / "transformer" / "config.json").read_text())
+    (folder / "transformer" / "config.json").write_text(json.dumps({**config, "_class_name": "UNet2DModel"}))
+
+
+def _no_index(folder):
+    (folder / "model_index.json").unlink()
+
+
+@pytest.mark.parametrize("damage, message", [
+    (_drop_transformer, "has no transformer/ folder"),
+    (_ddim_scheduler, "holds a DDIMScheduler, not an AmusedScheduler"),
+    (_wrong_codebook, f"predicts {2 * K} codes but the VQ model has {K}"),
+    (_unet_transformer, "holds a UNet2DModel; a token prior needs one of"),
+    (_no_index, "not a token-prior pipeline folder"),
+])
+def test_bad_prior_folders_are_refused(tiny_prior_dir, tmp_path, damage, message):
+    folder = shutil.copytree(tiny_prior_dir, tmp_path / "prior")
+    genlab.load_prior(folder, device="cpu")  # loads before the damage
+    genlab.models.clear_cache()
+    damage(folder)
+    with pytest.raises(ModelLoadError, match=message):
+        genlab.load_prior(folder, device="cpu")
+
+
+@pytest.mark.parametrize("layout, mask_token_id", [("genlab", 3), ("genlab", K + 1), ("amused", 3), ("amused", K + 2)])
+def test_a_scheduler_mask_id_the_transformer_cannot_use_is_refused(tiny_prior_dir, tiny_amused_dir, tmp_path,
+                                                                   layout, mask_token_id):
+    """GenLab's transformer embeds [MASK] as index K; UVit2DModel needs K <= mask id < vocab_size."""
+    source = tiny_prior_dir if layout == "genlab" else tiny_amused_dir
+    folder = shutil.copytree(source, tmp_path / "prior")
+    path = folder / "scheduler" / "scheduler_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "mask_token_id": mask_token_id}))
+    with pytest.raises(ModelLoadError, match="mask"):
+        genlab.load_prior(folder, device="cpu")
+
+
+def test_load_prior_from_the_hub_downloads_every_part_it_needs(tiny_amused_dir, tmp_path, monkeypatch):
+    """A Hub repo in aMUSEd's layout: the fake snapshot holds only the files GenLab's patterns ask for, as
+    huggingface_hub's filter does; the revision is passed through."""
+    import huggingface_hub
+
+    calls = []
+
+    def snapshot_download(repo_id, revision=None, allow_patterns=None, ignore_patterns=None, **_):
+        calls.append((repo_id, revision))
+        root = tmp_path / "snapshot"
+        for path in sorted(tiny_amused_dir.rglob("*")):
+            name = path.relative_to(tiny_amused_dir).as_posix()
+            if path.is_file() and any(fnmatch.fnmatch(name, p) for p in allow_patterns) \
+                    and not any(fnmatch.fnmatch(name, p) for p in ignore_patterns or []):
+                (root / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(path, root / name)
+        return str(root)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    prior = genlab.load_prior("owner/amused-tiny", revision="v1", device="cpu")
+    assert calls == [("owner/amused-tiny", "v1")]
+    assert prior.is_amused and prior.text is not None and "owner/amused-tiny@v1" in prior.name
+    assert prior.sample(seed=0, steps=2, prompt="a fox").tokens.min() >= 0
+
+
+# ------------------------------------------------------------------------- orders and counts
+def test_still_masked_is_the_amused_scheduler_rule():
+    for count, steps in ((count, steps) for count in (9, 16, 64, 256) for steps in range(1, 17)):
+        left, chain = count, []
+        for step in range(steps):
+            left = still_masked(count, step, steps, left)
+            chain.append(left)
+        assert chain == scheduler_counts(count, steps), (count, steps)
+
+
+@pytest.mark.parametrize("order, steps", [
+    ("confidence", 5), ("confidence", 12), ("random", 5),
+    ("random", 12),  # cos(pi/3) is 0.49999997 in the scheduler's float32: 31 of 64 left after step 7, not 32
+])
+def test_confidence_and_random_orders_follow_the_amused_cosine_counts(prior, order, steps):
+    run = prior.sample(seed=0, steps=steps, order=order, class_label="a")
+    assert masked_counts(run) == scheduler_counts(N, steps)
+    for step, left in enumerate(masked_counts(run)[:-1]):  # MaskGIT's N cos(pi/2 (s+1)/S), floored
+        assert 0 <= N * math.cos(math.pi / 2 * (step + 1) / steps) - left < 1 + 1e-6
+
+
+@pytest.mark.parametrize("order, steps", [("confidence", 7), ("random", 7), ("raster", 3)])
+def test_frames_unmask_monotonically_and_end_complete(prior, order, steps):
+    """Each frame's tokens are -1 exactly where still masked; a fixed token never changes; `new` is what
+    the step fixed; one frame per step; the final tokens are the last frame's, with no -1."""
+    run = prior.sample(seed=3, steps=steps, order=order, class_label="b")
+    frames = run.frames
+    assert len(frames) == (N if order == "raster" else steps)
+    assert all(isinstance(frame, TokenFrame) and frame.index == i for i, frame in enumerate(frames))
+    before = np.full((PRIOR_GRID, PRIOR_GRID), -1)
+    for frame in frames:
+        tokens, masked_before = frame.tokens, before == -1
+        assert tokens.shape == (PRIOR_GRID, PRIOR_GRID) and tokens.dtype.kind == "i"
+        assert ((tokens == -1) | ((tokens >= 0) & (tokens < K))).all()
+        assert (tokens[~masked_before] == before[~masked_before]).all()  # fixed tokens stay
+        np.testing.assert_array_equal(frame.new, masked_before & (tokens != -1))
+        assert frame.new.any()  # every step fixes at least one token
+        assert frame.masked_share == pytest.approx((tokens == -1).mean())
+        before = tokens
+    np.testing.assert_array_equal(run.tokens, frames[-1].tokens)
+    assert (run.tokens >= 0).all() and run.tokens.shape == (PRIOR_GRID, PRIOR_GRID)
+
+
+def test_raster_order_fills_one_token_per_step_in_raster_order(prior):
+    run = prior.sample(seed=0, order="raster", steps=5, class_label="c")  # steps is the token count in raster
+    frames = run.frames
+    assert len(frames) == N
+    flat_index = np.arange(N).reshape(PRIOR_GRID, PRIOR_GRID)
+    for i, frame in enumerate(frames):
+        np.testing.assert_array_equal(frame.new, flat_index == i)
+        np.testing.assert_array_equal(frame.tokens == -1, flat_index > i)
+
+
+def test_run_images_have_the_grid_size_and_batches_tile(prior):
+    run = prior.sample(seed=0, steps=3, class_label="a")
+    assert run.image.size == (SIDE, SIDE)
+    np.testing.assert_array_equal(np.asarray(run.image), np.asarray(prior.vq.decode_indices(run.tokens)))
+    first = run.frames[0]
+    assert first.image.size == first.x0.size == (SIDE, SIDE)
+    grey = np.asarray(first.image)[np.kron(first.tokens == -1, np.ones((2, 2), dtype=bool))]
+    assert grey.size and np.abs(grey.astype(int) - 128).max() <= 1  # masked cells are drawn grey
+    batch = prior.sample(seed=0, steps=3, batch=6, class_label="a")
+    assert batch.tokens.shape == (6, PRIOR_GRID, PRIOR_GRID) and (batch.tokens >= 0).all()
+    assert len(batch.images) == 6 and all(image.size == (SIDE, SIDE) for image in batch.images)
+    assert batch.image.size == (4 * SIDE + 3 * 2, 2 * SIDE + 2)  # 4 columns, 2-pixel gaps
+    assert batch.frames[0].tokens.shape == (6, PRIOR_GRID, PRIOR_GRID)
+    assert batch.frames[0].image.size == batch.image.size
+    assert len({batch.tokens[i].tobytes() for i in range(6)}) == 6  # the samples differ
+
+
+# -------------------------------------------------------------------- seeds, top-k, guidance
+@pytest.mark.parametrize("order", ["confidence", "raster", "random"])
+def test_same_seed_same_tokens_other_seed_other_tokens(prior, order, monkeypatch):
+    seen = record_logits(monkeypatch)
+    first = prior.sample(seed=5, steps=6, order=order, class_label="a", guidance_scale=3.0)
+    again = prior.sample(seed=5, steps=6, order=order, class_label="a", guidance_scale=3.0)
+    other = prior.sample(seed=6, steps=6, order=order, class_label="a", guidance_scale=3.0)
+    np.testing.assert_array_equal(first.tokens, again.tokens)
+    np.testing.assert_array_equal(np.asarray(first.image), np.asarray(again.image))
+    if seen:  # the model is far from deterministic: two seeds cannot agree on 64 tokens but by chance
+        entropy = -(seen[0].softmax(1) * seen[0].log_softmax(1)).sum(1) / math.log(2)
+        assert float(entropy.mean()) > 1.0
+    assert (first.tokens != other.tokens).any()
+
+
+def test_top_k_1_takes_the_argmax_of_the_guided_logits(prior):
+    """Raster order, class b, guidance 3: each new token is the argmax of uncond + 3 (cond - uncond) of a
+    direct transformer call on the tokens before the step; without top_k some token is not."""
+    def argmax_misses(run) -> int:
+        misses, before = 0, all_masked(K)
+        for i, frame in enumerate(run.frames):
+            cond = class_logits(prior.transformer, before, 1)
+            uncond = class_logits(prior.transformer, before, prior.null_class)
+            guided = uncond + 3.0 * (cond - uncond)
+            row, col = divmod(i, PRIOR_GRID)
+            misses += int(frame.tokens[row, col] != int(guided[0, :, row, col].argmax()))
+            before = hidden(frame.tokens, K)
+        return misses
+
+    assert argmax_misses(prior.sample(seed=0, order="raster", class_label="b", guidance_scale=3.0, top_k=1)) == 0
+    assert argmax_misses(prior.sample(seed=0, order="raster", class_label="b", guidance_scale=3.0)) > 0
+
+
+def test_top_k_1_confidence_predictions_are_argmaxes(prior):
+    """Confidence order: every step's full prediction of the masked tokens is the argmax."""
+    run = prior.sample(seed=0, steps=4, class_label="a", guidance_scale=1.0, top_k=1)
+    before = all_masked(K)
+    for step in run.steps:
+        argmax = class_logits(prior.transformer, before, 0).argmax(1)
+        masked = before == K
+        torch.testing.assert_close(step.pred[masked], argmax[masked])
+        before = step.tokens
+
+
+def test_top_k_keeps_sampled_tokens_among_the_k_best(prior, monkeypatch):
+    seen = record_logits(monkeypatch)
+    prior.sample(seed=0, steps=8, order="random", class_label="a", top_k=3)
+    for logits in seen:
+        assert torch.isfinite(logits).sum(1).eq(3).all()  # 3 finite logits per position, -inf elsewhere
+
+
+def test_class_guidance_is_the_cfg_combination(prior, monkeypatch):
+    """A guided raster step's logits equal uncond + w (cond - uncond) of two separate transformer calls."""
+    seen = record_logits(monkeypatch)
+    run = prior.sample(seed=0, order="raster", class_label="c", guidance_scale=2.5)
+    assert len(seen) == N
+    for i in (0, 1, 37):
+        before = all_masked(K) if i == 0 else hidden(run.frames[i - 1].tokens, K)
+        cond = class_logits(prior.transformer, before, 2)
+        uncond = class_logits(prior.transformer, before, prior.null_class)
+        assert (cond - uncond).abs().max() > 0.01  # the class changes the logits (1000x the tolerance)
+        torch.testing.assert_close(seen[i], uncond + 2.5 * (cond - uncond), atol=1e-5, rtol=1e-5)
+
+
+def test_default_guidance_comes_from_genlab_json(prior, monkeypatch):
+    seen = record_logits(monkeypatch)
+    prior.sample(seed=0, steps=2, order="random", class_label="a")
+    cond = class_logits(prior.transformer, all_masked(K), 0)
+    uncond = class_logits(prior.transformer, all_masked(K), prior.null_class)
+    torch.testing.assert_close(seen[0], uncond + 2.0 * (cond - uncond), atol=1e-5, rtol=1e-5)
+
+
+def test_guidance_0_and_no_class_are_the_unconditional_model(prior, uncond_prior):
+    unconditional = prior.sample(seed=0, steps=6, class_label=None, guidance_scale=7.0).tokens
+    np.testing.assert_array_equal(prior.sample(seed=0, steps=6, class_label="a", guidance_scale=0.0).tokens,
+                                  unconditional)
+    assert (prior.sample(seed=0, steps=6, class_label="a", guidance_scale=1.0).tokens != unconditional).any()
+    np.testing.assert_array_equal(uncond_prior.sample(seed=0, steps=6, guidance_scale=5.0).tokens,
+                                  uncond_prior.sample(seed=0, steps=6, guidance_scale=1.0).tokens)
+
+
+# ------------------------------------------------------------------------------- inpainting
+def test_inpainting_keeps_every_token_outside_the_mask(prior, photo, box_mask):
+    mask, cells = box_mask
+    run = prior.inpaint(photo, mask, steps=6, seed=0, class_label="a")
+    np.testing.assert_array_equal(run.token_mask, cells)
+    original = prior.vq.indices_of(run.input)
+    np.testing.assert_array_equal(original, prior.tokens_of(photo)[0].numpy())
+    np.testing.assert_array_equal(run.tokens[~cells], original[~cells])
+    assert (run.tokens >= 0).all() and run.input.size == (SIDE, SIDE)
+    assert len(run.frames) == 6
+    for frame in run.frames:  # only the cells under the mask are ever masked
+        assert not (frame.tokens[~cells] == -1).any()
+        np.testing.assert_array_equal(frame.tokens[~cells], original[~cells])
+    assert masked_counts(run)[0] == still_masked(cells.sum(), 0, 6, cells.sum()) > 0  # the cells were resampled
+
+
+def test_inpainting_with_a_raster_order_takes_one_step_per_masked_token(prior, photo, box_mask):
+    mask, cells = box_mask
+    run = prior.inpaint(photo, mask, steps=40, seed=0, order="raster", class_label="b")
+    assert len(run.frames) == cells.sum() == 9
+    order = [tuple(np.argwhere(frame.new)[0]) for frame in run.frames]
+    assert order == [tuple(cell) for cell in np.argwhere(cells)]  # raster order within the mask
+
+
+def test_a_mask_array_and_a_mask_image_give_the_same_run(prior, photo, box_mask):
+    mask, cells = box_mask
+    from_image = prior.inpaint(photo, mask, steps=5, seed=2, class_label="c")
+    from_array = prior.inpaint(photo, np.asarray(mask) > 0, steps=5, seed=2, class_label="c")
+    from_rgba = prior.inpaint(photo, Image.merge("RGBA", [mask.point(lambda v: 0)] * 3 + [mask]), steps=5, seed=2,
+                              class_label="c")  # a brush layer: the painted alpha is the mask
+    for run in (from_array, from_rgba):
+        np.testing.assert_array_equal(run.token_mask, cells)
+        np.testing.assert_array_equal(run.tokens, from_image.tokens)
+
+
+def test_an_upload_of_another_shape_is_centre_cropped_with_its_mask(prior):
+    """48x32 upload -> centre 32x32 (columns 8..39) -> 16x16: the 4x4 mask block at rows 8..11, columns 24..27
+    lands on token (2, 4) exactly."""
+    rng = np.random.default_rng(1)
+    upload = Image.fromarray(rng.integers(0, 256, (32, 48, 3), dtype=np.uint8))
+    mask = np.zeros((32, 48), dtype=np.uint8)
+    mask[8:12, 24:28] = 1
+    run = prior.inpaint(upload, mask, steps=2, seed=0)
+    expected = np.zeros((PRIOR_GRID, PRIOR_GRID), dtype=bool)
+    expected[2, 4] = True
+    np.testing.assert_array_equal(run.token_mask, expected)
+    assert run.input.size == (SIDE, SIDE)
+    original = prior.vq.indices_of(run.input)
+    np.testing.assert_array_equal(run.tokens[~expected], original[~expected])
+
+
+@pytest.mark.parametrize("make_mask, message", [
+    (lambda: np.zeros((SIDE, SIDE)), "the mask is empty"),
+    (lambda: Image.new("L", (SIDE, SIDE)), "the mask is empty"),
+    (lambda: np.ones((SIDE, SIDE - 1)), "the mask is 15x16 but the image is 16x16"),
+    (lambda: Image.new("L", (2 * SIDE, SIDE), 255), "the mask is 32x16 but the image is 16x16"),
+    (lambda: np.full((SIDE, SIDE), np.nan), "NaN"),
+    (lambda: np.ones((2, SIDE, SIDE)), r"must be \(H, W\)"),
+    (lambda: [[1, 0], [0, 1]], "a mask must be an image or an"),
+])
+def test_bad_masks_are_refused(prior, photo, make_mask, message):
+    with pytest.raises(ValueError, match=message):
+        prior.inpaint(photo, make_mask(), steps=2, seed=0)
+
+
+def test_a_mask_outside_the_centre_crop_is_refused(prior):
+    upload = Image.new("RGB", (48, 16), "white")  # the prior sees columns 16..31
+    mask = np.zeros((16, 48), dtype=np.uint8)
+    mask[:, :12] = 1
+    with pytest.raises(ValueError, match="outside the centre crop"):
+        prior.inpaint(upload, mask, steps=2, seed=0)
+    mask[5, 16] = 1  # one pixel inside the crop is enough
+    assert prior.inpaint(upload, mask, steps=2, seed=0).token_mask.sum() == 1
+
+
+# ------------------------------------------------------------------------------- code length
+def test_token_bits_is_the_raster_chain_rule(prior, photo):
+    """token_bits[r] = -log2 softmax(logits)[x_r] with tokens r.. masked, from a direct transformer call;
+    positions in both chunks of 32, unconditional and with a class."""
+    bits = prior.token_bits(photo)
+    bits_b = prior.token_bits(photo, class_label="b")
+    flat = prior.tokens_of(photo)[0].flatten()
+    assert bits.shape == (PRIOR_GRID, PRIOR_GRID)
+    for r in (0, 13, 31, 32, 50, N - 1):
+        inputs = flat.clone()
+        inputs[r:] = K
+        for label, got in ((prior.null_class, bits), (1, bits_b)):
+            logits = class_logits(prior.transformer, inputs.view(1, PRIOR_GRID, PRIOR_GRID), label)
+            expected = -logits[0, :, r // PRIOR_GRID, r % PRIOR_GRID].log_softmax(0)[flat[r]] / math.log(2)
+            assert got[r // PRIOR_GRID, r % PRIOR_GRID] == pytest.approx(float(expected), rel=1e-5, abs=1e-6)
+    assert not np.allclose(bits, bits_b)
+    bpp = prior.bits_per_pixel(photo)
+    assert math.isfinite(bpp) and bpp > 0
+    assert bpp == pytest.approx(bits.sum() / SIDE**2, rel=1e-6)
+    assert prior.bits_per_pixel(photo, class_label="b") == pytest.approx(bits_b.sum() / SIDE**2, rel=1e-6)
+
+
+def test_a_trained_prior_codes_its_pattern_in_fewer_bits(prior):
+    """Train a fresh transformer for 60 AdamW steps on one checkerboard image's tokens: its code length falls
+    well below the untrained model's and below log2 K / f^2, the cost of storing the indices."""
+    board = np.kron((np.indices((PRIOR_GRID, PRIOR_GRID)).sum(0) % 2), np.ones((2, 2)))[..., None]
+    image = Image.fromarray((board * [230, 40, 20] + (1 - board) * [20, 90, 220]).astype(np.uint8))
+    tokens = prior.tokens_of(image)  # (1, 8, 8)
+    assert len(np.unique(tokens)) >= 2
+    torch.manual_seed(0)
+    model = MaskedTokenTransformer.from_config(prior.transformer.config)
+    fresh = TokenPrior(prior.vq, model.eval(), {"mask_token_id": K}, name="fresh")
+    untrained = fresh.bits_per_pixel(image)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(60):
+        loss = masked_token_loss(model, tokens.repeat(16, 1, 1), None, generator, raster_share=0.5)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    trained = fresh.bits_per_pixel(image)
+    assert untrained > 0.5 * prior.index_bits_per_pixel
+    assert trained < 0.5 * untrained and trained < 0.5 * prior.index_bits_per_pixel
+
+
+# ---------------------------------------------------------------------------------- input checks
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(order="spiral"), "unknown order 'spiral'"),
+    (dict(steps=0), r"steps must be an integer in \[1, 64\], got 0"),
+    (dict(steps=65), r"steps must be an integer in \[1, 64\], got 65"),
+    (dict(steps=2.5), r"steps must be an integer in \[1, 64\], got 2.5"),
+    (dict(temperature=0), r"temperature must be a number in \(0, 10\]"),
+    (dict(temperature=-1), r"temperature must be a number in \(0, 10\]"),
+    (dict(temperature="a"), r"temperature must be a number in \(0, 10\]"),
+    (dict(top_k=0), rf"top_k must be an integer in \[1, {K}\], got 0"),
+    (dict(top_k=K + 1), rf"top_k must be an integer in \[1, {K}\], got {K + 1}"),
+    (dict(guidance_scale=-1), r"guidance scale must be a number in \[0, 30\]"),
+    (dict(guidance_scale=31), r"guidance scale must be a number in \[0, 30\]"),
+    (dict(guidance_scale=float("nan")), r"guidance scale must be a number in \[0, 30\]"),
+    (dict(batch=0), r"batch must be an integer in \[1, 16\]"),
+    (dict(batch=17), r"batch must be an integer in \[1, 16\]"),
+    (dict(seed=-1), "seed must be an integer"),
+    (dict(class_label="zebra"), "unknown class 'zebra'; choose one of"),
+    (dict(class_label=3), r"class index must be in \[0, 2\]"),
+    (dict(prompt="a fox"), "not text-conditioned"),
+])
+def test_bad_settings_are_refused_before_any_work(prior, kwargs, message):
+    calls = []
+    prior.transformer.register_forward_hook(lambda *_: calls.append(1))
+    with pytest.raises(ValueError, match=message):
+        prior.sample_stream(**{"seed": 0, "steps": 4, "class_label": "a", **kwargs})  # eager, before iterating
+    with pytest.raises(ValueError, match=message):
+        prior.sample(**{"seed": 0, "steps": 4, "class_label": "a", **kwargs})
+    assert not calls
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(order="spiral"), "unknown order"), (dict(steps=65), "steps must be"), (dict(top_k=0), "top_k must be"),
+    (dict(class_label="zebra"), "unknown class"), (dict(prompt="a fox"), "not text-conditioned"),
+])
+def test_bad_inpainting_settings_are_refused(prior, photo, box_mask, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        prior.inpaint_stream(photo, box_mask[0], **{"seed": 0, "steps": 4, **kwargs})
+
+
+def test_classes_on_an_unconditional_prior_are_refused(uncond_prior):
+    assert not uncond_prior.is_conditional and uncond_prior.classes == []
+    with pytest.raises(ValueError, match="not class-conditional"):
+        uncond_prior.sample(seed=0, steps=2, class_label="a")
+    with pytest.raises(ValueError, match="not class-conditional"):
+        uncond_prior.sample(seed=0, steps=2, class_label=0)
+    assert (uncond_prior.sample(seed=0, steps=2, class_label="").tokens >= 0).all()
+
+
+# --------------------------------------------------------------------------------- streaming
+def test_sample_stream_yields_frames_then_the_run(prior):
+    items = list(prior.sample_stream(seed=1, steps=5, class_label="a"))
+    assert [type(item) for item in items] == [TokenFrame] * 5 + [TokenRun]
+    run = items[-1]
+    assert [frame.index for frame in items[:-1]] == list(range(5)) and len(run.frames) == 5
+    np.testing.assert_array_equal(run.tokens, items[-2].tokens)
+    np.testing.assert_array_equal(run.tokens, prior.sample(seed=1, steps=5, class_label="a").tokens)
+
+
+def test_closing_the_stream_early_stops_the_model(prior):
+    calls = []
+    prior.transformer.register_forward_hook(lambda *_: calls.append(1))
+    stream = prior.sample_stream(seed=0, order="raster", class_label="a", guidance_scale=3.0)
+    assert not calls  # nothing runs before the first frame is asked for
+    next(stream), next(stream)
+    stream.close()
+    assert len(calls) == 2  # one batched (cond + uncond) call a step
+    with pytest.raises(StopIteration):
+        next(stream)
+    assert len(calls) == 2
+    list(prior.sample_stream(seed=0, order="raster", class_label="a", guidance_scale=3.0))
+    assert len(calls) == 2 + N
+
+
+# ------------------------------------------------------------------------------------ aMUSEd
+def amused_conditioning(amused, prompt: str) -> dict:
+    """UVit2DModel's keyword arguments as diffusers' AmusedPipeline computes them for one prompt."""
+    tokenizer, encoder = amused.text.tokenizer, amused.text.model
+    ids = tokenizer([prompt], return_tensors="pt", padding="max_length", truncation=True,
+                    max_length=tokenizer.model_max_length).input_ids
+    with torch.inference_mode():
+        outputs = encoder(ids, return_dict=True, output_hidden_states=True)
+    height, width = amused.image_size
+    return {"encoder_hidden_states": outputs.hidden_states[-2], "pooled_text_emb": outputs.text_embeds,
+            "micro_conds": torch.tensor([[width, height, 0, 0, 6]], dtype=torch.float32)}
+
+
+def test_the_amused_layout_loads_as_a_text_prior(amused):
+    assert amused.is_amused and amused.text is not None and not amused.is_conditional
+    assert type(amused.transformer).__name__ == "UVit2DModel"
+    assert amused.mask_id == K + 1 and amused.num_codes == K  # the scheduler's mask id, not K
+    assert amused.grid == (PRIOR_GRID, PRIOR_GRID) and amused.image_size == (SIDE, SIDE)
+    assert amused.default_guidance_scale == 10.0  # AmusedPipeline's default
+    run = amused.sample(seed=0, steps=12, prompt="a red fox")
+    assert len(run.frames) == 12 and masked_counts(run) == scheduler_counts(N, 12)
+    assert run.tokens.shape == (PRIOR_GRID, PRIOR_GRID) and ((run.tokens >= 0) & (run.tokens < K)).all()
+    assert run.image.size == (SIDE, SIDE) and not run.notes
+
+
+def test_amused_guided_logits_are_the_pipeline_conditioning(amused, monkeypatch):
+    """GenLab's guided logits = uncond + w (cond - uncond) of UVit2DModel calls with AmusedPipeline's kwargs:
+    hidden_states[-2], text_embeds and micro_conds [W, H, 0, 0, 6]; the negative prompt is the uncond branch."""
+    seen = record_logits(monkeypatch)
+    run = amused.sample(seed=0, steps=3, order="random", prompt="a red fox", negative_prompt="blurry",
+                        guidance_scale=4.0)
+    assert len(seen) == 3
+    with torch.inference_mode():
+        for i in (0, 1):
+            before = all_masked(amused.mask_id) if i == 0 else hidden(run.frames[i - 1].tokens, amused.mask_id)
+            cond = amused.transformer(before, **amused_conditioning(amused, "a red fox")).float()
+            uncond = amused.transformer(before, **amused_conditioning(amused, "blurry")).float()
+            assert cond.shape == (1, K, PRIOR_GRID, PRIOR_GRID) and (cond - uncond).abs().max() > 1e-3
+            torch.testing.assert_close(seen[i], uncond + 4.0 * (cond - uncond), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("guidance_scale", [1.0, 4.0])
+def test_amused_sampling_is_diffusers_amused_pipeline_token_for_token(amused, tiny_amused_dir, guidance_scale):
+    """Confidence order = AmusedScheduler steps with the pipeline's conditioning and CFG: the same seed gives
+    AmusedPipeline's very tokens (output_type="latent")."""
+    from diffusers import AmusedPipeline
+
+    pipe = AmusedPipeline.from_pretrained(tiny_amused_dir)
+    pipe.set_progress_bar_config(disable=True)
+    expected = pipe("a red fox", num_inference_steps=12, guidance_scale=guidance_scale,
+                    generator=torch.Generator().manual_seed(3), output_type="latent").images
+    run = amused.sample(seed=3, steps=12, prompt="a red fox", guidance_scale=guidance_scale)
+    np.testing.assert_array_equal(run.tokens, expected[0].numpy())
+    other = amused.sample(seed=3, steps=12, prompt="a blue whale", guidance_scale=guidance_scale)
+    assert guidance_scale == 1.0 or (other.tokens != run.tokens).any()
+
+
+def test_amused_images_are_the_pipeline_images(amused, tiny_amused_dir):
+    from diffusers import AmusedPipeline
+
+    pipe = AmusedPipeline.from_pretrained(tiny_amused_dir)
+    pipe.set_progress_bar_config(disable=True)
+    expected = pipe("a red fox", num_inference_steps=4, generator=torch.Generator().manual_seed(0),
+                    output_type="np").images[0]
+    run = amused.sample(seed=0, steps=4, prompt="a red fox")
+    assert np.abs(np.asarray(run.image) / 255.0 - expected).max() <= 1.5 / 255
+
+
+def test_amused_inpaints_the_masked_tokens_only(amused, photo, box_mask):
+    mask, cells = box_mask
+    run = amused.inpaint(photo, mask, steps=12, seed=0, prompt="a red fox")
+    np.testing.assert_array_equal(run.token_mask, cells)
+    original = amused.tokens_of(photo)[0].numpy()
+    np.testing.assert_array_equal(run.tokens[~cells], original[~cells])
+    assert len(run.frames) == 12 and all(not (frame.tokens[~cells] == -1).any() for frame in run.frames)
+    assert ((run.tokens >= 0) & (run.tokens < K)).all()
+
+
+def test_amused_prompts_are_checked_and_long_ones_noted(amused):
+    long_run = amused.sample(seed=0, steps=2, prompt="many words " * 20)
+    assert any("cut to the text encoder's 16 tokens" in note for note in long_run.notes)
+    assert not amused.sample(seed=0, steps=2, prompt="short").notes
+    with pytest.raises(ValueError, match="conditioned on text, not on classes"):
+        amused.sample(seed=0, steps=2, class_label="a")
+    with pytest.raises(ValueError, match="prompt must be text"):
+        amused.sample(seed=0, steps=2, prompt=3)
+
+
+def test_amused_token_bits_use_the_prompt(amused, photo):
+    with_prompt = amused.token_bits(photo, prompt="a red fox")
+    without = amused.token_bits(photo)
+    assert np.isfinite(with_prompt).all() and (with_prompt > 0).all() and not np.allclose(with_prompt, without)
+    flat = amused.tokens_of(photo)[0].flatten()
+    inputs = flat.clone()
+    inputs[20:] = amused.mask_id
+    with torch.inference_mode():
+        logits = amused.transformer(inputs.view(1, PRIOR_GRID, PRIOR_GRID), **amused_conditioning(amused, "a red fox"))
+    expected = -logits[0, :, 20 // PRIOR_GRID, 20 % PRIOR_GRID].float().log_softmax(0)[flat[20]] / math.log(2)
+    assert with_prompt[20 // PRIOR_GRID, 20 % PRIOR_GRID] == pytest.approx(float(expected), rel=1e-4)
+
+
+# ------------------------------------------------------------------------------- training helpers
+def test_mask_for_training_masks_at_least_one_token_and_raster_masks_are_suffixes():
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, K, (400, PRIOR_GRID, PRIOR_GRID), generator=generator)
+    positions = torch.arange(N)
+
+    def is_suffix(mask):  # (B, N) -> (B,): masked exactly from the first masked position on
+        first = mask.float().argmax(1)
+        return (mask == (positions[None] >= first[:, None])).all(1) & mask.any(1)
+
+    def partial_suffixes(mask):  # share of masks that are suffixes but not the whole grid
+        return float((is_suffix(mask) & ~mask.all(1)).float().mean())
+
+    for share in (0.0, 0.25, 1.0):
+        inputs, masked = mask_for_training(tokens, K, generator, raster_share=share)
+        assert masked.shape == tokens.shape and masked.dtype == torch.bool
+        torch.testing.assert_close(inputs, torch.where(masked, K, tokens))
+        flat = masked.view(len(tokens), -1)
+        assert (flat.sum(1) >= 1).all()
+        if share == 1.0:
+            assert bool(is_suffix(flat).all())
+        elif share == 0.0:  # random cells: a suffix only by chance (or when the whole grid is masked)
+            assert partial_suffixes(flat) < 0.03 and len(set(flat.sum(1).tolist())) > 10  # cosine: many sizes
+        else:
+            assert 0.15 < partial_suffixes(flat) < 0.35
+
+
+def test_masked_token_loss_decreases_on_a_fixed_batch():
+    torch.manual_seed(0)
+    model = MaskedTokenTransformer(codebook_size=K, height=PRIOR_GRID, width=PRIOR_GRID, num_classes=3,
+                                   hidden_size=32, num_layers=1, num_heads=2)
+    labels = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    rows, cols = torch.meshgrid(torch.arange(PRIOR_GRID), torch.arange(PRIOR_GRID), indexing="ij")
+    tokens = (rows + 2 * cols + 5 * labels[:, None, None]) % K  # (8, h, w): a learnable pattern per class
+
+    def loss_on_fixed_masks():
+        with torch.no_grad():
+            return float(masked_token_loss(model, tokens, labels, torch.Generator().manual_seed(0)))
+
+    initial = loss_on_fixed_masks()
+    assert initial == pytest.approx(math.log(K), abs=0.5)  # mean cross-entropy in nats (log2 K = 4 bits), near uniform
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    generator = torch.Generator().manual_seed(2)
+    for _ in range(60):
+        loss = masked_token_loss(model, tokens, labels, generator)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss_on_fixed_masks() < 0.5 * initial
+
+
+def test_masked_token_loss_counts_only_the_masked_tokens():
+    """A model that predicts every token perfectly except where the input shows it: masked tokens cost 0."""
+    tokens = torch.randint(0, K, (4, PRIOR_GRID, PRIOR_GRID), generator=torch.Generator().manual_seed(0))
+
+    class Oracle(torch.nn.Module):
+        mask_token_id = K
+
+        def forward(self, inputs, class_labels=None):
+            right = F.one_hot(tokens, K).permute(0, 3, 1, 2).float() * 50  # certain of the true token
+            wrong = F.one_hot((tokens + 1) % K, K).permute(0, 3, 1, 2).float() * 50
+            return torch.where((inputs == K)[:, None], right, wrong)
+
+    assert float(masked_token_loss(Oracle(), tokens, None, torch.Generator().manual_seed(0))) < 1e-6
