@@ -513,6 +513,17 @@ def load_prior(source, subfolder: str | None = None, device=None, revision: str 
     return cached(("prior", str(source), subfolder, revision, str(device)), build)
 
 
+def import_model_classes() -> None:
+    """Resolve diffusers' lazy model and scheduler imports (and accelerate's) now, in the calling thread.
+
+    gradio runs events in worker threads. Two events that first touch diffusers' lazy modules at the same
+    time (the codebook tab's example run on page load and a click on Reconstruct) can meet accelerate
+    half-imported: "cannot import name 'AcceleratorState' from partially initialized module"."""
+    import accelerate  # noqa: F401
+    from diffusers import (AmusedScheduler, AutoencoderKL, DDIMScheduler, DDPMScheduler,  # noqa: F401
+                           DPMSolverMultistepScheduler, UNet2DConditionModel, UNet2DModel, UVit2DModel, VQModel)
+
+
 # ---------------------------------------------------------------------- embedded models
 EMBEDDED = {
     "vqvae-photo": "vq", "vqgan-photo": "vq", "ddpm-emoji": "diffusion", "ddpm-photo": "diffusion",

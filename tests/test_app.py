@@ -247,3 +247,18 @@ def test_hostile_uploads_are_served_or_refused_readably(app, tmp_path, photo):
                 assert width == 512
     assert set(os.listdir(".")) == before  # nothing written beside the app
     assert image_size(client.predict(handle_file(photo), vq_label, "", 512, api_name="/reconstruct")[1]) == (44, 30)
+
+
+def test_build_app_resolves_diffusers_lazy_imports_before_serving():
+    """gradio runs events in worker threads: two first uses of diffusers' lazy modules at once met accelerate
+    half-imported ("partially initialized module 'accelerate.state'"), so build_app imports them first."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from genlab.config import parse_args; from genlab.ui import build_app; "
+            "build_app(parse_args([], environ={})); "
+            "missing = [m for m in ('accelerate.state', 'diffusers.models.autoencoders.vq_model', "
+            "'diffusers.models.unets.unet_2d', 'diffusers.models.unets.uvit_2d') if m not in sys.modules]; "
+            "print(missing); sys.exit(bool(missing))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]

@@ -471,6 +471,29 @@ def click_through_embedded_models(page, shots) -> None:
     expect_image(page, "Codebook atlas (click a tile to pick its code)")
     screenshot(page, shots, "11-embedded-codebook")
 
+    # VQGAN's second stage: maskgit-emoji's example run is there on load; generate a class, scrub it, inpaint tokens
+    expect(page.get_by_text(re.compile(r"^Example: Smileys & Emotion, done: 12 steps, confidence order, seed 0"))
+           ).to_be_visible(timeout=EMBEDDED_MS)
+    choose(page, "Class", "Animals & Nature")
+    page.get_by_role("button", name="Generate", exact=True).click()
+    expect(page.get_by_text(re.compile(r"^done: 12 steps, confidence order, seed 0"))).to_be_visible(timeout=EMBEDDED_MS)
+    set_number(page, "step (scrub the finished run: 12 steps)", 4, slider=True)
+    expect(page.get_by_text(re.compile(r"^step 4 of 12: \d+ of 256 tokens known"))).to_be_visible()
+    for label in ("token grid (grey = masked, outlined = new)", "decoded so far (masked cells grey)",
+                  "x̂0: the decoded full prediction"):
+        expect_image(page, label)
+    screenshot(page, shots, "17-embedded-prior-generate")
+    open_tab(page, "Inpaint tokens")
+    editor = block(page, "Image and mask (brush = resample)")
+    with page.expect_file_chooser() as chooser:
+        editor.get_by_role("button", name="Upload", exact=True).click()
+    chooser.value.set_files(str(REPO / "genlab" / "assets" / "examples" / "emoji-grinning.png"))
+    paint_stroke(page, editor)
+    page.get_by_role("button", name="Inpaint with the prior", exact=True).click()
+    expect(page.get_by_text(re.compile(r"^Resampled \d+ of 256 tokens"))).to_be_visible(timeout=EMBEDDED_MS)
+    screenshot(page, shots, "18-embedded-prior-inpaint")
+    expect(page.locator(".toast-body")).to_have_count(0)
+
     open_tab(page, "Diffusion, step by step")
     model = page.get_by_label("Model", exact=True).filter(visible=True)
     expect(model).to_have_value("ddpm-emoji")

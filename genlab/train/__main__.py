@@ -314,8 +314,7 @@ def export_vq(args, model: VQModel, state: common.RunState, fixed: torch.Tensor)
         f"commitment (beta {args.beta}), EMA codebook with dead-code restarts"
         + (f", PatchGAN hinge loss with the adaptive weight (scale {args.disc_weight}); no perceptual (LPIPS) term, "
            "since no pretrained network can be downloaded here" if args.kind == "vqgan" else "") + ".",
-        f"`{args.data}`, random {args.crop}x{args.crop} crops, batch {args.batch_size}, {lr_text(args)} "
-        "(built by `python -m genlab.data photos --out data/photos`; held-out photos never enter `train/`).",
+        f"`{args.data}`, random {args.crop}x{args.crop} crops, batch {args.batch_size}, {lr_text(args)}.",
         state, "`samples.png`: top row training crops, bottom row their reconstructions.\n\n",
     )
 

@@ -29,6 +29,7 @@ def status_markdown(registry: Registry) -> str:
 
 def build_app(config: AppConfig) -> gr.Blocks:
     models.DEFAULT_DEVICE = config.device
+    models.import_model_classes()  # before any event thread runs
     install_atomic_image_cache()
     registry = Registry(config)
     with gr.Blocks(title="GenLab", delete_cache=(900, 3600)) as demo:
