@@ -601,13 +601,7 @@ def export_ddpm(args, unet: UNet2DModel, scheduler, classes: list[str], state: c
                    if classes else "")
     focus = (f"{args.t_focus_share:.0%} of training timesteps are drawn from t < {args.t_focus_max}, where photo "
              "denoising happens; the rest uniformly. " if args.t_focus_share else "")
-    autoencoder_card = ""
-    if vae is not None and (args.out / "vae" / "run.json").is_file():
-        vae_run = common.RunState.load(args.out / "vae")
-        commands = "\n".join(vae_run.commands)
-        autoencoder_card = (f"## The autoencoder (`vae/`)\nTrained first, by GenLab's CLI ({vae_run.step} steps, "
-                            f"{vae_run.wall_seconds / 60:.1f} min on {', '.join(sorted(set(vae_run.hardware)))}); its own "
-                            f"card is `vae/README.md`:\n\n```\n{commands}\n```\n\n")
+    autoencoder_card = first_stage_card(args.out, "vae", "The autoencoder") if vae is not None else ""
     common.write_model_card(
         args.out, f"GenLab {args.out.name}",
         f"A noise-prediction DDPM (diffusers `UNet2DModel`, {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M "
@@ -751,13 +745,7 @@ def export_prior(args, model, vq_model: VQModel, scheduler, classes: list[str], 
     conditional = (f"Class-conditional on {len(classes)} classes ({', '.join(classes)}) by a prepended class token, "
                    f"with label dropout {args.label_dropout}, so classifier-free guidance works (class {len(classes)} "
                    "= no label). " if classes else "")
-    vq_card = ""
-    if (args.out / "vqvae" / "run.json").is_file():
-        vq_run = common.RunState.load(args.out / "vqvae")
-        commands = "\n".join(vq_run.commands)
-        vq_card = (f"## The tokenizer (`vqvae/`)\nTrained first, by GenLab's CLI ({vq_run.step} steps, "
-                   f"{vq_run.wall_seconds / 60:.1f} min on {', '.join(sorted(set(vq_run.hardware)))}); its own card is "
-                   f"`vqvae/README.md`:\n\n```\n{commands}\n```\n\n")
+    vq_card = first_stage_card(args.out, "vqvae", "The tokenizer")
     common.write_model_card(
         args.out, f"GenLab {args.out.name}",
         f"A bidirectional masked-token transformer (GenLab's `MaskedTokenTransformer`, "
@@ -774,6 +762,17 @@ def export_prior(args, model, vq_model: VQModel, scheduler, classes: list[str], 
         state, "`samples.png`: 16 samples, 12 confidence-order steps, seed 0"
         + (f", guidance {args.guidance_scale:g}, classes in order" if classes else "") + ".\n\n" + vq_card,
     )
+
+
+def first_stage_card(out: Path, part: str, title: str) -> str:
+    """A pipeline card's section on its frozen first stage (`out/part`, with its run.json): steps, wall
+    time, hardware and the commands that trained it; "" when it has no run record."""
+    if not (out / part / "run.json").is_file():
+        return ""
+    run = common.RunState.load(out / part)
+    commands = "\n".join(run.commands)
+    return (f"## {title} (`{part}/`)\nTrained first, by GenLab's CLI ({run.step} steps, {run.wall_seconds / 60:.1f} min "
+            f"on {', '.join(sorted(set(run.hardware)))}); its own card is `{part}/README.md`:\n\n```\n{commands}\n```\n\n")
 
 
 def main(argv=None) -> None:
