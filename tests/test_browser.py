@@ -314,6 +314,15 @@ def test_codebook_tab_analyzes_an_upload(page, photo, shots):
     screenshot(page, shots, "04-codebook")
 
 
+def upload_and_paint(page, label: str, path) -> None:
+    """Upload `path` into the image editor labelled `label` (its own Upload button) and paint a brush stroke."""
+    editor = block(page, label)
+    with page.expect_file_chooser() as chooser:
+        editor.get_by_role("button", name="Upload", exact=True).click()
+    chooser.value.set_files(str(path))
+    paint_stroke(page, editor)
+
+
 def paint_stroke(page, editor) -> None:
     """Pick the editor's brush and drag a short stroke across the middle of its canvas."""
     canvas = editor.locator("canvas").first
@@ -346,11 +355,7 @@ def test_token_prior_example_generate_scrub_and_inpaint(page, photo, shots):
     expect(page.get_by_text(re.compile(r"^step 2 of 6: \d+ of 64 tokens known"))).to_be_visible()
     screenshot(page, shots, "25-prior-scrub")
     open_tab(page, "Inpaint tokens")
-    editor = block(page, "Image and mask (brush = resample)")
-    with page.expect_file_chooser() as chooser:
-        editor.get_by_role("button", name="Upload", exact=True).click()
-    chooser.value.set_files(str(photo))
-    paint_stroke(page, editor)
+    upload_and_paint(page, "Image and mask (brush = resample)", photo)
     page.get_by_role("button", name="Inpaint with the prior", exact=True).click()
     expect(page.get_by_text(re.compile(r"^Resampled \d+ of 64 tokens"))).to_be_visible()
     expect(page.locator(".toast-body")).to_have_count(0)
@@ -411,11 +416,7 @@ def test_diffusion_inpaint_with_a_brush(page, photo, shots):
     """Upload into gradio's image editor, paint a stroke with the brush, inpaint: only the stroke is repainted."""
     open_tab(page, "Diffusion, step by step")
     open_tab(page, "Inpaint")
-    editor = block(page, "Image and mask (brush = repaint)")
-    with page.expect_file_chooser() as chooser:
-        editor.get_by_role("button", name="Upload", exact=True).click()
-    chooser.value.set_files(str(photo))
-    paint_stroke(page, editor)
+    upload_and_paint(page, "Image and mask (brush = repaint)", photo)
     page.get_by_role("button", name="Inpaint", exact=True).click()
     expect(page.get_by_text(re.compile(r"^Repainted [\d,]+ of 1,320 pixels"))).to_be_visible(timeout=ACTION_MS)
     expect_image(page, "result (live: x̂0)")
@@ -484,11 +485,7 @@ def click_through_embedded_models(page, shots) -> None:
         expect_image(page, label)
     screenshot(page, shots, "17-embedded-prior-generate")
     open_tab(page, "Inpaint tokens")
-    editor = block(page, "Image and mask (brush = resample)")
-    with page.expect_file_chooser() as chooser:
-        editor.get_by_role("button", name="Upload", exact=True).click()
-    chooser.value.set_files(str(REPO / "genlab" / "assets" / "examples" / "emoji-grinning.png"))
-    paint_stroke(page, editor)
+    upload_and_paint(page, "Image and mask (brush = resample)", REPO / "genlab" / "assets" / "examples" / "emoji-grinning.png")
     page.get_by_role("button", name="Inpaint with the prior", exact=True).click()
     expect(page.get_by_text(re.compile(r"^Resampled \d+ of 256 tokens"))).to_be_visible(timeout=EMBEDDED_MS)
     screenshot(page, shots, "18-embedded-prior-inpaint")
