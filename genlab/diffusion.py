@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
-from .autoencoder import LATENT_RANGE, PixelCodec, channels_image
+from .autoencoder import PixelCodec, channels_image
 from .conditioning import Conditioning, ConditionalModel
 from .images import mask_of
 

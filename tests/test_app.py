@@ -61,6 +61,27 @@ def test_reconstruct_returns_every_panel_and_metric(app, photo):
     assert np.load(tokens_file, allow_pickle=False).shape == (15, 22)
 
 
+def test_first_view_is_the_example_reconstructed(app, photo, tmp_path):
+    """The tab's page-load event: the example image through the default model, as Reconstruct gives it; with no
+    model or an unreadable example the panels stay as they are and the note says why (no error toast)."""
+    client, vq_label, _ = app
+    example = client.predict(handle_file(photo), vq_label, "", 512, api_name="/reconstruct_example")
+    clicked = client.predict(handle_file(photo), vq_label, "", 512, api_name="/reconstruct")
+    assert example[9] == f"Example: {Path(photo).name}. " + clicked[9]
+    assert np.array_equal(np.asarray(Image.open(example[1])), np.asarray(Image.open(clicked[1])))
+    def without_latency(table):
+        return [row for row in table["data"] if row[0] != "latency (ms)"]
+
+    assert without_latency(example[8]) == without_latency(clicked[8])
+    nothing = client.predict(None, None, "", 512, api_name="/reconstruct_example")
+    unchanged = {"__type__": "update"}  # gr.skip(): the panel keeps what it shows
+    assert nothing[9].startswith("No trained autoencoder yet") and nothing[1] == unchanged
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
+    failed = client.predict(handle_file(str(broken)), vq_label, "", 512, api_name="/reconstruct_example")
+    assert failed[9].startswith("No example: ") and "image" in failed[9] and failed[1] == unchanged
+
+
 def test_bad_upload_gives_readable_error_and_server_keeps_serving(app, photo, tmp_path):
     client, vq_label, _ = app
     svg = tmp_path / "drawing.svg"

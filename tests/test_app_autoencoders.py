@@ -55,6 +55,13 @@ def pixels(path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"))
 
 
+def same_up_to_rounding(panel, expected) -> bool:
+    """With a compare model the app runs each model on one core (genlab.ui.common.run_pair); its float sums
+    then round in another order than on the test's threads, which can move a pixel by one level."""
+    difference = np.abs(pixels(panel).astype(int) - np.asarray(expected).astype(int))
+    return difference.max() <= 1 and difference.mean() < 0.05
+
+
 def rows_of(table) -> dict[str, list[str]]:
     return {row[0]: row[1:] for row in table["data"]}
 
@@ -109,20 +116,20 @@ def test_compare_vq_with_kl_both_ways(app, photo_path, expected_kl):
     client, kl_label, vq_label = app
     result = client.predict(handle_file(str(photo_path)), vq_label, kl_label, 512, api_name="/reconstruct")
     compare_mean, compare_sample, compare_std = result[4:7]
-    assert np.array_equal(pixels(compare_mean), np.asarray(expected_kl.image))
-    assert np.array_equal(pixels(compare_sample), np.asarray(expected_kl.sample))
+    assert same_up_to_rounding(compare_mean, expected_kl.image)
+    assert same_up_to_rounding(compare_sample, expected_kl.sample)
     assert Image.open(compare_std).size == SIZE
     table = result[8]
     assert table["headers"][:3] == ["metric", vq_label, kl_label]
     rows = rows_of(table)
     assert float(rows[BITS][1]) == pytest.approx(expected_kl.bits_per_pixel, abs=5e-5)
-    original = pixels(result[0])  # the three SSIMs share the input's statistics: each is still skimage's
+    original = pixels(result[0])  # SsimReference reuses the input's statistics: each SSIM is still skimage's
     for column, panel in enumerate((result[1], compare_mean, result[7])):  # model, compare model, JPEG
         expected = structural_similarity(original, pixels(panel), data_range=255, channel_axis=-1)
         assert float(rows["SSIM"][column]) == pytest.approx(expected, abs=5e-5)  # the table rounds to 4 decimals
     assert labels(client, vq_label, kl_label) == [*PANEL_LABELS["vq"], *COMPARE_LABELS["kl"]]
     reverse = client.predict(handle_file(str(photo_path)), kl_label, vq_label, 512, api_name="/reconstruct")
-    assert np.array_equal(pixels(reverse[1]), np.asarray(expected_kl.image))
+    assert same_up_to_rounding(reverse[1], expected_kl.image)
     assert rows_of(reverse[8])[CODES][1].endswith("of 32 codes")
     assert labels(client, kl_label, vq_label) == [*PANEL_LABELS["kl"], *COMPARE_LABELS["vq"]]
 

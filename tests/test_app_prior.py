@@ -213,15 +213,24 @@ def test_first_view_shows_a_finished_example(app):
 def test_reconstruction_gives_bits_per_pixel_under_the_prior(app, picture):
     client, label, _, plain_vq, _ = app
     vq_label = f"{label}#vqvae"  # a prior's vqvae/ is listed among the autoencoders
-    table, note = client.predict(handle_file(picture), vq_label, plain_vq, 512, api_name="/reconstruct")[8:10]
+    outputs = client.predict(handle_file(picture), vq_label, plain_vq, 512, api_name="/reconstruct")
+    pending = {row[0]: row[1:] for row in outputs[8]["data"]}  # the panels do not wait for the prior
+    assert pending["bits per pixel under its token prior"] == ["computing…", "-", "-"]
+    table, note = client.predict(handle_file(outputs[0]), outputs[8], outputs[9], api_name="/reconstruct_prior_bits")
     rows = {row[0]: row[1:] for row in table["data"]}
+    assert {name: values for name, values in rows.items() if name != "bits per pixel under its token prior"} == \
+        {name: values for name, values in pending.items() if name != "bits per pixel under its token prior"}
     expected = genlab.load_prior(label, device="cpu").bits_per_pixel(Image.open(picture))
     assert float(rows["bits per pixel under its token prior"][0]) == pytest.approx(expected, abs=1e-4)
     assert rows["bits per pixel under its token prior"][1:] == ["-", "-"]  # the plain VQ model and JPEG have none
     assert float(rows["bits per pixel"][0]) == pytest.approx(1.0)  # log2 16 / 2^2
     assert f"token prior {label}" in note and "log2 K / f² = 1.000" in note
-    table = client.predict(handle_file(picture), plain_vq, "", 512, api_name="/reconstruct")[8]
-    assert "bits per pixel under its token prior" not in {row[0] for row in table["data"]}
+    plain = client.predict(handle_file(picture), plain_vq, "", 512, api_name="/reconstruct")
+    assert "bits per pixel under its token prior" not in {row[0] for row in plain[8]["data"]}
+    assert client.predict(handle_file(plain[0]), plain[8], plain[9], api_name="/reconstruct_prior_bits") == \
+        ({"__type__": "update"}, {"__type__": "update"})  # nothing to fill: both left as they are
+    with pytest.raises(Exception, match="Reconstruct an image first"):
+        client.predict(None, outputs[8], outputs[9], api_name="/reconstruct_prior_bits")
 
 
 def test_priors_and_their_autoencoders_are_configured_like_other_models(tmp_path, monkeypatch):

@@ -459,6 +459,11 @@ def test_embedded_models_end_to_end(browser, embedded_app, shots):
 
 def click_through_embedded_models(page, shots) -> None:
     rocket = REPO / "genlab" / "assets" / "examples" / "rocket.png"
+    # the first view: the example photo already reconstructed by vqvae-photo against vqgan-photo
+    expect(page.get_by_text(re.compile(r"^Example: rocket\.png\. 256x256 pixels"))).to_be_visible(timeout=EMBEDDED_MS)
+    for label in ("original", "reconstruction", "reconstruction (compare)", "JPEG at the same bits per pixel"):
+        expect_image(page, label)
+    screenshot(page, shots, "09-embedded-first-view")
     upload(page, RECONSTRUCT_UPLOAD, rocket)
     page.get_by_role("button", name="Reconstruct").click()
     expect_image(page, "reconstruction")

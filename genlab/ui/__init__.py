@@ -38,7 +38,7 @@ def build_app(config: AppConfig) -> gr.Blocks:
         with gr.Accordion("Models", open=False):
             gr.Markdown(status_markdown(registry))
         with gr.Tab("VQ-VAE reconstruction"):
-            reconstruct_tab.build(registry)
+            reconstruct_tab.build(registry, demo)
         with gr.Tab("VQGAN codebook"):
             codebook_tab.build(registry, demo)
         with gr.Tab("Diffusion, step by step"):

@@ -28,7 +28,7 @@ from ..models import ModelSpec
 from ..prior import MAX_STEPS, TokenFrame, TokenPrior, TokenRun, TokenStep
 from ..vq import VQ, index_colors, index_map_image, perplexity
 from .common import (DISPLAY_SIDE, NOT_TRAINED, OUTPUT_HEIGHT, Registry, SafeImage, SafeImageEditor, example_images,
-                     mask_from_editor, upscale, user_errors)
+                     mask_from_editor, on_model_thread, upscale, user_errors)
 from .plots import pca_figure, usage_figure
 
 MAX_LIVE_FRAMES = 32  # streamed frames per run; longer runs (raster order) stream every k-th step
@@ -197,6 +197,7 @@ def build_prior_section(registry: Registry, demo: gr.Blocks) -> None:
         return (f"done: {len(run.steps)} steps, {run.order} order, seed {run.seed}{notes}; "
                 f"{seconds / max(1, len(run.steps)) * 1000:.0f} ms per step, streaming included.")
 
+    @on_model_thread
     @user_errors
     def prior_sample(label, order, steps, temperature, top_k, guidance, seed, class_name="", prompt="",
                      negative_prompt=""):
@@ -209,6 +210,7 @@ def build_prior_section(registry: Registry, demo: gr.Blocks) -> None:
                f"all {count} tokens masked; {total} steps to go", gr.skip(), gr.skip())
         yield from run_stream(prior, label, stream, total, finished)
 
+    @on_model_thread
     @user_errors
     def prior_inpaint(label, editor, order, steps, temperature, top_k, guidance, seed, class_name="", prompt="",
                       negative_prompt=""):
@@ -261,6 +263,7 @@ def build_prior_section(registry: Registry, demo: gr.Blocks) -> None:
         return (gr.Dropdown(choices=choices, value=prior.classes[0], visible=True), gr.Textbox(visible=False),
                 gr.Textbox(visible=False), guidance, about)
 
+    @on_model_thread
     def example(label):
         """The section's first view: a finished run of the default prior (seed 0, the defaults, its first
         class), computed once per model and scrubbable like the visitor's own runs."""
@@ -353,6 +356,7 @@ def build_explorer(registry: Registry) -> None:
             raise gr.Error("Analyze an image first (upload one or click an example, then press Analyze).")
         return state
 
+    @on_model_thread
     @user_errors
     def analyze(image_path, label, page, progress=gr.Progress()):
         vq = load(label)
@@ -377,6 +381,7 @@ def build_explorer(registry: Registry) -> None:
                 stats_markdown(vq, usage, image_usage), pca_figure(vq.pca_2d(), vq.code_colors(), usage),
                 grid, state.get("reconstruction"), state)
 
+    @on_model_thread
     @user_errors
     def atlas_page(label, page, state):
         vq = load(label)
@@ -397,6 +402,7 @@ def build_explorer(registry: Registry) -> None:
             raise gr.Error("Click on a code tile.")
         return int(order[position])
 
+    @on_model_thread
     @user_errors
     def cell_info(label, row, col, state):
         state = state_of(state)
@@ -412,6 +418,7 @@ def build_explorer(registry: Registry) -> None:
         return code, vq.code_patch(code).resize((96, 96), Image.Resampling.NEAREST), \
             highlight(state["reconstruction"], indices, mask, vq.downsample_factor), text
 
+    @on_model_thread
     @user_errors
     def grid_click(label, state, event: gr.SelectData):
         state = state_of(state)
@@ -419,6 +426,7 @@ def build_explorer(registry: Registry) -> None:
         row, col = event.index[1] // cell, event.index[0] // cell
         return (row, col, *cell_info(label, row, col, state))
 
+    @on_model_thread
     @user_errors
     def code_positions(label, code, state):
         state = state_of(state)
@@ -445,22 +453,26 @@ def build_explorer(registry: Registry) -> None:
         image = state["image"]
         return vq.cells_touched(mask_of(mask, (image.height, image.width))[0, 0].numpy())
 
+    @on_model_thread
     @user_errors
     def edit_replace(label, editor, code, state):
         state, vq = state_of(state), load(label)
         return show_edit(vq, state, vq.replace_cells(state["indices"], painted_cells(vq, editor, state), int(code)))
 
+    @on_model_thread
     @user_errors
     def edit_resample(label, editor, seed, state):
         state, vq = state_of(state), load(label)
         return show_edit(vq, state, vq.resample_cells(state["indices"], painted_cells(vq, editor, state),
                                                       state["usage"], int(seed)))
 
+    @on_model_thread
     @user_errors
     def edit_swap(label, first, second, state):
         state, vq = state_of(state), load(label)
         return show_edit(vq, state, vq.swap_codes(state["indices"], int(first), int(second)))
 
+    @on_model_thread
     @user_errors
     def edit_reset(label, state):
         state, vq = state_of(state), load(label)
@@ -471,6 +483,7 @@ def build_explorer(registry: Registry) -> None:
         image = (state or {}).get("image")
         return gr.skip() if image is None else {"background": image, "layers": [], "composite": image}
 
+    @on_model_thread
     @user_errors
     def interpolate(label, first, second, steps):
         vq = load(label)

@@ -18,7 +18,7 @@ from ..diffusion import DiffusionModel, DiffusionRun, Frame, Step, as_image, est
 from ..images import InputError, image_grid, open_image
 from ..metrics import non_local_means, psnr
 from .common import (DISPLAY_SIDE, OUTPUT_HEIGHT, Registry, SafeImage, SafeImageEditor, example_images, file_stem,
-                     mask_from_editor, save_output, upscale, user_errors)
+                     mask_from_editor, on_model_thread, save_output, upscale, user_errors)
 from .plots import schedule_figure
 
 SCHEDULER_CHOICES = [("DDPM", "ddpm"), ("DDIM", "ddim"), ("DPM-Solver++", "dpm++")]
@@ -169,6 +169,7 @@ def build(registry: Registry, demo: gr.Blocks) -> None:
         return dict(class_label=class_name or None, guidance_scale=guidance, prompt=prompt or None,
                     negative_prompt=negative_prompt or None)
 
+    @on_model_thread
     @user_errors
     def sample(label, scheduler, steps, seed, batch, class_name, guidance, eta, prompt="", negative_prompt=""):
         dm = registry.diffusion(label)
@@ -239,6 +240,7 @@ def build(registry: Registry, demo: gr.Blocks) -> None:
             else:
                 return item
 
+    @on_model_thread
     @user_errors
     def denoise(label, image_path, mode, t, sigma_255, steps, seed, scheduler, class_name, guidance,
                 prompt="", negative_prompt=""):
@@ -274,6 +276,7 @@ def build(registry: Registry, demo: gr.Blocks) -> None:
         trajectory, scrub_slider, files = finish(run, label, count, "denoise")
         yield result, baseline, text, trajectory, scrub_slider, files
 
+    @on_model_thread
     @user_errors
     def inpaint(label, editor, steps, seed, scheduler, class_name, guidance, prompt="", negative_prompt=""):
         dm = registry.diffusion(label)
@@ -290,6 +293,7 @@ def build(registry: Registry, demo: gr.Blocks) -> None:
                 + (", and every latent cell the mask touches is resampled." if dm.is_latent else "."))
         yield upscale(run.image), upscale(mask.convert("RGB")), text, trajectory, scrub_slider, files
 
+    @on_model_thread
     @user_errors
     def compare(label, settings, seed, class_name, guidance, prompt="", negative_prompt=""):
         if not 2 <= len(settings or []) <= 4:
@@ -362,7 +366,7 @@ def build(registry: Registry, demo: gr.Blocks) -> None:
             denoised = gr.Image(label="GenLab (reverse process)", format="png", interactive=False, height=OUTPUT_HEIGHT)
             baseline = gr.Image(label="scikit-image non-local means, same sigma", format="png", interactive=False, height=OUTPUT_HEIGHT)
         denoise_text = gr.Markdown()
-    with gr.Tab("Inpaint") as inpaint_tab:
+    with gr.Tab("Inpaint"):
         gr.Markdown("Upload an image, paint the region to repaint with the brush, then Inpaint. Every step re-imposes "
                     "the known region from q(x_t | x_0) (RePaint's conditioning, Lugmayr et al. 2022), so only the "
                     "painted region is generated.")

@@ -21,11 +21,10 @@ from dataclasses import dataclass, field
 import gradio as gr
 import matplotlib
 import numpy as np
-import torch
 
 from .. import toy
 from ..toy.core import MAX_HISTORY
-from .common import Registry, user_errors
+from .common import Registry, single_threaded_worker, user_errors
 from .plots import _render as render_figure
 
 matplotlib.use("Agg")
@@ -92,23 +91,7 @@ class Lab:
     run: int = 0  # bumped by Train, Pause and Reset: a training loop stops when the run it started is no longer current
 
 
-def _single_threaded_worker() -> None:
-    """Initialiser of the toy threads: one intra-op thread in them, the process default unchanged elsewhere.
-
-    The toys' matrices are tiny, so threads only add synchronisation: on this project's 2-core machine
-    under load, a VAE trains at ~200 steps/s on one thread and 5-30 on two. torch keeps the count per
-    thread (OpenMP) but new threads copy a process-wide default, which set_num_threads also changes;
-    another thread puts that default back at once, so the image models' threads keep theirs.
-    """
-    torch.zeros(2).sum()  # this thread's lazy thread-count set-up happens now, not after the change below
-    default = torch.get_num_threads()
-    torch.set_num_threads(1)
-    restore = threading.Thread(target=torch.set_num_threads, args=(default,))
-    restore.start()
-    restore.join()
-
-
-_workers = ThreadPoolExecutor(TOY_CONCURRENCY, "genlab-toy", initializer=_single_threaded_worker)
+_workers = ThreadPoolExecutor(TOY_CONCURRENCY, "genlab-toy", initializer=single_threaded_worker)
 
 
 def on_toy_thread(fn, *args):

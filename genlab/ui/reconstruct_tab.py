@@ -8,21 +8,29 @@ VQ, the KL term in bits over the pixels for KL; the "distinct codes used" row gi
 latent shape instead. A VQ model with a token prior (a prior pipeline's vqvae/) adds the row "bits per
 pixel under its token prior": the code length of the image's tokens, -log2 p(tokens) under the prior
 over the pixels (genlab.prior.TokenPrior.bits_per_pixel), i.e. what an entropy coder driven by the
-prior would spend, against the log2(K) / f^2 of storing each index as it is.
+prior would spend, against the log2(K) / f^2 of storing each index as it is. That takes one transformer
+call per token (about 2 s on maskgit-emoji), so a follow-up event fills the row after the panels are shown.
 
 Speed: each panel is encoded once, as a PNG with zlib's run-length strategy, and handed to gradio as
 a file. gradio's own encoder uses Pillow's defaults (zlib level 6, default strategy): on 256² photos
 and heat maps that is 5 to 14 times slower (22-48 ms against 3-4 ms a panel on the 2-core CPU beside
 a training run) for files within 6% of the same size, and the reconstruction was encoded a second
 time for its download; with a compare model, 8 panels were most of the time spent outside the models.
-The three SSIMs (model, compare model, JPEG: each against the same input) share one
-`metrics.SsimReference`, so the input's own statistics are filtered once, not three times.
+The first model's SSIM and the JPEG's share one `metrics.SsimReference`, so the input's own statistics
+are filtered once for both.
+
+On a CPU the model and the compare model run at once, a core each (`common.run_pair`): each one's
+"lane" reconstructs, measures and encodes its own row (`run_lane`), and the first also makes the JPEG
+at its rate. Each model's "latency" is then its time on one core. Measured through the app with
+`python -m genlab.bench` (vqvae-photo vs vqgan-photo, 256²): see the README's benchmark table.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -34,11 +42,14 @@ from .. import metrics
 from ..autoencoder import KLAutoencoder, KLReconstruction
 from ..images import open_image
 from ..vq import heatmap_image, index_map_image
-from .common import OUTPUT_HEIGHT, Registry, SafeImage, example_images, file_stem, save_output, user_errors
+from .common import (OUTPUT_HEIGHT, Registry, SafeImage, example_images, file_stem, on_model_thread, run_pair,
+                     save_output, user_errors)
 
+EXAMPLE_PHOTO = str(Path(__file__).resolve().parent.parent / "assets" / "examples" / "rocket.png")  # held out
 METRIC_ROWS = ("PSNR (dB)", "SSIM", "bits per pixel", "compression vs 24-bit RGB",
                "distinct codes used (JPEG: quality)", "latency (ms)")
 PRIOR_ROW = "bits per pixel under its token prior"
+PENDING = "computing…"  # the prior row's cells until /reconstruct_prior_bits fills them
 PANEL_LABELS = {  # the three panels of a model's row
     "vq": ("reconstruction", "absolute error", "token indices (codes as colours)"),
     "kl": ("reconstruction: decode of the posterior mean", "decode of a posterior sample z ~ q(z|x)",
@@ -50,25 +61,27 @@ COMPARE_LABELS = {  # the compare row's, shorter
 }
 
 
-def save_files(files: list[tuple[str, object]]) -> list[str]:
-    """Write one event's files, (name, PIL image -> PNG | numpy array -> .npy), into one output folder;
-    returns their paths in order (names must differ).
+def encode_file(value) -> bytes:
+    """A PIL image as PNG (module docstring: zlib's run-length strategy), a numpy array as .npy."""
+    buffer = io.BytesIO()
+    if isinstance(value, Image.Image):
+        value.save(buffer, format="PNG", compress_level=1, compress_type=zlib.Z_RLE)
+    else:
+        np.save(buffer, value, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def save_files(files: list[tuple[str, bytes]]) -> list[str]:
+    """Write one event's files, (name, encoded bytes), into one output folder; returns their paths in order
+    (names must differ).
 
     The first goes through `save_output`, which gives it a fresh folder and prunes the oldest; the rest
     join that folder. A folder per file, as `save_output` alone makes, would cost 8 prunes per event once
     the output folder is full, and removing a folder costs about 4 ms on this machine's disk."""
-    def encoded(value) -> bytes:
-        buffer = io.BytesIO()
-        if isinstance(value, Image.Image):
-            value.save(buffer, format="PNG", compress_level=1, compress_type=zlib.Z_RLE)  # module docstring
-        else:
-            np.save(buffer, value, allow_pickle=False)
-        return buffer.getvalue()
-
-    (first_name, first_value), *rest = files
-    folder = Path(save_output(encoded(first_value), first_name)).parent
-    for name, value in rest:
-        (folder / name).write_bytes(encoded(value))
+    (first_name, first_data), *rest = files
+    folder = Path(save_output(first_data, first_name)).parent
+    for name, data in rest:
+        (folder / name).write_bytes(data)
     return [str(folder / name) for name, _ in files]
 
 
@@ -83,17 +96,12 @@ def kind_of(autoencoder) -> str:
     return "kl" if isinstance(autoencoder, KLAutoencoder) else "vq"
 
 
-def reconstruct_one(registry: Registry, label: str, image, max_side: int, prefix: str = "",
-                    reference: metrics.SsimReference | None = None):
-    """Run one autoencoder; returns (result, its three panels and its code as (file name, value), metric
-    column, the SsimReference of its input). The code is what the download offers beside the
-    reconstruction: the token grid (VQ) or the posterior std (KL). `prefix` starts the file names (the
-    compare row's, so names never clash). `reference`: the first model's, whose input statistics this
-    SSIM reuses (a new one is made when it is None or holds other pixels)."""
-    autoencoder = registry.autoencoder(label)
-    result = autoencoder.reconstruct(image, max_side=int(max_side))
-    if reference is None or not reference.matches(result.input):
-        reference = metrics.SsimReference(result.input)
+def describe(autoencoder, label: str, result, prefix: str = ""):
+    """One autoencoder's reconstruction as the tab shows it: (its three panels and its code as (file name,
+    value), metric column, the SsimReference of its input, for the JPEG's SSIM to reuse). The code is what
+    the download offers beside the reconstruction: the token grid (VQ) or the posterior std (KL). `prefix`
+    starts the file names (the compare row's, so names never clash)."""
+    reference = metrics.SsimReference(result.input)
     stem = file_stem(label)
     if kind_of(autoencoder) == "kl":
         panels = [(f"{prefix}reconstruction_{stem}.png", result.image),
@@ -111,7 +119,7 @@ def reconstruct_one(registry: Registry, label: str, image, max_side: int, prefix
         bottleneck = f"{result.distinct_codes} of {autoencoder.num_codes} codes"
     column = [round(result.psnr, 2), round(reference.ssim(result.image), 4), round(result.bits_per_pixel, 4),
               f"{result.compression_ratio:.1f}x", bottleneck, round(result.latency_s * 1000, 1)]
-    return result, panels, code, column, reference
+    return panels, code, column, reference
 
 
 def jpeg_column(image, bpp: float, reference: metrics.SsimReference | None = None):
@@ -121,6 +129,33 @@ def jpeg_column(image, bpp: float, reference: metrics.SsimReference | None = Non
     reference = metrics.SsimReference(image) if reference is None else reference
     return jpeg, [round(jpeg.psnr, 2), round(reference.ssim(jpeg.image), 4), round(jpeg.bits_per_pixel, 4),
                   f"{24 / jpeg.bits_per_pixel:.1f}x", f"quality {jpeg.quality}", "-"]
+
+
+@dataclass
+class Lane:
+    """One model's share of /reconstruct, computed on one core: its result, its row's three panels and its
+    code as (file name, encoded bytes), its metric column; the first model's lane also encodes the original
+    and makes the JPEG at that model's rate."""
+
+    result: object
+    panels: list[tuple[str, bytes]]
+    code: tuple[str, bytes]
+    column: list
+    original: tuple[str, bytes] | None = None
+    jpeg: object = None
+    jpeg_file: tuple[str, bytes] | None = None
+    jpeg_values: list | None = None
+
+
+def run_lane(autoencoder, label: str, image, max_side: int, prefix: str = "", with_jpeg: bool = False) -> Lane:
+    result = autoencoder.reconstruct(image, max_side=int(max_side))
+    panels, (code_name, code), column, reference = describe(autoencoder, label, result, prefix)
+    lane = Lane(result, [(name, encode_file(value)) for name, value in panels], (code_name, encode_file(code)), column)
+    if with_jpeg:
+        lane.jpeg, lane.jpeg_values = jpeg_column(result.input, result.bits_per_pixel, reference)
+        lane.original = ("original.png", encode_file(result.input))
+        lane.jpeg_file = (f"jpeg_q{lane.jpeg.quality}.png", encode_file(lane.jpeg.image))
+    return lane
 
 
 def shape_note(result, max_side: int) -> str:
@@ -150,40 +185,60 @@ def prior_bits(registry: Registry, label: str, image) -> tuple[str, str]:
         f"{index_bpp:.3f} for the raw indices ({ratio}).")
 
 
-def build(registry: Registry) -> None:
+def build(registry: Registry, demo: gr.Blocks) -> None:
+    @on_model_thread
     @user_errors
     def reconstruct(image_path, model, compare_model, max_side, progress=gr.Progress()):
         if image_path is None:
             raise gr.Error("Upload an image or click an example first.")
         progress(0.1, desc="decoding the upload")
         image = open_image(image_path)
-        progress(0.3, desc=f"reconstructing with {model}")
-        result, panels, code, column, reference = reconstruct_one(registry, model, image, max_side)
-        headers, columns = ["metric", model], [column]
-        compare_panels = []
-        if compare_model and compare_model != model:
-            progress(0.6, desc=f"reconstructing with {compare_model}")
-            _, compare_panels, _, compare_column, _ = reconstruct_one(registry, compare_model, image, max_side,
-                                                                      "compare_", reference)
-            headers.append(compare_model)
-            columns.append(compare_column)
-        progress(0.8, desc="JPEG at the same bit rate")
-        jpeg, jpeg_values = jpeg_column(result.input, result.bits_per_pixel, reference)
-        headers.append("JPEG at <= the same bpp" if jpeg.within_budget else
-                       "JPEG at quality 1 (cannot go as low as the model's bpp)")
-        columns.append(jpeg_values)
+        compare_model = compare_model if compare_model != model else ""
+        first = registry.autoencoder(model)
+        progress(0.3, desc=f"reconstructing with {' and '.join(filter(None, (model, compare_model)))}")
+        main_lane = functools.partial(run_lane, first, model, image, max_side, with_jpeg=True)
+        if compare_model:  # module docstring: the two models at once, a core each
+            second = registry.autoencoder(compare_model)
+            compare_lane = functools.partial(run_lane, second, compare_model, image, max_side, "compare_")
+            lanes = run_pair(main_lane, compare_lane, parallel=first.device.type == second.device.type == "cpu")
+        else:
+            lanes = [main_lane()]
+        result, jpeg = lanes[0].result, lanes[0].jpeg
+        headers = ["metric", *(model, compare_model)[:len(lanes)],
+                   "JPEG at <= the same bpp" if jpeg.within_budget else
+                   "JPEG at quality 1 (cannot go as low as the model's bpp)"]
+        columns = [lane.column for lane in lanes] + [lanes[0].jpeg_values]
         rows = [[name, *map(str, values)] for name, *values in zip(METRIC_ROWS, *columns)]
         note = shape_note(result, max_side)
-        if any(registry.prior_of(label) for label in headers[1:-1]):
-            progress(0.9, desc="code length under the token prior")
-            priors = [prior_bits(registry, label, result.input) for label in headers[1:-1]]
-            rows.insert(METRIC_ROWS.index("bits per pixel") + 1, [PRIOR_ROW, *(cell for cell, _ in priors), "-"])
-            note += "".join(note_text for _, note_text in priors)
+        if any(registry.prior_of(label) for label in headers[1:-1]):  # filled in by /reconstruct_prior_bits
+            rows.insert(METRIC_ROWS.index("bits per pixel") + 1,
+                        [PRIOR_ROW, *(PENDING if registry.prior_of(label) else "-" for label in headers[1:-1]), "-"])
         table = pd.DataFrame(rows, columns=headers)
+        compare_panels = lanes[1].panels if len(lanes) == 2 else []
         original, *row_paths, jpeg_path, code_path = save_files(
-            [("original.png", result.input), *panels, *compare_panels, (f"jpeg_q{jpeg.quality}.png", jpeg.image), code])
+            [lanes[0].original, *lanes[0].panels, *compare_panels, lanes[0].jpeg_file, lanes[0].code])
         main_row, compare_row = row_paths[:3], row_paths[3:] or [None, None, None]
         return (original, *main_row, *compare_row, jpeg_path, table, note, [main_row[0], code_path])
+
+    @on_model_thread
+    @user_errors
+    def prior_rows(original_path, table, note):
+        """The follow-up of /reconstruct: fills the "bits per pixel under its token prior" row for the models (the
+        table's columns) that have a token prior, from the reconstructed input (the "original" panel). One
+        transformer call per token takes about 2 s on maskgit-emoji, so the panels do not wait for it."""
+        rows = table.values.tolist() if isinstance(table, pd.DataFrame) else []
+        row = next((row for row in rows if row and row[0] == PRIOR_ROW), None)
+        if row is None or PENDING not in row:
+            return gr.skip(), gr.skip()
+        if not original_path:
+            raise gr.Error("Reconstruct an image first.")
+        image = open_image(original_path)
+        labels = list(table.columns)[1:-1]
+        for column, label in enumerate(labels, start=1):
+            if row[column] == PENDING:
+                row[column], note_text = prior_bits(registry, label, image)
+                note = (note or "") + note_text
+        return pd.DataFrame(rows, columns=list(table.columns)), note
 
     def row_for(label, labels: dict[str, tuple[str, str, str]]):
         """A row's panels emptied and relabelled for the model just chosen (VQ or KL), so they never show one
@@ -204,7 +259,8 @@ def build(registry: Registry) -> None:
     )
     with gr.Row():
         with gr.Column(scale=1):
-            image = SafeImage(label="Image (PNG, JPEG, WebP, BMP, GIF, TIFF)", type="filepath", height=256)
+            image = SafeImage(EXAMPLE_PHOTO if registry.choices("vq") else None, type="filepath", height=256,
+                              label="Image (PNG, JPEG, WebP, BMP, GIF, TIFF)")
             gr.Examples(example_images(), inputs=image, label="Examples (held-out photos and Noto Emoji; see assets/CREDITS.md)")
         with gr.Column(scale=1):
             first = registry.default("vq", "vqvae-photo")
@@ -216,7 +272,7 @@ def build(registry: Registry) -> None:
             note = gr.Markdown()
 
     def panel(label: str) -> gr.Image:
-        return gr.Image(label=label, format="png", interactive=False, height=OUTPUT_HEIGHT)
+        return gr.Image(label=label, type="filepath", format="png", interactive=False, height=OUTPUT_HEIGHT)
 
     with gr.Row():
         original = panel("original")
@@ -229,9 +285,27 @@ def build(registry: Registry) -> None:
     # KL models offer their posterior std as the .npy; tests/test_browser.py reads this label
     downloads = gr.File(label="Downloads: reconstruction (PNG) and token grid (.npy)", file_count="multiple",
                         interactive=False)
-    run.click(reconstruct, [image, model, compare, max_side],
-              [original, rec, error, tokens, rec_b, error_b, tokens_b, jpeg, table, note, downloads],
-              api_name="reconstruct", concurrency_id="heavy")
+
+    @on_model_thread
+    def example(image_path, label, compare_label, side):
+        """The tab's first view: the example photo through the default models, as a click on Reconstruct gives
+        it. Without a model (or if it fails) the panels stay empty and the note says why, with no error toast."""
+        if not image_path or not label:
+            return *[gr.skip()] * 9, "No trained autoencoder yet: upload an image once one is.", gr.skip()
+        try:
+            outputs = reconstruct(image_path, label, compare_label, side)
+        except Exception as error:
+            return *[gr.skip()] * 9, f"No example: {error}", gr.skip()
+        return (*outputs[:9], f"Example: {Path(image_path).name}. " + outputs[9], outputs[10])
+
+    inputs = [image, model, compare, max_side]
+    outputs = [original, rec, error, tokens, rec_b, error_b, tokens_b, jpeg, table, note, downloads]
+    example_event = demo.load(example, inputs, outputs, api_name="reconstruct_example", api_visibility="undocumented",
+                              concurrency_id="heavy")
+    click_event = run.click(reconstruct, inputs, outputs, api_name="reconstruct", concurrency_id="heavy")
+    prior_inputs = [original, table, note]  # the row's models are the table's columns, whatever the dropdowns say now
+    example_event.success(prior_rows, prior_inputs, [table, note], api_visibility="private", concurrency_id="heavy")
+    click_event.success(prior_rows, prior_inputs, [table, note], api_name="reconstruct_prior_bits", concurrency_id="heavy")
     # Labels change with the dropdowns, off the click's path (update objects among /reconstruct's own outputs
     # would also reach API clients as dicts instead of file paths). Loading the model here is what the next
     # click would do first anyway.
