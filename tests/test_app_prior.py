@@ -231,6 +231,9 @@ def test_reconstruction_gives_bits_per_pixel_under_the_prior(app, picture):
         ({"__type__": "update"}, {"__type__": "update"})  # nothing to fill: both left as they are
     with pytest.raises(Exception, match="Reconstruct an image first"):
         client.predict(None, outputs[8], outputs[9], api_name="/reconstruct_prior_bits")
+    forged = {**outputs[8], "headers": ["metric", "no-such-model", plain_vq, "JPEG"]}  # a column no prior belongs to
+    table, _ = client.predict(handle_file(outputs[0]), forged, "", api_name="/reconstruct_prior_bits")
+    assert {row[0]: row[1:] for row in table["data"]}["bits per pixel under its token prior"] == ["-", "-", "-"]
 
 
 def test_priors_and_their_autoencoders_are_configured_like_other_models(tmp_path, monkeypatch):
