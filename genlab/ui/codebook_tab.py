@@ -27,7 +27,7 @@ from ..images import mask_of, open_image
 from ..models import ModelSpec
 from ..prior import MAX_STEPS, TokenFrame, TokenPrior, TokenRun, TokenStep
 from ..vq import VQ, index_colors, index_map_image, perplexity
-from .common import (DISPLAY_SIDE, NOT_TRAINED, OUTPUT_HEIGHT, Registry, SafeImage, SafeImageEditor, example_images,
+from .common import (DISPLAY_SIDE, NOT_TRAINED, OUTPUT_HEIGHT, Registry, SafeImage, example_images, mask_editor,
                      mask_from_editor, on_model_thread, upscale, user_errors)
 from .plots import pca_figure, usage_figure
 
@@ -315,9 +315,7 @@ def build_prior_section(registry: Registry, demo: gr.Blocks) -> None:
                     "masked and resampled by the prior, conditioned on all the others, which stay the image's own. "
                     "The image is centre-cropped and resized to the prior's grid first.")
         with gr.Row():
-            editor = SafeImageEditor(label="Image and mask (brush = resample)", type="filepath", image_mode="RGBA",
-                                    sources=("upload", "clipboard"), height=320, format="png",
-                                    brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=12))
+            editor = mask_editor("Image and mask (brush = resample)", format="png")
             inpaint_button = gr.Button("Inpaint with the prior", variant="primary", scale=0)
     with gr.Row(equal_height=True):
         status = gr.Markdown()
@@ -532,9 +530,8 @@ def build_explorer(registry: Registry) -> None:
     gr.Markdown("#### Token editing: paint a region on the analysed image; every token whose f x f patch the "
                 "brush touches is edited")
     with gr.Row():
-        region = SafeImageEditor(label="Analysed image (brush = region to edit)", type="filepath", image_mode="RGBA",
-                                sources=(), transforms=(), height=320, format="png",
-                                brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=8))
+        region = mask_editor("Analysed image (brush = region to edit)", brush_size=8, sources=(), transforms=(),
+                             format="png")
         with gr.Column():
             with gr.Row():
                 edit_code = gr.Number(0, label="replace with code", precision=0)

@@ -140,6 +140,14 @@ class SafeImageEditor(gr.ImageEditor):
         return path
 
 
+def mask_editor(label: str, brush_size: int = 12, **options) -> SafeImageEditor:
+    """An image editor whose white brush paints a mask over an upload (read back by `mask_from_editor`);
+    `options` override or add SafeImageEditor's settings (sources, height, format, ...)."""
+    settings = dict(type="filepath", image_mode="RGBA", sources=("upload", "clipboard"), height=320)
+    brush = gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=brush_size)
+    return SafeImageEditor(label=label, brush=brush, **{**settings, **options})
+
+
 def user_errors(fn):
     """Turn GenLab's input and loading errors into gr.Error text; never show a traceback."""
 

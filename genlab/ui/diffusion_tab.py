@@ -17,7 +17,7 @@ from ..autoencoder import channels_image
 from ..diffusion import DiffusionModel, DiffusionRun, Frame, Step, as_image, estimate_sigma, noise_as_image
 from ..images import InputError, image_grid, open_image
 from ..metrics import non_local_means, psnr
-from .common import (DISPLAY_SIDE, OUTPUT_HEIGHT, Registry, SafeImage, SafeImageEditor, example_images, file_stem,
+from .common import (DISPLAY_SIDE, OUTPUT_HEIGHT, Registry, SafeImage, example_images, file_stem, mask_editor,
                      mask_from_editor, on_model_thread, save_output, upscale, user_errors)
 from .plots import schedule_figure
 
@@ -371,9 +371,7 @@ def build(registry: Registry, demo: gr.Blocks) -> None:
                     "the known region from q(x_t | x_0) (RePaint's conditioning, Lugmayr et al. 2022), so only the "
                     "painted region is generated.")
         with gr.Row():
-            editor = SafeImageEditor(label="Image and mask (brush = repaint)", type="filepath", image_mode="RGBA",
-                                    sources=("upload", "clipboard"), height=320,
-                                    brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=12))
+            editor = mask_editor("Image and mask (brush = repaint)")
             with gr.Column():
                 inpaint_steps = gr.Slider(1, 250, value=50, step=1, label="Steps")
                 inpaint_seed = gr.Number(0, label="Seed", precision=0, minimum=0)

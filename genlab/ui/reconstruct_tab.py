@@ -210,9 +210,9 @@ def build(registry: Registry, demo: gr.Blocks) -> None:
         columns = [lane.column for lane in lanes] + [lanes[0].jpeg_values]
         rows = [[name, *map(str, values)] for name, *values in zip(METRIC_ROWS, *columns)]
         note = shape_note(result, max_side)
-        if any(registry.prior_of(label) for label in headers[1:-1]):  # filled in by /reconstruct_prior_bits
-            rows.insert(METRIC_ROWS.index("bits per pixel") + 1,
-                        [PRIOR_ROW, *(PENDING if registry.prior_of(label) else "-" for label in headers[1:-1]), "-"])
+        priors = [registry.prior_of(label) for label in headers[1:-1]]
+        if any(priors):  # filled in by /reconstruct_prior_bits
+            rows.insert(METRIC_ROWS.index("bits per pixel") + 1, [PRIOR_ROW, *(PENDING if p else "-" for p in priors), "-"])
         table = pd.DataFrame(rows, columns=headers)
         compare_panels = lanes[1].panels if len(lanes) == 2 else []
         original, *row_paths, jpeg_path, code_path = save_files(
