@@ -12,6 +12,7 @@ indices, i.e. log2(K) / f^2 bits per pixel. Indices are (B, h, w) int64 tensors 
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -55,6 +56,19 @@ class Reconstruction(metrics.ComparedToInput):
     @property
     def distinct_codes(self) -> int:
         return int(np.unique(self.indices).size)
+
+
+@dataclass
+class Encoding:
+    """An image's tokens before decoding (`VQ.encode_image`). `VQ.reconstruct_from` decodes them, with this
+    model's decoder or with any VQ of the same `encoder_key`: one encoder and codebook under other decoders,
+    as a VQGAN fine-tuned from a VQ-VAE with its encoder frozen (vqgan-photo from vqvae-photo)."""
+
+    input: Image.Image  # the image that was encoded (after any downscaling)
+    indices: torch.Tensor  # (1, H'/f, W'/f): the padded grid the decoder takes
+    encoder_key: str
+    seconds: float  # time the encoding took
+    resized_from: tuple[int, int] | None = None  # original (width, height) when downscaled
 
 
 
@@ -149,13 +163,45 @@ class VQ:
 
     def reconstruct(self, image, max_side: int | None = 512) -> Reconstruction:
         """Encode and decode an image; sides are reflect-padded to multiples of f and cropped back."""
+        return self.reconstruct_from(self.encode_image(image, max_side))
+
+    def encode_image(self, image, max_side: int | None = 512) -> Encoding:
+        """The first half of `reconstruct`: an upload (downscaled to `max_side`) -> its padded token grid."""
         start = time.perf_counter()
-        image, pixels, (height, width), resized_from = prepare_input(image, max_side, self.downsample_factor)
-        indices = self.encode(pixels)
-        decoded = self.decode_tensor(indices)[..., :height, :width]
+        image, pixels, _, resized_from = prepare_input(image, max_side, self.downsample_factor)
+        return Encoding(image, self.encode(pixels), self.encoder_key, time.perf_counter() - start, resized_from)
+
+    def reconstruct_from(self, encoding: Encoding) -> Reconstruction:
+        """The second half: decode an `Encoding` made by this model or by one with the same `encoder_key`.
+        The latency counts the encoding too, so it reads as this model's whole reconstruction."""
+        if encoding.encoder_key != self.encoder_key:
+            raise ValueError(f"these tokens come from another encoder or codebook than {self.name}'s; "
+                             "encode the image with this model (encode_image)")
+        start = time.perf_counter()
+        width, height = encoding.input.size
+        decoded = self.decode_tensor(encoding.indices)[..., :height, :width]
         reconstruction = Image.fromarray(tensor_to_uint8(decoded.cpu()), "RGB")
-        return Reconstruction(image, reconstruction, self._visible(indices[0], height, width), self.num_codes,
-                              time.perf_counter() - start, resized_from)
+        return Reconstruction(encoding.input, reconstruction, self._visible(encoding.indices[0], height, width),
+                              self.num_codes, encoding.seconds + time.perf_counter() - start, encoding.resized_from)
+
+    @functools.cached_property
+    def encoder_key(self) -> str:
+        """A digest of everything that decides an image's tokens: the encoder, quant_conv and codebook weights,
+        and how pixels reach them (f, tiling, pixel range). Two VQs with one key give every image the same
+        tokens, so one encoding serves both (`reconstruct_from`)."""
+        digest = hashlib.sha256(repr((type(self.model).__name__, self.downsample_factor, self.tile, self.tile_margin,
+                                      self.unit_pixels, str(self.model.dtype))).encode())
+        for part in (self.model.encoder, self.model.quant_conv, self.model.quantize):
+            for name, tensor in part.state_dict().items():
+                digest.update(name.encode())
+                digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
+
+    def index_bits_per_pixel(self, width: int, height: int) -> float:
+        """log2(K) / f^2 for a width x height image, counting its padded border tokens: the bits per pixel its
+        `Reconstruction` will report, known before encoding."""
+        f = self.downsample_factor
+        return -(-height // f) * -(-width // f) * self.bits_per_token / (width * height)
 
     def _visible(self, indices: torch.Tensor, height: int, width: int) -> np.ndarray:
         """The (ceil(H/f), ceil(W/f)) tokens covering the image (tiny images are padded further)."""

@@ -6,6 +6,8 @@ safe_serialization=True)`, the same layout as the Hub checkpoints GenLab loads:
   tiny_vq_dir         VQModel, f = 2, K = 32 codes of dimension 4
   tiny_vq_lookup_dir  the same with lookup_from_codebook=True
   tiny_vq_embed_dir   vq_embed_dim (6) != latent_channels (4)
+  tiny_vq_sibling_dir tiny_vq_dir's encoder and codebook under another decoder (as vqgan-photo is
+                      vqvae-photo's encoder with a GAN-trained decoder)
   tiny_vq_nested_dir  a VQModel under vqvae/ (amused/amused-256 layout)
   tiny_ddpm_dir       UNet2DModel + scheduler_config.json at the root (google/ddpm-cifar10-32 layout)
   tiny_cond_ddpm_dir  class-conditional UNet (3 embeddings: a, b, null) + genlab.json
@@ -189,6 +191,20 @@ def tiny_vq_lookup_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_vq_embed_dir(tmp_path_factory):
     return build_vq(tmp_path_factory.mktemp("tiny-vq-embed"), seed=2, vq_embed_dim=6)
+
+
+@pytest.fixture(scope="session")
+def tiny_vq_sibling_dir(tmp_path_factory, tiny_vq_dir):
+    from diffusers import VQModel
+
+    model = VQModel.from_pretrained(tiny_vq_dir)
+    torch.manual_seed(7)
+    with torch.no_grad():
+        for parameter in (*model.post_quant_conv.parameters(), *model.decoder.parameters()):
+            parameter.add_(0.2 * torch.randn_like(parameter))
+    folder = tmp_path_factory.mktemp("tiny-vq-sibling")
+    model.save_pretrained(folder, safe_serialization=True)
+    return folder
 
 
 @pytest.fixture(scope="session")

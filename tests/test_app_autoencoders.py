@@ -30,11 +30,11 @@ SIZE = (44, 30)  # the photo fixture's (width, height)
 
 
 @pytest.fixture(scope="module")
-def app(tiny_kl_ldm_dir, tiny_vq_dir):
-    """(client, KL label, VQ label) for an app serving both autoencoders."""
+def app(tiny_kl_ldm_dir, tiny_vq_dir, tiny_vq_sibling_dir):
+    """(client, KL label, VQ label) for an app serving both autoencoders (and the VQ's sibling decoder)."""
     port = free_port()
     config = parse_args(["--model", f"vq={tiny_kl_ldm_dir}#vae", "--model", f"vq={tiny_vq_dir}",
-                         "--port", str(port)], environ={})
+                         "--model", f"vq={tiny_vq_sibling_dir}", "--port", str(port)], environ={})
     demo = build_app(config)
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
                 allowed_paths=[str(OUTPUT_DIR)])
@@ -132,6 +132,28 @@ def test_compare_vq_with_kl_both_ways(app, photo_path, expected_kl):
     assert same_up_to_rounding(reverse[1], expected_kl.image)
     assert rows_of(reverse[8])[CODES][1].endswith("of 32 codes")
     assert labels(client, kl_label, vq_label) == [*PANEL_LABELS["kl"], *COMPARE_LABELS["vq"]]
+
+
+def test_compare_a_sibling_decoder_on_the_same_tokens(app, photo_path, tiny_vq_sibling_dir):
+    """A compare model with the first's encoder and codebook decodes the first's tokens (encoded once), and its
+    row and the JPEG column are what each model alone gives."""
+    client, _, vq_label = app
+    sibling = str(tiny_vq_sibling_dir)
+    both = client.predict(handle_file(str(photo_path)), vq_label, sibling, 512, api_name="/reconstruct")
+    alone = client.predict(handle_file(str(photo_path)), vq_label, "", 512, api_name="/reconstruct")
+    sibling_alone = client.predict(handle_file(str(photo_path)), sibling, "", 512, api_name="/reconstruct")
+    assert "the same tokens, encoded once, decoded by two decoders" in both[9]
+    assert "encoded once" not in alone[9] and "encoded once" not in sibling_alone[9]
+    assert np.array_equal(pixels(both[3]), pixels(both[6]))  # one token map twice
+    assert same_up_to_rounding(both[4], pixels(sibling_alone[1]))
+    assert not np.array_equal(pixels(both[1]), pixels(both[4]))  # two decoders
+    def column(result, index):  # a table column, without the latency row
+        return [row[index] for row in result[8]["data"] if row[0] != "latency (ms)"]
+
+    assert column(both, 1) == column(alone, 1)  # the first model's
+    assert column(both, -1) == column(alone, -1)  # the JPEG's, which the compare lane made while it waited
+    assert np.array_equal(pixels(both[7]), pixels(alone[7])) and np.array_equal(pixels(both[0]), pixels(alone[0]))
+    assert np.array_equal(np.load(both[10][1]), np.load(alone[10][1]))  # the token grid download
 
 
 def test_codebook_tab_refuses_a_kl_autoencoder_and_keeps_serving(app, photo_path):

@@ -8,6 +8,7 @@ import threading
 import gradio as gr
 import pytest
 import torch
+from PIL import Image
 
 from genlab.ui.common import MODEL_THREAD, on_model_thread, run_pair
 
@@ -117,3 +118,23 @@ def test_run_pair_passes_an_error_on():
     with pytest.raises(ValueError, match="first failed"):
         run_pair(fails, lambda: 1)
     assert run_pair(lambda: 1, lambda: 2) == (1, 2)
+
+
+def test_a_lane_waiting_for_tokens_gets_the_encoders_error(tiny_vq):
+    """Two lanes sharing one encoding (genlab.ui.reconstruct_tab.run_lane): when the encoding fails, the waiting
+    lane raises the same error instead of waiting for ever."""
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    from genlab.ui.reconstruct_tab import run_lane
+
+    class Broken:
+        def encode_image(self, image, max_side):
+            raise RuntimeError("encoder failed")
+
+    image, tokens = Image.new("RGB", (8, 8)), Future()
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(run_lane, tiny_vq, "tiny", image, 64, "compare_", with_jpeg=True, tokens=tokens)
+        with pytest.raises(RuntimeError, match="encoder failed"):
+            run_lane(Broken(), "broken", image, 64, share=tokens)
+        with pytest.raises(RuntimeError, match="encoder failed"):
+            waiting.result(timeout=10)

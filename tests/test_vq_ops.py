@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import genlab
-from genlab.vq import ATLAS_PAGE_SIZE, index_colors, index_map_image
+from genlab.vq import ATLAS_PAGE_SIZE, VQ, index_colors, index_map_image
 
 from conftest import build_vq
 
@@ -30,6 +31,47 @@ def test_reconstruct_accepts_every_mode_as_rgb(tiny_vq, mode):
     result = tiny_vq.reconstruct(image)
     assert result.image.mode == "RGB" and result.image.size == (64, 48)
     assert result.input.mode == "RGB"
+
+
+def test_reconstruct_is_encode_image_then_reconstruct_from(tiny_vq):
+    image = photo((45, 31))  # odd sides: padded to multiples of f = 2, cropped back
+    encoding = tiny_vq.encode_image(image)
+    assert encoding.indices.shape == (1, 16, 23) and encoding.input.size == (45, 31)
+    whole, halves = tiny_vq.reconstruct(image), tiny_vq.reconstruct_from(encoding)
+    assert np.array_equal(np.asarray(whole.image), np.asarray(halves.image))
+    assert np.array_equal(whole.indices, halves.indices) and whole.indices.shape == (16, 23)
+    assert halves.latency_s >= encoding.seconds > 0  # the encoding counts in the latency
+    assert tiny_vq.index_bits_per_pixel(45, 31) == pytest.approx(whole.bits_per_pixel)  # known before encoding
+
+
+def test_a_sibling_decoder_decodes_the_same_tokens(tiny_vq_dir, tiny_vq_sibling_dir, tiny_vq_embed_dir):
+    """One encoder and codebook under two decoders (vqgan-photo from vqvae-photo): one encoding serves both."""
+    first = genlab.load_vq(tiny_vq_dir, device="cpu")
+    sibling = genlab.load_vq(tiny_vq_sibling_dir, device="cpu")
+    image = photo()
+    assert first.encoder_key == sibling.encoder_key
+    from_first = sibling.reconstruct_from(first.encode_image(image))
+    own = sibling.reconstruct(image)
+    assert np.array_equal(np.asarray(from_first.image), np.asarray(own.image))
+    assert not np.array_equal(np.asarray(own.image), np.asarray(first.reconstruct(image).image))  # another decoder
+    other = genlab.load_vq(tiny_vq_embed_dir, device="cpu")
+    assert other.encoder_key != first.encoder_key
+    with pytest.raises(ValueError, match="another encoder or codebook"):
+        other.reconstruct_from(first.encode_image(image))
+
+
+def test_the_encoder_key_follows_the_codebook_and_the_tiling(tiny_vq_dir):
+    from diffusers import VQModel
+
+    def private():  # its own weights, outside genlab.models' cache, which other tests share
+        return VQ(VQModel.from_pretrained(tiny_vq_dir).eval())
+
+    first, same, moved, tiled = private(), private(), private(), private()
+    with torch.no_grad():  # before its key is computed: once per object, as the weights are frozen
+        moved.model.quantize.embedding.weight[3] += 0.5
+    tiled.tile = 16
+    assert first.encoder_key == same.encoder_key
+    assert moved.encoder_key != first.encoder_key and tiled.encoder_key != first.encoder_key
 
 
 def test_transparent_pixels_become_white_before_encoding(tiny_vq):

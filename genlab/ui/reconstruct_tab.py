@@ -21,8 +21,12 @@ are filtered once for both.
 
 On a CPU the model and the compare model run at once, a core each (`common.run_pair`): each one's
 "lane" reconstructs, measures and encodes its own row (`run_lane`), and the first also makes the JPEG
-at its rate. Each model's "latency" is then its time on one core. Measured through the app with
-`python -m genlab.bench` (vqvae-photo vs vqgan-photo, 256²): see the README's benchmark table.
+at its rate. Each model's "latency" is then its time on one core. When the two models share their
+encoder and codebook (`VQ.encoder_key`: vqgan-photo is vqvae-photo's encoder under a GAN-trained
+decoder), the image is encoded once: the compare lane makes the JPEG while the first lane encodes, then
+decodes the same tokens with its own decoder (on the 2-core CPU, 256²: the pair of lanes 172-183 ms
+against 214-239 ms encoding twice). Measured through the app with `python -m genlab.bench`
+(vqvae-photo vs vqgan-photo, 256²): see the README's benchmark table.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from __future__ import annotations
 import functools
 import io
 import zlib
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,8 +45,8 @@ from PIL import Image
 
 from .. import metrics
 from ..autoencoder import KLAutoencoder, KLReconstruction
-from ..images import open_image
-from ..vq import heatmap_image, index_map_image
+from ..images import limit_side, open_image
+from ..vq import VQ, heatmap_image, index_map_image
 from .common import (OUTPUT_HEIGHT, Registry, SafeImage, example_images, file_stem, on_model_thread, run_pair,
                      save_output, user_errors)
 
@@ -96,12 +101,12 @@ def kind_of(autoencoder) -> str:
     return "kl" if isinstance(autoencoder, KLAutoencoder) else "vq"
 
 
-def describe(autoencoder, label: str, result, prefix: str = ""):
+def describe(autoencoder, label: str, result, prefix: str = "", reference: metrics.SsimReference | None = None):
     """One autoencoder's reconstruction as the tab shows it: (its three panels and its code as (file name,
     value), metric column, the SsimReference of its input, for the JPEG's SSIM to reuse). The code is what
     the download offers beside the reconstruction: the token grid (VQ) or the posterior std (KL). `prefix`
-    starts the file names (the compare row's, so names never clash)."""
-    reference = metrics.SsimReference(result.input)
+    starts the file names (the compare row's, so names never clash); `reference`: one already made of the input."""
+    reference = metrics.SsimReference(result.input) if reference is None else reference
     stem = file_stem(label)
     if kind_of(autoencoder) == "kl":
         panels = [(f"{prefix}reconstruction_{stem}.png", result.image),
@@ -134,8 +139,8 @@ def jpeg_column(image, bpp: float, reference: metrics.SsimReference | None = Non
 @dataclass
 class Lane:
     """One model's share of /reconstruct, computed on one core: its result, its row's three panels and its
-    code as (file name, encoded bytes), its metric column; the first model's lane also encodes the original
-    and makes the JPEG at that model's rate."""
+    code as (file name, encoded bytes), its metric column; the lane `with_jpeg` also encodes the original
+    and makes the JPEG at the first model's rate."""
 
     result: object
     panels: list[tuple[str, bytes]]
@@ -147,15 +152,51 @@ class Lane:
     jpeg_values: list | None = None
 
 
-def run_lane(autoencoder, label: str, image, max_side: int, prefix: str = "", with_jpeg: bool = False) -> Lane:
-    result = autoencoder.reconstruct(image, max_side=int(max_side))
-    panels, (code_name, code), column, reference = describe(autoencoder, label, result, prefix)
-    lane = Lane(result, [(name, encode_file(value)) for name, value in panels], (code_name, encode_file(code)), column)
-    if with_jpeg:
-        lane.jpeg, lane.jpeg_values = jpeg_column(result.input, result.bits_per_pixel, reference)
-        lane.original = ("original.png", encode_file(result.input))
-        lane.jpeg_file = (f"jpeg_q{lane.jpeg.quality}.png", encode_file(lane.jpeg.image))
-    return lane
+def run_lane(autoencoder, label: str, image, max_side: int, prefix: str = "", with_jpeg: bool = False,
+             tokens: Future | None = None, share: Future | None = None) -> Lane:
+    """`share`: a future this lane resolves with its `Encoding` as soon as it has one (or with its error), for a
+    compare model of the same encoder. `tokens`: such a future from the other lane, to decode instead of encoding
+    (the module docstring: encoded once). A lane that waits makes its JPEG first (a VQ model's rate is known
+    before encoding: `VQ.index_bits_per_pixel`), so the two lanes stay even."""
+    jpeg, reference = (), None
+    if with_jpeg and tokens is not None:
+        shown, _ = limit_side(image, int(max_side))
+        jpeg, reference = jpeg_share(shown, autoencoder.index_bits_per_pixel(*shown.size))
+    if tokens is not None:
+        result = autoencoder.reconstruct_from(tokens.result())
+    elif share is not None:
+        try:
+            encoding = autoencoder.encode_image(image, max_side=int(max_side))
+        except BaseException as error:
+            share.set_exception(error)  # the other lane waits for it
+            raise
+        share.set_result(encoding)
+        result = autoencoder.reconstruct_from(encoding)
+    else:
+        result = autoencoder.reconstruct(image, max_side=int(max_side))
+    panels, (code_name, code), column, reference = describe(autoencoder, label, result, prefix, reference)
+    if with_jpeg and not jpeg:
+        jpeg, _ = jpeg_share(result.input, result.bits_per_pixel, reference)
+    return Lane(result, [(name, encode_file(value)) for name, value in panels], (code_name, encode_file(code)),
+                column, *jpeg)
+
+
+def jpeg_share(image, bpp: float, reference: metrics.SsimReference | None = None):
+    """The JPEG column's part of a lane: ((original file, JPEG result, JPEG file, metric column), the input's
+    SsimReference) for the JPEG at <= bpp bits per pixel."""
+    reference = metrics.SsimReference(image) if reference is None else reference
+    jpeg, values = jpeg_column(image, bpp, reference)
+    files = ("original.png", encode_file(image)), (f"jpeg_q{jpeg.quality}.png", encode_file(jpeg.image))
+    return (files[0], jpeg, files[1], values), reference
+
+
+def shared_encoder(first, second) -> bool:
+    """Whether two autoencoders give every image the same tokens (`VQ.encoder_key`), so one encoding serves both."""
+    if not (isinstance(first, VQ) and isinstance(second, VQ)) or first.device != second.device:
+        return False
+    cheap = (first.num_codes, first.code_dim, first.downsample_factor, first.tile)
+    return cheap == (second.num_codes, second.code_dim, second.downsample_factor, second.tile) and \
+        first.encoder_key == second.encoder_key
 
 
 def shape_note(result, max_side: int) -> str:
@@ -196,27 +237,37 @@ def build(registry: Registry, demo: gr.Blocks) -> None:
         compare_model = compare_model if compare_model != model else ""
         first = registry.autoencoder(model)
         progress(0.3, desc=f"reconstructing with {' and '.join(filter(None, (model, compare_model)))}")
-        main_lane = functools.partial(run_lane, first, model, image, max_side, with_jpeg=True)
-        if compare_model:  # module docstring: the two models at once, a core each
+        if not compare_model:
+            lanes = [run_lane(first, model, image, max_side, with_jpeg=True)]
+            shared = False
+        else:  # module docstring: the two models at once, a core each
             second = registry.autoencoder(compare_model)
-            compare_lane = functools.partial(run_lane, second, compare_model, image, max_side, "compare_")
-            lanes = run_pair(main_lane, compare_lane, parallel=first.device.type == second.device.type == "cpu")
-        else:
-            lanes = [main_lane()]
-        result, jpeg = lanes[0].result, lanes[0].jpeg
+            parallel = first.device.type == second.device.type == "cpu"
+            shared = shared_encoder(first, second)
+            tokens = Future() if shared else None
+            main_lane = functools.partial(run_lane, first, model, image, max_side, with_jpeg=not shared, share=tokens)
+            compare_lane = functools.partial(run_lane, second, compare_model, image, max_side, "compare_",
+                                             with_jpeg=shared, tokens=tokens)
+            lanes = list(run_pair(main_lane, compare_lane, parallel=parallel))
+        result = lanes[0].result
+        jpeg_lane = next(lane for lane in lanes if lane.jpeg is not None)  # the compare lane when it waited for tokens
+        jpeg = jpeg_lane.jpeg
         headers = ["metric", *(model, compare_model)[:len(lanes)],
                    "JPEG at <= the same bpp" if jpeg.within_budget else
                    "JPEG at quality 1 (cannot go as low as the model's bpp)"]
-        columns = [lane.column for lane in lanes] + [lanes[0].jpeg_values]
+        columns = [lane.column for lane in lanes] + [jpeg_lane.jpeg_values]
         rows = [[name, *map(str, values)] for name, *values in zip(METRIC_ROWS, *columns)]
         note = shape_note(result, max_side)
+        if shared:
+            note += (f" {compare_model} has {model}'s encoder and codebook: the same tokens, encoded once, decoded "
+                     "by two decoders.")
         priors = [registry.prior_of(label) for label in headers[1:-1]]
         if any(priors):  # filled in by /reconstruct_prior_bits
             rows.insert(METRIC_ROWS.index("bits per pixel") + 1, [PRIOR_ROW, *(PENDING if p else "-" for p in priors), "-"])
         table = pd.DataFrame(rows, columns=headers)
         compare_panels = lanes[1].panels if len(lanes) == 2 else []
         original, *row_paths, jpeg_path, code_path = save_files(
-            [lanes[0].original, *lanes[0].panels, *compare_panels, lanes[0].jpeg_file, lanes[0].code])
+            [jpeg_lane.original, *lanes[0].panels, *compare_panels, jpeg_lane.jpeg_file, lanes[0].code])
         main_row, compare_row = row_paths[:3], row_paths[3:] or [None, None, None]
         return (original, *main_row, *compare_row, jpeg_path, table, note, [main_row[0], code_path])
 
