@@ -491,7 +491,7 @@ def app_rows(device: torch.device, repeats: int) -> dict[str, list[str]]:
     """The rows measured on one `python app.py` server: start, reconstruct round trip, first frames."""
     rows: dict[str, list[str]] = {}
     trip_name = (f"reconstruct round trip 256², compare + JPEG, through the app ({VQ_MODEL} vs {COMPARE_MODEL}; "
-                 "browser protocol, 8 panels fetched)")
+                 "browser protocol in one page session, 8 panels fetched)")
     # After the memory probe, so the start does not pay the cold page cache alone: a re-start.
     try:
         with serving_app(device) as (url, start_s):
