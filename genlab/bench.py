@@ -296,7 +296,8 @@ def api_index(http, base: str, api_name: str) -> int:
     return next(d["id"] for d in http.get(f"{base}/config").json()["dependencies"] if d.get("api_name") == api_name)
 
 
-def join_event(http, base: str, fn_index: int, data: list, until: str, session: str | None = None) -> tuple[dict, str, str]:
+def join_event(http, base: str, fn_index: int, data: list, until: str,
+               session: str | None = None) -> tuple[dict, str, str]:
     """POST /gradio_api/queue/join, then read the event stream /gradio_api/queue/data until this event's first
     message `until` ("process_generating" or "process_completed"); returns (message, session, event id).
 
@@ -311,6 +312,8 @@ def join_event(http, base: str, fn_index: int, data: list, until: str, session: 
     with http.stream("GET", f"{base}/gradio_api/queue/data", params={"session_hash": session}) as events:
         for line in events.iter_lines():
             message = json.loads(line[5:]) if line.startswith("data:") else {}
+            if message.get("msg") in ("unexpected_error", "server_stopped"):
+                raise RuntimeError(f"event {fn_index}: the server sent {message['msg']}: {str(message)[:200]}")
             if message.get("event_id") != event_id:  # heartbeats; an earlier (cancelled) event's last messages
                 continue
             finished = message.get("msg") == "process_completed"

@@ -26,6 +26,8 @@ from .tiling import apply_tiled
 from .images import image_grid, prepare_input, tensor_to_pil, tensor_to_uint8
 
 ATLAS_PAGE_SIZE = 256  # codes per atlas page; large codebooks (8192) are paged
+ENCODER_CONFIG = ("in_channels", "down_block_types", "block_out_channels", "layers_per_block", "act_fn",
+                  "latent_channels", "norm_num_groups", "mid_block_add_attention", "num_vq_embeddings", "vq_embed_dim")
 ATLAS_COLUMNS = 16
 
 
@@ -66,7 +68,7 @@ class Encoding:
 
     input: Image.Image  # the image that was encoded (after any downscaling)
     indices: torch.Tensor  # (1, H'/f, W'/f): the padded grid the decoder takes
-    encoder_key: str
+    encoder: VQ  # the model that encoded it
     seconds: float  # time the encoding took
     resized_from: tuple[int, int] | None = None  # original (width, height) when downscaled
 
@@ -169,12 +171,12 @@ class VQ:
         """The first half of `reconstruct`: an upload (downscaled to `max_side`) -> its padded token grid."""
         start = time.perf_counter()
         image, pixels, _, resized_from = prepare_input(image, max_side, self.downsample_factor)
-        return Encoding(image, self.encode(pixels), self.encoder_key, time.perf_counter() - start, resized_from)
+        return Encoding(image, self.encode(pixels), self, time.perf_counter() - start, resized_from)
 
     def reconstruct_from(self, encoding: Encoding) -> Reconstruction:
         """The second half: decode an `Encoding` made by this model or by one with the same `encoder_key`.
         The latency counts the encoding too, so it reads as this model's whole reconstruction."""
-        if encoding.encoder_key != self.encoder_key:
+        if encoding.encoder is not self and encoding.encoder.encoder_key != self.encoder_key:
             raise ValueError(f"these tokens come from another encoder or codebook than {self.name}'s; "
                              "encode the image with this model (encode_image)")
         start = time.perf_counter()
@@ -187,9 +189,11 @@ class VQ:
     @functools.cached_property
     def encoder_key(self) -> str:
         """A digest of everything that decides an image's tokens: the encoder, quant_conv and codebook weights,
-        and how pixels reach them (f, tiling, pixel range). Two VQs with one key give every image the same
-        tokens, so one encoding serves both (`reconstruct_from`)."""
-        digest = hashlib.sha256(repr((type(self.model).__name__, self.downsample_factor, self.tile, self.tile_margin,
+        the encoder's config, and how pixels reach them (tiling, pixel range, dtype). Two VQs with one key give
+        every image the same tokens, so one encoding serves both (`reconstruct_from`). Computed once, when
+        another model's encoding is first decoded here (the weights of a loaded model do not change)."""
+        config = {name: self.model.config.get(name) for name in ENCODER_CONFIG}
+        digest = hashlib.sha256(repr((type(self.model).__name__, sorted(config.items()), self.tile, self.tile_margin,
                                       self.unit_pixels, str(self.model.dtype))).encode())
         for part in (self.model.encoder, self.model.quant_conv, self.model.quantize):
             for name, tensor in part.state_dict().items():

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import gradio as gr
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -123,8 +126,6 @@ def test_run_pair_passes_an_error_on():
 def test_a_lane_waiting_for_tokens_gets_the_encoders_error(tiny_vq):
     """Two lanes sharing one encoding (genlab.ui.reconstruct_tab.run_lane): when the encoding fails, the waiting
     lane raises the same error instead of waiting for ever."""
-    from concurrent.futures import Future, ThreadPoolExecutor
-
     from genlab.ui.reconstruct_tab import run_lane
 
     class Broken:
@@ -132,9 +133,27 @@ def test_a_lane_waiting_for_tokens_gets_the_encoders_error(tiny_vq):
             raise RuntimeError("encoder failed")
 
     image, tokens = Image.new("RGB", (8, 8)), Future()
-    with ThreadPoolExecutor(1) as pool:
+    pool = ThreadPoolExecutor(1)
+    try:
         waiting = pool.submit(run_lane, tiny_vq, "tiny", image, 64, "compare_", with_jpeg=True, tokens=tokens)
         with pytest.raises(RuntimeError, match="encoder failed"):
             run_lane(Broken(), "broken", image, 64, share=tokens)
         with pytest.raises(RuntimeError, match="encoder failed"):
             waiting.result(timeout=10)
+    finally:
+        if not tokens.done():  # so a regression fails here instead of hanging the run at exit
+            tokens.set_exception(RuntimeError("the lane never passed its encoding on"))
+        pool.shutdown(wait=False)
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+def test_lanes_share_one_encoding_at_once_and_in_turn(tiny_vq, parallel):
+    """run_pair in turn (a GPU) runs the encoding lane first, so the waiting lane never blocks it."""
+    from genlab.ui.reconstruct_tab import run_lane
+
+    image, tokens = Image.new("RGB", (12, 10), (200, 40, 90)), Future()
+    first = functools.partial(run_lane, tiny_vq, "a", image, 64, share=tokens)
+    second = functools.partial(run_lane, tiny_vq, "b", image, 64, "compare_", with_jpeg=True, tokens=tokens)
+    main, compare = run_pair(first, second, parallel=parallel)
+    assert tokens.result(timeout=0) is not None and main.jpeg is None and compare.jpeg is not None
+    assert np.array_equal(main.result.indices, compare.result.indices)

@@ -246,8 +246,10 @@ _pair = ThreadPoolExecutor(2, "genlab-pair", initializer=single_threaded_worker)
 
 
 def run_pair(first, second, parallel: bool = True):
-    """(first(), second()) for two independent model calls: with `parallel` (CPU models) at once, each on a
-    worker with one intra-op thread, i.e. a core each; else (a GPU, which runs one kernel stream) in turn.
+    """(first(), second()) for two model calls: with `parallel` (CPU models) at once, each on a worker with one
+    intra-op thread, i.e. a core each; else (a GPU, which runs one kernel stream) in turn, first then second.
+    Either way `second` may wait for something `first` hands over (the reconstruct tab's shared encoding): the
+    pool has a worker for each, and the heavy handlers that call this run one at a time on the model thread.
 
     Two models side by side scale better than one model's ops split over both cores, where every op ends
     at a barrier that waits for the slower core. Measured on the 2-core CPU (vqvae-photo and vqgan-photo

@@ -16,8 +16,8 @@ a file. gradio's own encoder uses Pillow's defaults (zlib level 6, default strat
 and heat maps that is 5 to 14 times slower (22-48 ms against 3-4 ms a panel on the 2-core CPU beside
 a training run) for files within 6% of the same size, and the reconstruction was encoded a second
 time for its download; with a compare model, 8 panels were most of the time spent outside the models.
-The first model's SSIM and the JPEG's share one `metrics.SsimReference`, so the input's own statistics
-are filtered once for both.
+The JPEG's SSIM reuses the `metrics.SsimReference` of the lane that makes it (the first model's, or the
+compare model's when that lane makes the JPEG, below), so the input's own statistics are filtered once for both.
 
 On a CPU the model and the compare model run at once, a core each (`common.run_pair`): each one's
 "lane" reconstructs, measures and encodes its own row (`run_lane`), and the first also makes the JPEG
@@ -158,10 +158,10 @@ def run_lane(autoencoder, label: str, image, max_side: int, prefix: str = "", wi
     compare model of the same encoder. `tokens`: such a future from the other lane, to decode instead of encoding
     (the module docstring: encoded once). A lane that waits makes its JPEG first (a VQ model's rate is known
     before encoding: `VQ.index_bits_per_pixel`), so the two lanes stay even."""
-    jpeg, reference = (), None
+    jpeg, reference = {}, None
     if with_jpeg and tokens is not None:
         shown, _ = limit_side(image, int(max_side))
-        jpeg, reference = jpeg_share(shown, autoencoder.index_bits_per_pixel(*shown.size))
+        jpeg, reference = jpeg_part(shown, autoencoder.index_bits_per_pixel(*shown.size))
     if tokens is not None:
         result = autoencoder.reconstruct_from(tokens.result())
     elif share is not None:
@@ -176,18 +176,19 @@ def run_lane(autoencoder, label: str, image, max_side: int, prefix: str = "", wi
         result = autoencoder.reconstruct(image, max_side=int(max_side))
     panels, (code_name, code), column, reference = describe(autoencoder, label, result, prefix, reference)
     if with_jpeg and not jpeg:
-        jpeg, _ = jpeg_share(result.input, result.bits_per_pixel, reference)
-    return Lane(result, [(name, encode_file(value)) for name, value in panels], (code_name, encode_file(code)),
-                column, *jpeg)
+        jpeg, _ = jpeg_part(result.input, result.bits_per_pixel, reference)
+    return Lane(result=result, panels=[(name, encode_file(value)) for name, value in panels],
+                code=(code_name, encode_file(code)), column=column, **jpeg)
 
 
-def jpeg_share(image, bpp: float, reference: metrics.SsimReference | None = None):
-    """The JPEG column's part of a lane: ((original file, JPEG result, JPEG file, metric column), the input's
-    SsimReference) for the JPEG at <= bpp bits per pixel."""
+def jpeg_part(image, bpp: float, reference: metrics.SsimReference | None = None) -> tuple[dict, metrics.SsimReference]:
+    """The JPEG column's share of a lane: (its `Lane` fields: the original and the JPEG at <= bpp bits per pixel,
+    encoded, and the JPEG's metric column; the input's SsimReference)."""
     reference = metrics.SsimReference(image) if reference is None else reference
     jpeg, values = jpeg_column(image, bpp, reference)
-    files = ("original.png", encode_file(image)), (f"jpeg_q{jpeg.quality}.png", encode_file(jpeg.image))
-    return (files[0], jpeg, files[1], values), reference
+    part = {"original": ("original.png", encode_file(image)), "jpeg": jpeg,
+            "jpeg_file": (f"jpeg_q{jpeg.quality}.png", encode_file(jpeg.image)), "jpeg_values": values}
+    return part, reference
 
 
 def shared_encoder(first, second) -> bool:
