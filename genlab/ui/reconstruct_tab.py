@@ -24,8 +24,8 @@ On a CPU the model and the compare model run at once, a core each (`common.run_p
 at its rate. Each model's "latency" is then its time on one core. When the two models share their
 encoder and codebook (`VQ.encoder_key`: vqgan-photo is vqvae-photo's encoder under a GAN-trained
 decoder), the image is encoded once: the compare lane makes the JPEG while the first lane encodes, then
-decodes the same tokens with its own decoder (on the 2-core CPU, 256²: the pair of lanes 172-183 ms
-against 214-239 ms encoding twice). Measured through the app with `python -m genlab.bench`
+decodes the same tokens with its own decoder (on the 2-core CPU, 256², vqvae-photo and vqgan-photo: the
+pair of lanes 206 ms against 222 ms encoding twice, medians of 15 interleaved rounds). Measured through the app with `python -m genlab.bench`
 (vqvae-photo vs vqgan-photo, 256²): see the README's benchmark table.
 """
 
