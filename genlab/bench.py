@@ -296,6 +296,11 @@ def api_index(http, base: str, api_name: str) -> int:
     return next(d["id"] for d in http.get(f"{base}/config").json()["dependencies"] if d.get("api_name") == api_name)
 
 
+def page_session() -> str:
+    """A session hash as a page makes one: a browser tab keeps it for all its events (see join_event)."""
+    return uuid.uuid4().hex[:12]
+
+
 def join_event(http, base: str, fn_index: int, data: list, until: str,
                session: str | None = None) -> tuple[dict, str, str]:
     """POST /gradio_api/queue/join, then read the event stream /gradio_api/queue/data until this event's first
@@ -304,7 +309,7 @@ def join_event(http, base: str, fn_index: int, data: list, until: str,
     `session`: the page's session hash. A page keeps one for all its events, and gradio builds a session's
     state (a copy of every component's config) on its first event: 20-45 ms for GenLab's four tabs on the
     2-core CPU, which a browser pays once, on the page-load events. Without one, a fresh session is made."""
-    session = session or uuid.uuid4().hex[:12]
+    session = session or page_session()
     joined = http.post(f"{base}/gradio_api/queue/join", json={
         "data": data, "fn_index": fn_index, "session_hash": session, "event_data": None, "trigger_id": None})
     joined.raise_for_status()
@@ -339,7 +344,7 @@ def first_frame_ms(url: str, dm, repeats: int, model: str = DIFFUSION_MODEL, bat
 
     class_name = dm.classes[0] if dm.is_conditional else ""
     base = url.rstrip("/")
-    page = uuid.uuid4().hex[:12]  # one page's session for every run, as a browser tab has
+    page = page_session()  # one for every run, as a browser tab has
     with httpx.Client(timeout=60) as http:
         fn_index = api_index(http, base, "sample")
 
@@ -383,7 +388,7 @@ def round_trip_ms(url: str, repeats: int, side: int = 256) -> float:
         uploaded.raise_for_status()
         image = {"path": uploaded.json()[0], "orig_name": "photo.png", "meta": {"_type": "gradio.FileData"}}
 
-        page = uuid.uuid4().hex[:12]  # one page's session for every click, as a browser tab has
+        page = page_session()  # one for every click, as a browser tab has
 
         def once() -> float:
             start = time.perf_counter()

@@ -26,9 +26,10 @@ from .tiling import apply_tiled
 from .images import image_grid, prepare_input, tensor_to_pil, tensor_to_uint8
 
 ATLAS_PAGE_SIZE = 256  # codes per atlas page; large codebooks (8192) are paged
+ATLAS_COLUMNS = 16
+# the VQModel config entries that shape the encoder side (VQ.encoder_key)
 ENCODER_CONFIG = ("in_channels", "down_block_types", "block_out_channels", "layers_per_block", "act_fn",
                   "latent_channels", "norm_num_groups", "mid_block_add_attention", "num_vq_embeddings", "vq_embed_dim")
-ATLAS_COLUMNS = 16
 
 
 @dataclass
@@ -71,7 +72,6 @@ class Encoding:
     encoder: VQ  # the model that encoded it
     seconds: float  # time the encoding took
     resized_from: tuple[int, int] | None = None  # original (width, height) when downscaled
-
 
 
 class VQ:
@@ -201,9 +201,9 @@ class VQ:
                 digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()
 
-    def index_bits_per_pixel(self, width: int, height: int) -> float:
-        """log2(K) / f^2 for a width x height image, counting its padded border tokens: the bits per pixel its
-        `Reconstruction` will report, known before encoding."""
+    def bits_per_pixel_for(self, width: int, height: int) -> float:
+        """The bits per pixel a width x height image's `Reconstruction` will report, known before encoding:
+        log2(K) per token over the pixels, its padded border tokens counted."""
         f = self.downsample_factor
         return -(-height // f) * -(-width // f) * self.bits_per_token / (width * height)
 

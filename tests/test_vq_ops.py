@@ -41,7 +41,7 @@ def test_reconstruct_is_encode_image_then_reconstruct_from(tiny_vq):
     assert np.array_equal(np.asarray(whole.image), np.asarray(halves.image))
     assert np.array_equal(whole.indices, halves.indices) and whole.indices.shape == (16, 23)
     assert halves.latency_s >= encoding.seconds > 0  # the encoding counts in the latency
-    assert tiny_vq.index_bits_per_pixel(45, 31) == pytest.approx(whole.bits_per_pixel)  # known before encoding
+    assert tiny_vq.bits_per_pixel_for(45, 31) == pytest.approx(whole.bits_per_pixel)  # known before encoding
 
 
 def test_a_sibling_decoder_decodes_the_same_tokens(tiny_vq_dir, tiny_vq_sibling_dir, tiny_vq_embed_dir):

@@ -25,8 +25,8 @@ at its rate. Each model's "latency" is then its time on one core. When the two m
 encoder and codebook (`VQ.encoder_key`: vqgan-photo is vqvae-photo's encoder under a GAN-trained
 decoder), the image is encoded once: the compare lane makes the JPEG while the first lane encodes, then
 decodes the same tokens with its own decoder (on the 2-core CPU, 256², vqvae-photo and vqgan-photo: the
-pair of lanes 206 ms against 222 ms encoding twice, medians of 15 interleaved rounds). Measured through the app with `python -m genlab.bench`
-(vqvae-photo vs vqgan-photo, 256²): see the README's benchmark table.
+pair of lanes 206 ms against 222 ms encoding twice, medians of 15 interleaved rounds). Measured through the
+app with `python -m genlab.bench` (vqvae-photo vs vqgan-photo, 256²): see the README's benchmark table.
 """
 
 from __future__ import annotations
@@ -157,11 +157,11 @@ def run_lane(autoencoder, label: str, image, max_side: int, prefix: str = "", wi
     """`share`: a future this lane resolves with its `Encoding` as soon as it has one (or with its error), for a
     compare model of the same encoder. `tokens`: such a future from the other lane, to decode instead of encoding
     (the module docstring: encoded once). A lane that waits makes its JPEG first (a VQ model's rate is known
-    before encoding: `VQ.index_bits_per_pixel`), so the two lanes stay even."""
+    before encoding: `VQ.bits_per_pixel_for`), so the two lanes stay even."""
     jpeg, reference = {}, None
     if with_jpeg and tokens is not None:
         shown, _ = limit_side(image, int(max_side))
-        jpeg, reference = jpeg_part(shown, autoencoder.index_bits_per_pixel(*shown.size))
+        jpeg, reference = jpeg_part(shown, autoencoder.bits_per_pixel_for(*shown.size))
     if tokens is not None:
         result = autoencoder.reconstruct_from(tokens.result())
     elif share is not None:
@@ -195,7 +195,7 @@ def shared_encoder(first, second) -> bool:
     """Whether two autoencoders give every image the same tokens (`VQ.encoder_key`), so one encoding serves both."""
     if not (isinstance(first, VQ) and isinstance(second, VQ)) or first.device != second.device:
         return False
-    cheap = (first.num_codes, first.code_dim, first.downsample_factor, first.tile)
+    cheap = (first.num_codes, first.code_dim, first.downsample_factor, first.tile)  # no hashing when these differ
     return cheap == (second.num_codes, second.code_dim, second.downsample_factor, second.tile) and \
         first.encoder_key == second.encoder_key
 
