@@ -217,6 +217,37 @@ def test_lr_schedule_continues_its_curve_on_resume(image_folder, tmp_path):
     assert "cosine, 1 warmup steps over 8 steps" in (tmp_path / "dm" / "README.md").read_text()
 
 
+def test_prior_trains_over_a_vq_model_exports_fp16_and_resumes(image_folder, tmp_path):
+    """The token prior's one command: the aMUSEd-like folder loads with genlab.load_prior, the transformer
+    is stored in fp16 when asked, and --resume continues the step count and the run's record."""
+    vq_out = tmp_path / "vq"
+    train_main(["vqvae", "--data", str(image_folder), "--out", str(vq_out), "--run-dir", str(tmp_path / "vq-run"),
+                *TINY_VQ, "--steps", "2", "--save-every", "2"])
+    out, run_dir = tmp_path / "prior", tmp_path / "run"
+    base = ["prior", "--data", str(image_folder), "--vq", str(vq_out), "--out", str(out), "--run-dir", str(run_dir),
+            "--hidden-size", "16", "--num-layers", "1", "--num-heads", "2", "--batch-size", "4",
+            "--threads", "1", "--cpu", "--log-every", "1", "--sample-every", "1000", "--guidance-scale", "2.0",
+            "--export-fp16"]
+    train_main(base + ["--steps", "3", "--save-every", "3"])
+    train_main(base + ["--steps", "5", "--resume"])
+    state = run_json(run_dir / "checkpoint")
+    assert state["step"] == 5 and len(state["commands"]) == 2
+    for name in ("model_index.json", "genlab.json", "README.md", "samples.png", "scheduler/scheduler_config.json",
+                 "vqvae/config.json", "transformer/config.json"):
+        assert (out / name).is_file(), name
+    weights = load_file(str(out / "transformer" / "diffusion_pytorch_model.safetensors"))
+    assert {t.dtype for t in weights.values()} == {torch.float16}
+    info = json.loads((out / "genlab.json").read_text())
+    assert info["classes"] == ["blue", "green", "red"] and info["default_guidance_scale"] == 2.0
+    prior = genlab.load_prior(out, device="cpu")
+    assert prior.transformer.dtype == torch.float32  # upcast on CPU
+    assert prior.grid == (12, 12) and prior.num_codes == 16  # the 24 px images' tokens and prior.classes == ["blue", "green", "red"]
+    run = prior.sample(seed=0, steps=3, class_label="red")
+    assert run.image.size == (24, 24) and (run.tokens >= 0).all() and (run.tokens < 16).all()
+    card = (out / "README.md").read_text()
+    assert "steps: 5" in card and "--resume" in card and "width 16" in card
+
+
 def test_presets_fill_every_unset_option_and_flags_win():
     from genlab.train.__main__ import PRESETS, parse_args
 

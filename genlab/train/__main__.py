@@ -113,7 +113,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--kl-weight", type=float, help="vae: weight of KL(q(z|x) || N(0, I)) in nats per pixel value")
     parser.add_argument("--vae", type=Path, default=None, help="ldm: the trained AutoencoderKL folder (kept frozen)")
     parser.add_argument("--export-fp16", action="store_true",
-                        help="ldm: store the exported unet/ and vae/ weights in fp16 (GenLab upcasts them on CPU)")
+                        help="ldm, prior: store the exported networks in fp16 (ldm: unet/ and vae/, prior: "
+                        "transformer/; GenLab upcasts them on CPU)")
     # token prior
     parser.add_argument("--vq", type=Path, default=None, help="prior: the trained VQModel folder whose tokens it models (kept frozen)")
     parser.add_argument("--hidden-size", type=int, help="prior: transformer width")
@@ -740,6 +741,10 @@ def export_prior(args, model, vq_model: VQModel, scheduler, classes: list[str], 
     (args.out / "genlab.json").write_text(json.dumps(info, indent=1))
     state.save(args.out)
     save_prior_samples(model, vq_model, scheduler, classes, args.out / "samples.png", guidance_scale=args.guidance_scale)
+    if args.export_fp16:  # half the bytes; the cards' measurements are of these files
+        import copy
+
+        copy.deepcopy(model).half().save_pretrained(args.out / "transformer", safe_serialization=True)
     config = model.config
     factor = 2 ** (len(vq_model.config.block_out_channels) - 1)
     conditional = (f"Class-conditional on {len(classes)} classes ({', '.join(classes)}) by a prepended class token, "
