@@ -241,7 +241,8 @@ def test_prior_trains_over_a_vq_model_exports_fp16_and_resumes(image_folder, tmp
     assert info["classes"] == ["blue", "green", "red"] and info["default_guidance_scale"] == 2.0
     prior = genlab.load_prior(out, device="cpu")
     assert prior.transformer.dtype == torch.float32  # upcast on CPU
-    assert prior.grid == (12, 12) and prior.num_codes == 16  # the 24 px images' tokens and prior.classes == ["blue", "green", "red"]
+    assert prior.grid == (12, 12) and prior.num_codes == 16  # the 24 px images' tokens
+    assert prior.classes == ["blue", "green", "red"]
     run = prior.sample(seed=0, steps=3, class_label="red")
     assert run.image.size == (24, 24) and (run.tokens >= 0).all() and (run.tokens < 16).all()
     card = (out / "README.md").read_text()

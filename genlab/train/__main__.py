@@ -574,10 +574,10 @@ def export_ddpm(args, unet: UNet2DModel, scheduler, classes: list[str], state: c
     if vae is None:
         unet.save_pretrained(args.out, safe_serialization=True)
         scheduler.save_pretrained(args.out)
-    else:
-        unet.save_pretrained(args.out / "unet", safe_serialization=True)
+    else:  # the cards' measurements are of these files, fp16 with --export-fp16
+        common.save_network(unet, args.out / "unet", args.export_fp16)
         scheduler.save_pretrained(args.out / "scheduler")
-        latent.save_autoencoder(vae, args.vae, args.out / "vae")
+        latent.save_autoencoder(vae, args.vae, args.out / "vae", args.export_fp16)
         latent.write_pipeline_index(args.out)
     info = {"kind": "diffusion", "title": args.out.name}
     if latent_range is not None:
@@ -588,11 +588,6 @@ def export_ddpm(args, unet: UNet2DModel, scheduler, classes: list[str], state: c
     state.save(args.out)
     save_ddpm_samples(unet, scheduler, classes, args.out / "samples.png", guidance_scale=args.guidance_scale, vae=vae,
                       latent_range=latent_range)
-    if vae is not None and args.export_fp16:  # half the bytes; the cards' measurements are of these files
-        import copy
-
-        copy.deepcopy(unet).half().save_pretrained(args.out / "unet", safe_serialization=True)
-        copy.deepcopy(vae).half().save_pretrained(args.out / "vae", safe_serialization=True)
     size = unet.config.sample_size
     space = (f"{size}x{size} samples" if vae is None else
              f"{unet.config.in_channels}x{size}x{size} latents of the KL autoencoder in `vae/` (from `{args.vae}`, "
@@ -727,7 +722,7 @@ def export_prior(args, model, vq_model: VQModel, scheduler, classes: list[str], 
     import diffusers
 
     args.out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(args.out / "transformer", safe_serialization=True)
+    common.save_network(model, args.out / "transformer", args.export_fp16)  # measured as stored
     scheduler.save_pretrained(args.out / "scheduler")
     if (args.out / "vqvae").resolve() != Path(args.vq).resolve():
         latent.save_autoencoder(vq_model, args.vq, args.out / "vqvae")
@@ -741,10 +736,6 @@ def export_prior(args, model, vq_model: VQModel, scheduler, classes: list[str], 
     (args.out / "genlab.json").write_text(json.dumps(info, indent=1))
     state.save(args.out)
     save_prior_samples(model, vq_model, scheduler, classes, args.out / "samples.png", guidance_scale=args.guidance_scale)
-    if args.export_fp16:  # half the bytes; the cards' measurements are of these files
-        import copy
-
-        copy.deepcopy(model).half().save_pretrained(args.out / "transformer", safe_serialization=True)
     config = model.config
     factor = 2 ** (len(vq_model.config.block_out_channels) - 1)
     conditional = (f"Class-conditional on {len(classes)} classes ({', '.join(classes)}) by a prepended class token, "

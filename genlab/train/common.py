@@ -108,6 +108,14 @@ class RandomCrops:
 
 
 # ---------------------------------------------------------------------------- checkpoints
+def save_network(model, folder: Path, fp16: bool = False) -> None:
+    """`save_pretrained` in safetensors; fp16 halves the bytes of an exported network (GenLab upcasts on CPU)
+    and leaves the training model in its own dtype."""
+    import copy
+
+    (copy.deepcopy(model).half() if fp16 else model).save_pretrained(folder, safe_serialization=True)
+
+
 def save_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
     state = optimizer.state_dict()
     tensors, meta = {}, {"param_groups": state["param_groups"], "state": {}}

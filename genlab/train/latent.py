@@ -114,11 +114,11 @@ class LatentBank(EncodedBank):
             yield self.scaling_factor * (mean + std * noise), self.labels[index]
 
 
-def save_autoencoder(vae: AutoencoderKL, source: Path, target: Path) -> None:
+def save_autoencoder(vae: AutoencoderKL, source: Path, target: Path, fp16: bool = False) -> None:
     """The frozen autoencoder into a pipeline's vae/ (or a checkpoint), with its card, run and genlab.json."""
     import shutil
 
-    vae.save_pretrained(target, safe_serialization=True)
+    common.save_network(vae, target, fp16)
     for name in ("README.md", "run.json", "genlab.json", "samples.png"):
         if (Path(source) / name).is_file() and Path(source).resolve() != Path(target).resolve():
             shutil.copy(Path(source) / name, target / name)
