@@ -27,7 +27,8 @@ Rows, all on one device (CUDA when available, else CPU; `--device` overrides) an
   KL reconstruction           median `KLAutoencoder.reconstruct` of ldm-emoji-vae on the 64 px emoji
                               example, with its rate (KL bits per pixel) and PSNR in the row name
   prior sample                `TokenPrior.sample` of maskgit-emoji, 12 steps in confidence order (MaskGIT),
-                              the first class at the prior's default guidance (the UI's defaults), decode
+                              the first class at the prior's default guidance (the UI's defaults; one
+                              transformer call a step when it is guidance-distilled, else two), decode
                               to the image included; batch 1 and batch 16
   prior bits per pixel        `TokenPrior.bits_per_pixel` of the 64 px emoji example (one transformer
                               call per token, in chunks), with the value against log2 K / f² in the row name
@@ -564,8 +565,10 @@ def prior_rows(device: torch.device, repeats: int) -> dict[str, list[str]]:
         prior = load_embedded(PRIOR_MODEL, device)
         timings = prior_timings(prior, device, repeats)
         label = f"class {timings['label']!r}" if timings["label"] is not None else "unconditional"
-        setting = (f"{prior.grid[0]}x{prior.grid[1]} tokens, confidence order, {label}, guidance "
-                   f"{prior.default_guidance_scale:g}, decode included)")
+        guidance = prior.default_guidance_scale
+        distilled = prior.is_conditional and prior.distilled_for(guidance) is not None
+        setting = (f"{prior.grid[0]}x{prior.grid[1]} tokens, confidence order, {label}, guidance {guidance:g}"
+                   f"{' (one guidance-distilled call a step)' if distilled else ''}, decode included)")
         rows = {"prior_sample": row(f"{names['prior_sample']}, {setting}", 1000 * timings["one_s"], "prior_sample",
                                     " ms", "{:.0f}"),
                 "prior_batch": row(f"{names['prior_batch']}, the same settings)", timings["batch_s"], "prior_batch",

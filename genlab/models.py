@@ -96,7 +96,9 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
 
 
 # ------------------------------------------------------------------------------ sources
-WEIGHT_COMPONENTS = ("unet", "vae", "vqvae", "text_encoder", "transformer")  # pipeline parts that hold weights
+DISTILLED = "transformer_distilled"  # a token prior's guidance-distilled transformer (optional)
+# pipeline parts that hold weights
+WEIGHT_COMPONENTS = ("unet", "vae", "vqvae", "text_encoder", "transformer", DISTILLED)
 FILE_COMPONENTS = WEIGHT_COMPONENTS + ("scheduler", "tokenizer")
 
 
@@ -476,7 +478,8 @@ def load_diffusion(source, subfolder: str | None = None, device=None, revision: 
 def load_prior(source, subfolder: str | None = None, device=None, revision: str | None = None):
     """A `genlab.prior.TokenPrior`: a pipeline folder (local or Hub) with vqvae/ (VQModel), transformer/
     (GenLab's `MaskedTokenTransformer` or diffusers' `UVit2DModel`), scheduler/ (`AmusedScheduler`) and,
-    for aMUSEd, text_encoder/ + tokenizer/."""
+    for aMUSEd, text_encoder/ + tokenizer/; optionally transformer_distilled/, a guidance-distilled copy
+    of GenLab's transformer that guided sampling calls once a step."""
     from diffusers import UVit2DModel
 
     from .prior import TokenPrior
@@ -503,10 +506,14 @@ def load_prior(source, subfolder: str | None = None, device=None, revision: str 
         name = _label(source, subfolder, revision)
         vq = _build_vq(folder / "vqvae", device, "vqvae")
         transformer = place(load_diffusers_model(transformers[kind], folder / "transformer"), device)
+        distilled = None
+        if (folder / DISTILLED).is_dir():
+            distilled = place(load_diffusers_model(MaskedTokenTransformer, folder / DISTILLED), device)
         text = _text_encoder(folder, device) if (folder / "text_encoder").is_dir() else None
         info = genlab_info(folder)
         try:
-            return TokenPrior(vq, transformer, scheduler_config, info, name=info.get("title") or name, text=text)
+            return TokenPrior(vq, transformer, scheduler_config, info, name=info.get("title") or name, text=text,
+                              distilled=distilled)
         except ValueError as error:
             raise ModelLoadError(f"{str(folder)!r}: {error}") from None
 

@@ -6,6 +6,12 @@ p(x_i | x_visible, c). Class conditioning is a token prepended to the sequence (
 ImageNet model); the null class (index `num_classes`) is the unconditional model that
 classifier-free guidance needs (Ho & Salimans, arXiv:2207.12598), learnt by label dropout.
 
+Guidance-distilled (optional, `guidance_embedding=True`): Meng et al., "On Distillation of Guided Diffusion
+Models" (arXiv:2210.03142, stage 1): the scale w of classifier-free guidance is an input (sinusoidal
+features of 100 w, as diffusers' UNets embed timesteps 0..1000, through an MLP added to the class token),
+and the network is trained to give the teacher's guided logits uncond + w (cond - uncond) in one call,
+so guided sampling costs one forward pass instead of two. w = 1 (the default) is the plain conditional.
+
 nanoGPT-sized and saved with diffusers' `ModelMixin`/`ConfigMixin`, so `save_pretrained` /
 `from_pretrained` round-trip it in safetensors; the blocks are diffusers' `BasicTransformerBlock`
 (pre-LayerNorm self-attention + GELU MLP, no causal mask).
@@ -16,8 +22,12 @@ from __future__ import annotations
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.attention import BasicTransformerBlock
+from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
+
+GUIDANCE_FEATURES = 64  # sinusoidal features of the guidance scale
+GUIDANCE_FEATURE_SCALE = 100.0  # w in [0, 10] -> [0, 1000], the timestep range of diffusers' sinusoids
 
 
 class MaskedTokenTransformer(ModelMixin, ConfigMixin):
@@ -37,6 +47,8 @@ class MaskedTokenTransformer(ModelMixin, ConfigMixin):
         num_layers: int = 6,
         num_heads: int = 4,
         dropout: float = 0.0,
+        guidance_embedding: bool = False,  # guidance-distilled: forward takes the guidance scale w
+        guidance_max: float = 8.0,  # w in [1, guidance_max] was distilled; outside it, two calls (plain CFG)
     ):
         super().__init__()
         if hidden_size % num_heads:
@@ -44,6 +56,15 @@ class MaskedTokenTransformer(ModelMixin, ConfigMixin):
         self.token_embedding = nn.Embedding(codebook_size + 1, hidden_size)
         self.position_embedding = nn.Parameter(torch.zeros(1, height * width, hidden_size))
         self.class_embedding = nn.Embedding(num_classes + 1, hidden_size)  # + 1: the null class
+        if guidance_embedding:
+            if not num_classes:
+                raise ValueError("guidance_embedding needs a class-conditional transformer (num_classes > 0)")
+            if not guidance_max > 1:
+                raise ValueError(f"guidance_max must be above 1, got {guidance_max}")
+            self.guidance_proj = Timesteps(GUIDANCE_FEATURES, flip_sin_to_cos=True, downscale_freq_shift=0)
+            self.guidance_embedder = TimestepEmbedding(GUIDANCE_FEATURES, hidden_size)
+            nn.init.zeros_(self.guidance_embedder.linear_2.weight)  # starts as the undistilled network
+            nn.init.zeros_(self.guidance_embedder.linear_2.bias)
         self.blocks = nn.ModuleList(
             BasicTransformerBlock(hidden_size, num_heads, hidden_size // num_heads, dropout=dropout,
                                   activation_fn="gelu", attention_bias=True)
@@ -63,7 +84,13 @@ class MaskedTokenTransformer(ModelMixin, ConfigMixin):
     def null_class(self) -> int:
         return self.config.num_classes
 
-    def forward(self, input_ids: torch.LongTensor, class_labels: torch.LongTensor | None = None) -> torch.Tensor:
+    def distills(self, guidance_scale: float) -> bool:
+        """Whether one call gives classifier-free guidance at this scale (a distilled w)."""
+        return self.config.guidance_embedding and 1.0 <= guidance_scale <= self.config.guidance_max
+
+    def forward(self, input_ids: torch.LongTensor, class_labels: torch.LongTensor | None = None,
+                guidance: torch.Tensor | None = None) -> torch.Tensor:
+        """guidance: (B,) scales w for a guidance-distilled transformer (default 1: the plain conditional)."""
         batch, height, width = input_ids.shape
         if (height, width) != (self.config.height, self.config.width):
             raise ValueError(f"this transformer models {self.config.height}x{self.config.width} token grids, "
@@ -71,7 +98,14 @@ class MaskedTokenTransformer(ModelMixin, ConfigMixin):
         if class_labels is None:
             class_labels = torch.full((batch,), self.null_class, dtype=torch.long, device=input_ids.device)
         hidden = self.token_embedding(input_ids.reshape(batch, -1)) + self.position_embedding  # (B, N, D)
-        hidden = torch.cat([self.class_embedding(class_labels)[:, None], hidden], dim=1)  # (B, 1 + N, D)
+        label = self.class_embedding(class_labels)  # (B, D)
+        if guidance is not None and not self.config.guidance_embedding:
+            raise ValueError("this transformer is not guidance-distilled: it takes no guidance scale")
+        if self.config.guidance_embedding:
+            guidance = torch.ones(batch, device=input_ids.device) if guidance is None else guidance
+            features = self.guidance_proj(GUIDANCE_FEATURE_SCALE * guidance.float().expand(batch))  # (B, F)
+            label = label + self.guidance_embedder(features.to(label.dtype))
+        hidden = torch.cat([label[:, None], hidden], dim=1)  # (B, 1 + N, D)
         for block in self.blocks:
             hidden = block(hidden)
         logits = self.head(self.norm_out(hidden[:, 1:]))  # (B, N, K)

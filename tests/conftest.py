@@ -71,6 +71,18 @@ NUM_CODES = VQ_KWARGS["num_vq_embeddings"]
 DOWNSAMPLE = 2 ** (len(VQ_KWARGS["block_out_channels"]) - 1)
 
 
+def optimise(model, loss_of, steps: int, lr: float = 1e-2, seed: int = 0) -> None:
+    """`steps` AdamW steps on `loss_of(generator)`, one seeded generator for all of them (the training
+    helpers draw their masks and scales from it)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        loss = loss_of(generator)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
 def build_vq(folder, seed: int = 0, **overrides):
     from diffusers import VQModel
 

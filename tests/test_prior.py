@@ -27,7 +27,7 @@ from genlab.prior import TokenFrame, TokenPrior, TokenRun, still_masked
 from genlab.token_transformer import MaskedTokenTransformer
 from genlab.train.prior import mask_for_training, masked_token_loss
 
-from conftest import PRIOR_CLASSES, PRIOR_CODES, PRIOR_GRID
+from conftest import PRIOR_CLASSES, PRIOR_CODES, PRIOR_GRID, optimise
 
 K = PRIOR_CODES
 N = PRIOR_GRID * PRIOR_GRID  # tokens per image
@@ -89,15 +89,15 @@ def masked_counts(run: TokenRun) -> list[int]:
 
 
 def record_logits(monkeypatch) -> list[torch.Tensor]:
-    """The logits each raster / random step samples from (after temperature and top-k), in order."""
+    """The logits each step draws codes from (after temperature and top-k), in order."""
     seen = []
-    original = genlab.prior.sample_tokens
+    original = genlab.prior.draw_codes
 
-    def spy(logits, generator):
+    def spy(logits, where, generator):
         seen.append(logits.detach().clone())
-        return original(logits, generator)
+        return original(logits, where, generator)
 
-    monkeypatch.setattr(genlab.prior, "sample_tokens", spy)
+    monkeypatch.setattr(genlab.prior, "draw_codes", spy)
     return seen
 
 
@@ -618,11 +618,22 @@ def test_amused_guided_logits_are_the_pipeline_conditioning(amused, monkeypatch)
             torch.testing.assert_close(seen[i], uncond + 4.0 * (cond - uncond), atol=1e-4, rtol=1e-4)
 
 
+def multinomial_everywhere(logits, where, generator):
+    """diffusers' draw in `AmusedScheduler.step`: one torch.multinomial over every cell's softmax, known cells too."""
+    probs = logits.permute(0, 2, 3, 1).softmax(dim=-1)  # (B, h, w, K)
+    drawn = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator).view(where.shape)
+    return drawn, probs.gather(-1, drawn[..., None])[..., 0]
+
+
 @pytest.mark.parametrize("guidance_scale", [1.0, 4.0])
-def test_amused_sampling_is_diffusers_amused_pipeline_token_for_token(amused, tiny_amused_dir, guidance_scale):
-    """Confidence order = AmusedScheduler steps with the pipeline's conditioning and CFG: the same seed gives
-    AmusedPipeline's very tokens (output_type="latent")."""
+def test_amused_sampling_is_diffusers_amused_pipeline_token_for_token(amused, tiny_amused_dir, guidance_scale,
+                                                                       monkeypatch):
+    """Confidence order = AmusedScheduler steps with the pipeline's conditioning and CFG: drawing the codes as
+    the scheduler does (torch.multinomial over every cell), the same seed gives AmusedPipeline's very tokens
+    (output_type="latent"). GenLab's own draw (masked cells only) is tested for its distribution below."""
     from diffusers import AmusedPipeline
+
+    monkeypatch.setattr(genlab.prior, "draw_codes", multinomial_everywhere)
 
     pipe = AmusedPipeline.from_pretrained(tiny_amused_dir)
     pipe.set_progress_bar_config(disable=True)
@@ -634,7 +645,38 @@ def test_amused_sampling_is_diffusers_amused_pipeline_token_for_token(amused, ti
     assert guidance_scale == 1.0 or (other.tokens != run.tokens).any()
 
 
-def test_amused_images_are_the_pipeline_images(amused, tiny_amused_dir):
+def test_draw_codes_draws_the_softmax_at_the_asked_cells_only():
+    """Inverse-CDF draws: frequencies match softmax(logits) (four codes, one at -inf as top-k leaves it,
+    20 000 cells), never a code of probability 0, nothing drawn outside `where`, seeded."""
+    probs = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.0])
+    logits = probs.log().view(1, 5, 1, 1).expand(2, 5, 100, 100).contiguous()  # (B, K, h, w)
+    where = torch.ones(2, 100, 100, dtype=torch.bool)
+    where[1, :50] = False  # 15 000 cells drawn
+    codes, drawn_probs = genlab.prior.draw_codes(logits, where, torch.Generator().manual_seed(0))
+    assert codes.shape == drawn_probs.shape == (2, 100, 100) and codes.dtype == torch.long
+    assert (codes[~where] == 0).all() and (drawn_probs[~where] == 1).all()
+    frequencies = torch.bincount(codes[where], minlength=5).float() / int(where.sum())
+    assert (frequencies - probs).abs().max() < 0.015, frequencies  # 4 standard errors at most
+    torch.testing.assert_close(drawn_probs[where], probs[codes[where]])
+    again, _ = genlab.prior.draw_codes(logits, where, torch.Generator().manual_seed(0))
+    other, _ = genlab.prior.draw_codes(logits, where, torch.Generator().manual_seed(1))
+    assert torch.equal(codes, again) and not torch.equal(codes, other)
+
+
+def test_draw_codes_matches_multinomial_on_a_peaked_model():
+    """A row with one code at probability ~1 - 1e-6 draws it; a uniform row draws every code."""
+    logits = torch.zeros(1, 8, 1, 2)
+    logits[0, 3, 0, 0] = 20.0
+    where = torch.ones(1, 1, 2, dtype=torch.bool)
+    seen = {int(genlab.prior.draw_codes(logits, where, torch.Generator().manual_seed(s))[0][0, 0, 1])
+            for s in range(200)}
+    assert seen == set(range(8))
+    assert all(int(genlab.prior.draw_codes(logits, where, torch.Generator().manual_seed(s))[0][0, 0, 0]) == 3
+               for s in range(50))
+
+
+def test_amused_images_are_the_pipeline_images(amused, tiny_amused_dir, monkeypatch):
+    monkeypatch.setattr(genlab.prior, "draw_codes", multinomial_everywhere)
     from diffusers import AmusedPipeline
 
     pipe = AmusedPipeline.from_pretrained(tiny_amused_dir)
@@ -719,13 +761,7 @@ def test_masked_token_loss_decreases_on_a_fixed_batch():
 
     initial = loss_on_fixed_masks()
     assert initial == pytest.approx(math.log(K), abs=0.5)  # mean cross-entropy in nats (log2 K = 4 bits), near uniform
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    generator = torch.Generator().manual_seed(2)
-    for _ in range(60):
-        loss = masked_token_loss(model, tokens, labels, generator)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    optimise(model, lambda generator: masked_token_loss(model, tokens, labels, generator), steps=60, seed=2)
     assert loss_on_fixed_masks() < 0.5 * initial
 
 

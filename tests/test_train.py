@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -247,6 +248,62 @@ def test_prior_trains_over_a_vq_model_exports_fp16_and_resumes(image_folder, tmp
     assert run.image.size == (24, 24) and (run.tokens >= 0).all() and (run.tokens < 16).all()
     card = (out / "README.md").read_text()
     assert "steps: 5" in card and "--resume" in card and "width 16" in card
+
+
+def test_prior_distill_from_writes_a_guidance_distilled_prior(image_folder, tmp_path):
+    """--distill-from: the teacher's vqvae/ and transformer/ are the defaults; the exported transformer takes
+    the guidance scale, genlab.load_prior samples with it in one call a step, and the card says so."""
+    vq_out, teacher = tmp_path / "vq", tmp_path / "teacher"
+    train_main(["vqvae", "--data", str(image_folder), "--out", str(vq_out), "--run-dir", str(tmp_path / "vq-run"),
+                *TINY_VQ, "--steps", "1", "--save-every", "1"])
+    tiny = ["--batch-size", "4", "--threads", "1", "--cpu", "--log-every", "1", "--sample-every", "1000",
+            "--guidance-scale", "2.0"]
+    train_main(["prior", "--data", str(image_folder), "--vq", str(vq_out), "--out", str(teacher), "--run-dir",
+                str(tmp_path / "teacher-run"), "--hidden-size", "16", "--num-layers", "1", "--num-heads", "2",
+                "--steps", "2", "--save-every", "2", *tiny])
+    out = tmp_path / "student"
+    student = ["prior", "--data", str(image_folder), "--out", str(out), "--run-dir", str(tmp_path / "student-run"),
+               "--guidance-max", "5", *tiny]
+    train_main(student + ["--distill-from", str(teacher), "--steps", "2", "--save-every", "2"])
+    train_main(student + ["--distill-from", str(teacher), "--steps", "3", "--resume"])
+    assert run_json(tmp_path / "student-run" / "checkpoint")["step"] == 3
+    with pytest.raises(SystemExit, match=r"train \(or resume\) it with --distill-from"):
+        train_main(student + ["--steps", "4", "--resume"])
+    unlabelled = tmp_path / "unlabelled"
+    shutil.copytree(image_folder, unlabelled, ignore=shutil.ignore_patterns("labels.json"))
+    with pytest.raises(SystemExit, match="distillation needs the teacher's labelled data"):
+        train_main(["prior", "--data", str(unlabelled), "--distill-from", str(teacher), "--out", str(tmp_path / "x"),
+                    "--steps", "1", *tiny])
+    config = json.loads((out / "transformer_distilled" / "config.json").read_text())
+    assert config["guidance_embedding"] is True and config["guidance_max"] == 5.0 and config["hidden_size"] == 16
+    assert json.loads((out / "model_index.json").read_text())["transformer_distilled"] == ["genlab",
+                                                                                          "MaskedTokenTransformer"]
+    taught = load_file(str(teacher / "transformer" / "diffusion_pytorch_model.safetensors"))
+    kept = load_file(str(out / "transformer" / "diffusion_pytorch_model.safetensors"))  # the prior itself
+    assert kept.keys() == taught.keys() and all(torch.equal(kept[k], taught[k]) for k in kept)
+    prior = genlab.load_prior(out, device="cpu")
+    assert not prior.transformer.config.guidance_embedding
+    assert prior.distilled.distills(2.0) and not prior.distilled.distills(6.0)
+    assert prior.sample(seed=0, steps=2, class_label="red").image.size == (24, 24)
+    card = (out / "README.md").read_text()
+    assert "guidance-distilled copy" in card and str(teacher) in card
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--distill-from", "{missing}"], "not a prior folder"),
+    (["--distill-from", "{teacher}", "--guidance-max", "1"], "--guidance-max must be above 1"),
+])
+def test_bad_distillation_options_are_refused(tmp_path, capsys, extra, message):
+    from genlab.train.__main__ import parse_args
+
+    (tmp_path / "teacher" / "transformer").mkdir(parents=True)
+    extra = [e.format(missing=tmp_path / "nothing", teacher=tmp_path / "teacher") for e in extra]
+    with pytest.raises(SystemExit):
+        parse_args(["prior", "--data", "d", "--out", "o", *extra])
+    assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(["ddpm", "--data", "d", "--out", "o", "--distill-from", str(tmp_path / "teacher")])
+    assert "--distill-from is for prior" in capsys.readouterr().err
 
 
 def test_presets_fill_every_unset_option_and_flags_win():

@@ -86,6 +86,28 @@ def test_a_generator_runs_each_step_on_the_model_thread_and_is_closed_there():
     assert len(seen) == 2 and len(closed_on) == 2 and closed_on[-1].startswith(MODEL_THREAD)
 
 
+def test_a_stream_finalised_on_the_model_thread_closes_there_without_waiting_for_itself():
+    """The garbage collector finalises an abandoned stream on whichever thread it runs in, the model thread too
+    (it hung the suite once, inside another test's diffusion sampling): the close must not queue behind itself."""
+    from genlab.ui.common import _model_thread
+
+    closed_on = []
+
+    @on_model_thread
+    def steps():
+        try:
+            yield 1
+            yield 2
+        finally:
+            closed_on.append(thread_name())
+
+    stream = steps()
+    assert next(stream) == 1
+    _model_thread.submit(stream.close).result(timeout=10)  # as the collector would, on the model thread
+    assert len(closed_on) == 1 and closed_on[0].startswith(MODEL_THREAD)
+    assert on_model_thread(lambda: 1)() == 1  # the thread is still serving
+
+
 def test_a_generator_error_reaches_the_caller():
     @on_model_thread
     def fails():

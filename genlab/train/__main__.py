@@ -122,6 +122,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--num-heads", type=int, help="prior: attention heads")
     parser.add_argument("--raster-share", type=float, help="prior: share of masks that hide every token from a raster position on")
     parser.add_argument("--weight-decay", type=float, help="AdamW weight decay (prior)")
+    parser.add_argument("--distill-from", type=Path, default=None,
+                        help="prior: guidance-distil this trained prior folder (its transformer is the frozen teacher "
+                        "and the student's start; its vqvae/ is the default --vq)")
+    parser.add_argument("--guidance-max", type=float, default=8.0,
+                        help="prior with --distill-from: distil guidance scales w in [1, this]")
     # diffusion
     parser.add_argument("--attention", help="per down block, 1 = attention block (e.g. 0,0,1)")
     parser.add_argument("--sample-size", type=int)
@@ -150,6 +155,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--freeze-encoder needs --init (the encoder and codebook to keep)")
     if args.kind == "ldm" and args.vae is None and not args.resume:
         parser.error("ldm needs --vae: the trained AutoencoderKL whose latents it models")
+    if args.distill_from is not None:
+        if args.kind != "prior":
+            parser.error("--distill-from is for prior")
+        if not (args.distill_from / "transformer").is_dir():
+            parser.error(f"--distill-from {args.distill_from}: not a prior folder (no transformer/)")
+        if not args.guidance_max > 1:
+            parser.error(f"--guidance-max must be above 1, got {args.guidance_max}")
+        args.vq = args.vq or args.distill_from / "vqvae"
     if args.kind == "prior" and args.vq is None and not args.resume:
         parser.error("prior needs --vq: the trained VQModel whose tokens it models")
     args.run_dir = args.run_dir or Path("runs") / args.out.name
@@ -614,7 +627,8 @@ def export_ddpm(args, unet: UNet2DModel, scheduler, classes: list[str], state: c
 
 # ------------------------------------------------------------------------------ token prior
 def train_prior(args, accelerator: Accelerator, data: common.ImageFolder, state: common.RunState) -> None:
-    """A MaskedTokenTransformer on the tokens of a frozen VQModel (`--vq`), with EMA, bf16, resume."""
+    """A MaskedTokenTransformer on the tokens of a frozen VQModel (`--vq`), with EMA, bf16, resume; with
+    `--distill-from`, the guidance distillation of that prior's transformer (genlab.train.prior)."""
     from diffusers import AmusedScheduler
 
     from ..token_transformer import MaskedTokenTransformer
@@ -623,6 +637,13 @@ def train_prior(args, accelerator: Accelerator, data: common.ImageFolder, state:
     checkpoint = args.run_dir / "checkpoint"
     resuming = args.resume and (checkpoint / "model").exists()
     args.vq = checkpoint / "vqvae" if resuming else args.vq
+    teacher = None
+    if args.distill_from:  # checked before the tokens are encoded
+        teacher = MaskedTokenTransformer.from_pretrained(args.distill_from / "transformer").float()
+        teacher = teacher.to(accelerator.device).eval().requires_grad_(False)
+        if teacher.config.num_classes != len(classes) or not classes:
+            raise SystemExit(f"--distill-from: the teacher has {teacher.config.num_classes} classes, "
+                             f"{args.data} has {len(classes)}; distillation needs the teacher's labelled data")
     vq_model = VQModel.from_pretrained(args.vq).to(accelerator.device).requires_grad_(False)
     seed = args.seed + state.step + accelerator.process_index
     bank = prior_training.TokenBank(vq_model, data, args.batch_size, seed,
@@ -634,6 +655,9 @@ def train_prior(args, accelerator: Accelerator, data: common.ImageFolder, state:
     if resuming:
         model = MaskedTokenTransformer.from_pretrained(checkpoint / "model")
         ema_start = MaskedTokenTransformer.from_pretrained(checkpoint / "ema")
+    elif args.distill_from:
+        model = distillation_student(args.distill_from / "transformer", args.guidance_max)
+        ema_start = distillation_student(args.distill_from / "transformer", args.guidance_max)
     elif args.init:
         model, ema_start = MaskedTokenTransformer.from_pretrained(init), MaskedTokenTransformer.from_pretrained(init)
     else:
@@ -652,10 +676,14 @@ def train_prior(args, accelerator: Accelerator, data: common.ImageFolder, state:
     ema.to(accelerator.device)
     scheduler = AmusedScheduler(mask_token_id=vq_model.config.num_vq_embeddings)
     null_class = len(classes) if classes else None
+    if teacher is None and accelerator.unwrap_model(model).config.guidance_embedding:
+        raise SystemExit("the transformer to train is a guidance-distillation student: "
+                         "train (or resume) it with --distill-from")
     generator = torch.Generator().manual_seed(args.seed + state.step)
     batches = iter(bank)
     timer = common.Timer(state.wall_seconds)
-    progress = tqdm(total=args.steps, initial=state.step, disable=not accelerator.is_main_process, desc="prior")
+    progress = tqdm(total=args.steps, initial=state.step, disable=not accelerator.is_main_process,
+                    desc="prior (distillation)" if teacher else "prior")
     running = None
 
     def ema_copy() -> MaskedTokenTransformer:
@@ -674,7 +702,7 @@ def train_prior(args, accelerator: Accelerator, data: common.ImageFolder, state:
                 latent.save_autoencoder(vq_model, args.vq, checkpoint / "vqvae")
             common.save_optimizer(optimizer, checkpoint)
             state.save(checkpoint)
-            export_prior(args, ema_model, vq_model, scheduler, classes, state)
+            export_prior(args, ema_model, vq_model, scheduler, classes, state, teacher)
 
     while state.step < args.steps and (args.max_minutes is None or timer.total - timer.already < args.max_minutes * 60):
         tokens, labels = next(batches)
@@ -683,8 +711,13 @@ def train_prior(args, accelerator: Accelerator, data: common.ImageFolder, state:
         if classes:
             class_labels = ddpm.drop_labels(labels, null_class, args.label_dropout, generator).to(accelerator.device)
         with accelerator.autocast():
-            loss = prior_training.masked_token_loss(accelerator.unwrap_model(model), tokens, class_labels, generator,
-                                                    args.raster_share)
+            if teacher is not None:
+                student = accelerator.unwrap_model(model)
+                loss = prior_training.guidance_distillation_loss(student, teacher, tokens, class_labels, generator,
+                                                                 args.raster_share, student.config.guidance_max)
+            else:
+                loss = prior_training.masked_token_loss(accelerator.unwrap_model(model), tokens, class_labels,
+                                                        generator, args.raster_share)
         running = common.ema_step(accelerator, model, loss, optimizer, schedule, ema, state, running)
         progress.update(1)
         if state.step % args.log_every == 0:
@@ -694,19 +727,34 @@ def train_prior(args, accelerator: Accelerator, data: common.ImageFolder, state:
             save()
         if state.step % args.sample_every == 0 and accelerator.is_main_process:
             save_prior_samples(ema_copy(), vq_model, scheduler, classes, args.run_dir / "samples" / f"{state.step:06d}.png",
-                               guidance_scale=args.guidance_scale)
+                               guidance_scale=args.guidance_scale, teacher=teacher)
     save()
     progress.close()
 
 
+def distillation_student(teacher_folder: Path, guidance_max: float):
+    """The teacher's transformer with a zero-initialised guidance embedding: at the start it is the teacher."""
+    from ..token_transformer import MaskedTokenTransformer
+
+    teacher = MaskedTokenTransformer.from_pretrained(teacher_folder).float()
+    if teacher.config.guidance_embedding:
+        raise SystemExit(f"--distill-from: {teacher_folder} is already guidance-distilled")
+    student = MaskedTokenTransformer.from_config(teacher.config, guidance_embedding=True, guidance_max=guidance_max)
+    missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
+    assert not unexpected and all(key.startswith("guidance_") for key in missing), (missing, unexpected)
+    return student
+
+
 def save_prior_samples(model, vq_model: VQModel, scheduler, classes: list[str], path: Path, *, guidance_scale: float,
-                       count: int = 16, steps: int = 12) -> None:
-    """16 samples, 12 confidence-order steps, seed 0, classes in order."""
+                       count: int = 16, steps: int = 12, teacher=None) -> None:
+    """16 samples, 12 confidence-order steps, seed 0, classes in order (with a teacher: the prior of the
+    teacher and `model`, its guidance-distilled copy, as `export_prior` writes it)."""
     from ..prior import TokenPrior
     from ..vq import VQ
 
-    prior = TokenPrior(VQ(vq_model.eval()), model.eval(), dict(scheduler.config),
-                       {"classes": classes, "default_guidance_scale": guidance_scale})
+    network, distilled = (model, None) if teacher is None else (teacher, model.eval())
+    prior = TokenPrior(VQ(vq_model.eval()), network.eval(), dict(scheduler.config),
+                       {"classes": classes, "default_guidance_scale": guidance_scale}, distilled=distilled)
     if classes:
         images = [prior.sample(seed=0, steps=steps, batch=1 + (count - 1 - c) // len(classes), class_label=c).pixels
                   for c in range(min(count, len(classes)))]
@@ -716,27 +764,37 @@ def save_prior_samples(model, vq_model: VQModel, scheduler, classes: list[str], 
     common.save_grid(pixels, path, columns=4)
 
 
-def export_prior(args, model, vq_model: VQModel, scheduler, classes: list[str], state: common.RunState) -> None:
+def export_prior(args, model, vq_model: VQModel, scheduler, classes: list[str], state: common.RunState,
+                 teacher=None) -> None:
     """The aMUSEd-like pipeline layout: vqvae/ + transformer/ + scheduler/ + model_index.json, with
-    genlab.json and the model card at its root."""
+    genlab.json and the model card at its root. Distilling (`teacher`): transformer/ is the teacher, the
+    prior itself, and transformer_distilled/ the student `model`."""
     import diffusers
 
+    from ..models import DISTILLED
+
     args.out.mkdir(parents=True, exist_ok=True)
-    common.save_network(model, args.out / "transformer", args.export_fp16)  # measured as stored
+    network = model if teacher is None else teacher  # the prior
+    common.save_network(network, args.out / "transformer", args.export_fp16)  # measured as stored
+    if teacher is not None:
+        common.save_network(model, args.out / DISTILLED, args.export_fp16)
     scheduler.save_pretrained(args.out / "scheduler")
     if (args.out / "vqvae").resolve() != Path(args.vq).resolve():
         latent.save_autoencoder(vq_model, args.vq, args.out / "vqvae")
     index = {"_class_name": "GenLabTokenPriorPipeline", "_diffusers_version": diffusers.__version__,
              "vqvae": ["diffusers", "VQModel"], "transformer": ["genlab", "MaskedTokenTransformer"],
              "scheduler": ["diffusers", "AmusedScheduler"]}
+    if teacher is not None:
+        index[DISTILLED] = ["genlab", "MaskedTokenTransformer"]
     (args.out / "model_index.json").write_text(json.dumps(index, indent=2))
     info = {"kind": "prior", "title": args.out.name}
     if classes:
         info.update(classes=classes, default_guidance_scale=args.guidance_scale)
     (args.out / "genlab.json").write_text(json.dumps(info, indent=1))
     state.save(args.out)
-    save_prior_samples(model, vq_model, scheduler, classes, args.out / "samples.png", guidance_scale=args.guidance_scale)
-    config = model.config
+    save_prior_samples(model, vq_model, scheduler, classes, args.out / "samples.png",
+                       guidance_scale=args.guidance_scale, teacher=teacher)
+    config = network.config
     factor = 2 ** (len(vq_model.config.block_out_channels) - 1)
     conditional = (f"Class-conditional on {len(classes)} classes ({', '.join(classes)}) by a prepended class token, "
                    f"with label dropout {args.label_dropout}, so classifier-free guidance works (class {len(classes)} "
@@ -745,12 +803,13 @@ def export_prior(args, model, vq_model: VQModel, scheduler, classes: list[str], 
     common.write_model_card(
         args.out, f"GenLab {args.out.name}",
         f"A bidirectional masked-token transformer (GenLab's `MaskedTokenTransformer`, "
-        f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters: {config.num_layers} blocks, width "
+        f"{sum(p.numel() for p in network.parameters()) / 1e6:.2f}M parameters: {config.num_layers} blocks, width "
         f"{config.hidden_size}, {config.num_heads} heads) over the {config.height}x{config.width} tokens of the "
         f"{vq_model.config.num_vq_embeddings}-code VQGAN in `vqvae/` (f = {factor}, frozen), MaskGIT-style "
         f"(arXiv:2202.04200): cosine-schedule masks, and {args.raster_share:.0%} of masks hide every token from a "
-        f"random raster position on. {conditional}Sampling: diffusers' `AmusedScheduler` (confidence order), or raster "
-        "/ random order. Exported weights are the EMA weights.",
+        f"random raster position on. {conditional}{distilled_text(args, model.config)}Sampling: MaskGIT's "
+        "confidence order (diffusers' `AmusedScheduler` schedule and masking; GenLab draws codes for the masked cells "
+        "only), or raster / random order. Exported weights are the EMA weights.",
         f"`{args.data}`: every image and its mirror image, encoded once; batch {args.batch_size}, {lr_text(args)}"
         + (f", AdamW weight decay {args.weight_decay:g}" if args.weight_decay else "")
         + (f"; class c drawn with probability proportional to n_c^{args.class_power:g}" if classes and args.class_power != 1 else "")
@@ -758,6 +817,16 @@ def export_prior(args, model, vq_model: VQModel, scheduler, classes: list[str], 
         state, "`samples.png`: 16 samples, 12 confidence-order steps, seed 0"
         + (f", guidance {args.guidance_scale:g}, classes in order" if classes else "") + ".\n\n" + vq_card,
     )
+
+
+def distilled_text(args, config) -> str:
+    if not config.guidance_embedding:
+        return ""
+    return (f"`transformer/` is the transformer of `{args.distill_from}` (the prior: code length, unguided sampling); "
+            "`transformer_distilled/` is its guidance-distilled copy (Meng et al., arXiv:2210.03142): told the scale "
+            f"w, one call gives the prior's classifier-free guided logits for w in [1, {config.guidance_max:g}] "
+            "(trained on KL to its guided distribution at the masked tokens; dropped labels match its "
+            "unconditional logits), so guided sampling at those scales costs one call a step instead of two. ")
 
 
 def first_stage_card(out: Path, part: str, title: str) -> str:

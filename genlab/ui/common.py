@@ -228,10 +228,13 @@ def on_model_thread(fn):
                         return
                     yield item
             finally:  # cancelled or finished: close it where it ran, so its own cleanup runs there too
-                try:
-                    _model_thread.submit(steps.close).result()
-                except RuntimeError:  # the interpreter is exiting: the executor takes no more work
-                    steps.close()
+                if here():  # an abandoned stream finalised by the garbage collector on the model thread itself:
+                    steps.close()  # waiting for the model thread there would wait for itself forever
+                else:
+                    try:
+                        _model_thread.submit(steps.close).result()
+                    except RuntimeError:  # the interpreter is exiting: the executor takes no more work
+                        steps.close()
         return generator
 
     @functools.wraps(fn)

@@ -1,0 +1,262 @@
+"""Guidance-distilled token priors (Meng et al., arXiv:2210.03142): the transformer's guidance input
+(genlab.token_transformer), the prior's one call per guided step (genlab.prior), and the distillation
+loss and student (genlab.train.prior, genlab.train.__main__). The CLI's --distill-from is in test_train.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import genlab
+from genlab.token_transformer import MaskedTokenTransformer
+from genlab.train.__main__ import distillation_student
+from genlab.train.prior import guidance_distillation_loss
+
+from conftest import PRIOR_CODES, PRIOR_GRID, build_token_prior, optimise
+
+K = PRIOR_CODES
+NULL = 3  # the tiny priors have classes a, b, c
+
+
+def tiny_transformer(**overrides) -> MaskedTokenTransformer:
+    torch.manual_seed(0)
+    model = MaskedTokenTransformer(**{"codebook_size": K, "height": PRIOR_GRID, "width": PRIOR_GRID, "num_classes": 3,
+                                      "hidden_size": 32, "num_layers": 1, "num_heads": 2, **overrides})
+    with torch.no_grad():  # spread the embeddings so that classes and tokens change the logits
+        model.class_embedding.weight.normal_()
+        model.token_embedding.weight.normal_()
+    return model.eval()
+
+
+def some_tokens(batch: int = 4, seed: int = 0) -> torch.Tensor:
+    tokens = torch.randint(0, K, (batch, PRIOR_GRID, PRIOR_GRID), generator=torch.Generator().manual_seed(seed))
+    tokens[:, 4:] = K  # the lower half masked
+    return tokens
+
+
+def class_patterns(batch: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, h, w) tokens with a pattern per class, and their labels (0, 1, 2, then the null class)."""
+    labels = torch.tensor([0, 1, 2, NULL] * (batch // 4))
+    rows, cols = torch.meshgrid(torch.arange(PRIOR_GRID), torch.arange(PRIOR_GRID), indexing="ij")
+    return (rows + 2 * cols + 5 * labels[:, None, None]) % K, labels
+
+
+def trained_teacher() -> MaskedTokenTransformer:
+    """A tiny transformer trained a little on class patterns, with labels dropped a quarter of the time: its
+    conditional and unconditional predictions differ, so guidance changes them (a random one hardly)."""
+    from genlab.train.prior import masked_token_loss
+
+    model = tiny_transformer().train()
+    tokens, labels = class_patterns()
+    optimise(model, lambda generator: masked_token_loss(model, tokens, labels, generator), steps=40)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("teacher")
+    trained_teacher().save_pretrained(folder)
+    return folder
+
+
+# --------------------------------------------------------------------------------- the network
+def test_a_fresh_student_is_its_teacher_at_every_scale_and_round_trips(teacher_dir, tmp_path):
+    teacher = MaskedTokenTransformer.from_pretrained(teacher_dir).eval()
+    student = distillation_student(teacher_dir, guidance_max=6.0).eval()
+    assert student.config.guidance_embedding and student.config.guidance_max == 6.0
+    tokens, labels = some_tokens(), torch.tensor([0, 1, 2, NULL])
+    with torch.no_grad():
+        expected = teacher(tokens, class_labels=labels)
+        for scale in (1.0, 3.5, 6.0):
+            torch.testing.assert_close(student(tokens, class_labels=labels, guidance=torch.full((4,), scale)), expected)
+        torch.testing.assert_close(student(tokens, class_labels=labels), expected)  # no scale: w = 1
+        student.guidance_embedder.linear_2.weight.normal_(std=0.5)  # once trained, the scale matters
+        assert not torch.allclose(student(tokens, class_labels=labels, guidance=torch.full((4,), 3.0)),
+                                  student(tokens, class_labels=labels, guidance=torch.full((4,), 5.0)))
+    student.save_pretrained(tmp_path / "student")
+    again = MaskedTokenTransformer.from_pretrained(tmp_path / "student").eval()
+    assert again.config.guidance_embedding and again.config.guidance_max == 6.0
+    with torch.no_grad():
+        torch.testing.assert_close(again(tokens, class_labels=labels, guidance=torch.full((4,), 3.0)),
+                                   student(tokens, class_labels=labels, guidance=torch.full((4,), 3.0)))
+
+
+def test_guidance_settings_are_checked():
+    with pytest.raises(ValueError, match="not guidance-distilled"):
+        tiny_transformer()(some_tokens(), class_labels=torch.zeros(4, dtype=torch.long), guidance=torch.ones(4))
+    with pytest.raises(ValueError, match="needs a class-conditional transformer"):
+        tiny_transformer(num_classes=0, guidance_embedding=True)
+    with pytest.raises(ValueError, match="guidance_max must be above 1"):
+        tiny_transformer(guidance_embedding=True, guidance_max=1.0)
+    student = tiny_transformer(guidance_embedding=True, guidance_max=5.0)
+    assert [student.distills(w) for w in (0.5, 1.0, 4.0, 5.0, 5.5)] == [False, True, True, True, False]
+    assert not tiny_transformer().distills(4.0)
+
+
+def test_a_distilled_teacher_is_refused(teacher_dir, tmp_path):
+    distillation_student(teacher_dir, 4.0).save_pretrained(tmp_path / "student")
+    with pytest.raises(SystemExit, match="already guidance-distilled"):
+        distillation_student(tmp_path / "student", 4.0)
+
+
+# ------------------------------------------------------------------------------ sampling with it
+def record_calls(transformer, monkeypatch) -> list[dict]:
+    """Each transformer call's batch size, class labels, guidance and logits, in order."""
+    calls, original = [], transformer.forward
+
+    def spy(input_ids, class_labels=None, guidance=None):
+        logits = original(input_ids, class_labels=class_labels, guidance=guidance)
+        calls.append({"inputs": input_ids.clone(), "labels": class_labels, "guidance": guidance, "logits": logits})
+        return logits
+
+    monkeypatch.setattr(transformer, "forward", spy)
+    return calls
+
+
+@pytest.fixture
+def distilled(tmp_path):
+    folder = build_token_prior(tmp_path / "distilled", guidance_embedding=True, guidance_max=5.0)
+    prior = genlab.load_prior(folder, device="cpu")
+    with torch.no_grad():  # a trained guidance embedding: the scale changes the logits
+        prior.transformer.guidance_embedder.linear_2.weight.normal_(std=0.5)
+    return prior
+
+
+def test_a_distilled_prior_samples_guided_in_one_call_a_step(distilled, monkeypatch):
+    assert distilled.distilled is None and distilled.distilled_for(3.0) is distilled.transformer
+    calls = record_calls(distilled.transformer, monkeypatch)
+    run = distilled.sample(seed=0, steps=5, class_label="b", guidance_scale=3.0, batch=2)
+    assert len(calls) == 5 and all(len(call["inputs"]) == 2 for call in calls)
+    assert all(call["labels"].tolist() == [1, 1] and call["guidance"].tolist() == [3.0, 3.0] for call in calls)
+    tokens = torch.from_numpy(run.tokens).long()
+    assert tokens.shape == (2, PRIOR_GRID, PRIOR_GRID) and ((tokens >= 0) & (tokens < K)).all()
+    with torch.no_grad():  # the logits it sampled from are the distilled network's at w = 3
+        direct = distilled.transformer(calls[2]["inputs"], class_labels=torch.tensor([1, 1]),
+                                       guidance=torch.full((2,), 3.0))
+    torch.testing.assert_close(calls[2]["logits"], direct)
+
+
+def test_outside_the_distilled_scales_it_guides_in_two_calls(distilled, monkeypatch):
+    """w above guidance_max (or below 1): plain CFG of the student's own w = 1 and unconditional calls."""
+    calls = record_calls(distilled.transformer, monkeypatch)
+    distilled.sample(seed=0, steps=3, class_label="a", guidance_scale=7.0)
+    assert len(calls) == 3 and all(call["labels"].tolist() == [0, NULL] and call["guidance"] is None for call in calls)
+    calls.clear()
+    distilled.sample(seed=0, steps=3, class_label="a", guidance_scale=1.0)  # no guidance: the conditional
+    distilled.sample(seed=0, steps=3)  # no class: the unconditional
+    assert [call["labels"].tolist() for call in calls] == [[0]] * 3 + [[NULL]] * 3
+    assert all(call["guidance"] is None for call in calls)
+
+
+def test_a_distilled_prior_is_seeded_and_its_scale_matters(distilled, monkeypatch):
+    calls = record_calls(distilled.transformer, monkeypatch)
+    first = distilled.sample(seed=4, steps=4, class_label="c", guidance_scale=2.0).tokens
+    assert (first == distilled.sample(seed=4, steps=4, class_label="c", guidance_scale=2.0).tokens).all()
+    distilled.sample(seed=4, steps=4, class_label="c", guidance_scale=4.5)
+    assert (calls[0]["logits"] - calls[8]["logits"]).abs().max() > 1e-3  # the first step's logits at w = 2, 4.5
+
+
+# ------------------------------------------------------------------------------ the distillation loss
+def test_the_loss_is_zero_where_the_student_already_is_the_teacher(teacher_dir):
+    """A fresh student is the teacher's conditional network: on dropped labels (the teacher's unconditional
+    target) the KL is 0; on labelled rows the target is guided (w > 1), so it is not."""
+    teacher = MaskedTokenTransformer.from_pretrained(teacher_dir).eval()
+    student = distillation_student(teacher_dir, 8.0)
+    tokens, _ = class_patterns()
+    with torch.no_grad():
+        dropped = guidance_distillation_loss(student, teacher, tokens, torch.full((8,), NULL),
+                                             torch.Generator().manual_seed(0))
+        labelled = guidance_distillation_loss(student, teacher, tokens, torch.tensor([0, 1, 2] * 2 + [0, 1]),
+                                              torch.Generator().manual_seed(0))
+    assert abs(float(dropped)) < 1e-5 and float(labelled) > 1e-2
+
+
+def test_distillation_brings_the_student_to_the_teachers_guided_logits(teacher_dir):
+    teacher = MaskedTokenTransformer.from_pretrained(teacher_dir).eval()
+    student = distillation_student(teacher_dir, 6.0)
+    tokens, labels = class_patterns()
+    inputs = tokens.clone()
+    inputs[:, 4:] = K  # the lower half masked
+
+    def gap(scale: float) -> float:  # KL(guided teacher || student at w) on the fixed masked half, nats a token
+        with torch.no_grad():
+            cond, uncond = teacher(inputs, class_labels=labels), teacher(inputs, class_labels=torch.full((8,), NULL))
+            weight = torch.where(labels == NULL, 0.0, scale)[:, None, None, None]
+            target = (uncond + weight * (cond - uncond)).log_softmax(1)
+            mine = student(inputs, class_labels=labels, guidance=torch.full((8,), scale)).log_softmax(1)
+            return float((target.exp() * (target - mine)).sum(1)[inputs == K].mean())
+
+    before = gap(4.0)
+    optimise(student, lambda generator: guidance_distillation_loss(student, teacher, tokens, labels, generator,
+                                                                    guidance_max=6.0), steps=80, lr=3e-3)
+    assert before > 0.01 and gap(4.0) < 0.4 * before
+
+
+# ------------------------------------------- the prior beside its distilled copy (what --distill-from writes)
+def add_distilled(folder, guidance_max: float = 5.0, **overrides):
+    """Write transformer_distilled/: a guidance-distilled copy of folder's transformer (a trained-looking
+    guidance embedding), listed in model_index.json."""
+    import json
+
+    teacher = MaskedTokenTransformer.from_pretrained(folder / "transformer")
+    student = MaskedTokenTransformer.from_config(teacher.config, guidance_embedding=True, guidance_max=guidance_max,
+                                                 **overrides)
+    if not overrides:
+        student.load_state_dict(teacher.state_dict(), strict=False)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        student.guidance_embedder.linear_2.weight.normal_(std=0.5)
+    student.save_pretrained(folder / "transformer_distilled")
+    index = json.loads((folder / "model_index.json").read_text())
+    index["transformer_distilled"] = ["genlab", "MaskedTokenTransformer"]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    return folder
+
+
+@pytest.fixture
+def paired(tmp_path):
+    return genlab.load_prior(add_distilled(build_token_prior(tmp_path / "paired")), device="cpu")
+
+
+def test_guided_sampling_calls_the_distilled_copy_once_a_step(paired, monkeypatch):
+    prior_calls = record_calls(paired.transformer, monkeypatch)
+    distilled_calls = record_calls(paired.distilled, monkeypatch)
+    paired.sample(seed=0, steps=4, class_label="a", guidance_scale=4.0)
+    assert not prior_calls and len(distilled_calls) == 4
+    assert paired.distilled_for(4.0) is paired.distilled and paired.distilled_for(9.0) is None
+    assert all(call["guidance"].tolist() == [4.0] and call["labels"].tolist() == [0] for call in distilled_calls)
+
+
+def test_the_code_length_and_other_scales_keep_to_the_prior_itself(paired, monkeypatch):
+    from PIL import Image
+
+    prior_calls = record_calls(paired.transformer, monkeypatch)
+    distilled_calls = record_calls(paired.distilled, monkeypatch)
+    image = Image.new("RGB", (2 * PRIOR_GRID, 2 * PRIOR_GRID), (200, 40, 40))
+    bits = paired.bits_per_pixel(image)
+    assert bits > 0 and prior_calls and not distilled_calls
+    prior_calls.clear()
+    paired.sample(seed=0, steps=3, class_label="a", guidance_scale=7.0)  # above guidance_max: CFG of the prior
+    paired.sample(seed=0, steps=3, class_label="a", guidance_scale=1.0)  # unguided
+    assert not distilled_calls and [len(call["inputs"]) for call in prior_calls] == [2] * 3 + [1] * 3
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"num_classes": 5}, "is no guidance-distilled copy"),
+    ({"hidden_size": 16}, None),  # another width may be distilled: the prior's grid, codes and classes are what count
+])
+def test_a_distilled_copy_must_match_the_prior(tmp_path, overrides, message):
+    folder = add_distilled(build_token_prior(tmp_path / "p"), **overrides)
+    if message is None:
+        assert genlab.load_prior(folder, device="cpu").distilled.config.hidden_size == 16
+        return
+    with pytest.raises(genlab.models.ModelLoadError, match=message):
+        genlab.load_prior(folder, device="cpu")
+
+
+def test_an_undistilled_transformer_in_the_distilled_folder_is_refused(tmp_path):
+    folder = build_token_prior(tmp_path / "p")
+    MaskedTokenTransformer.from_pretrained(folder / "transformer").save_pretrained(folder / "transformer_distilled")
+    with pytest.raises(genlab.models.ModelLoadError, match="guidance-distilled: False"):
+        genlab.load_prior(folder, device="cpu")
