@@ -107,7 +107,8 @@ def confidence_step(scheduler: AmusedScheduler, index: int, logits: torch.Tensor
         return pred, pred
     batch = tokens.shape[0]
     unknown, probs = unknown.reshape(batch, -1), probs.reshape(batch, -1)  # (B, N)
-    ratio = (torch.tensor([[index]]) + 1) / len(scheduler.timesteps)  # float32, as the scheduler's
+    steps = len(scheduler.timesteps)
+    ratio = (torch.tensor([[index]], device=tokens.device) + 1) / steps  # (1, 1) float32, as the scheduler's
     if scheduler.config.masking_schedule == "cosine":
         mask_ratio = start_ratio * torch.cos(ratio * math.pi / 2)
     elif scheduler.config.masking_schedule == "linear":

@@ -663,8 +663,8 @@ def test_draw_codes_draws_the_softmax_at_the_asked_cells_only():
     assert torch.equal(codes, again) and not torch.equal(codes, other)
 
 
-def test_draw_codes_matches_multinomial_on_a_peaked_model():
-    """A row with one code at probability ~1 - 1e-6 draws it; a uniform row draws every code."""
+def test_draw_codes_on_a_peaked_and_a_uniform_row():
+    """A row with one code at probability 1 - 1.4e-8 draws it; a uniform row draws every code."""
     logits = torch.zeros(1, 8, 1, 2)
     logits[0, 3, 0, 0] = 20.0
     where = torch.ones(1, 1, 2, dtype=torch.bool)
@@ -673,6 +673,15 @@ def test_draw_codes_matches_multinomial_on_a_peaked_model():
     assert seen == set(range(8))
     assert all(int(genlab.prior.draw_codes(logits, where, torch.Generator().manual_seed(s))[0][0, 0, 0]) == 3
                for s in range(50))
+
+
+def test_draw_codes_takes_the_likeliest_code_when_u_rounds_up_to_the_total(monkeypatch):
+    """u = total (float rounding) lies past every cumulative sum: the draw falls back to the likeliest code, never
+    to the last one, which top-k may have removed."""
+    logits = torch.tensor([0.0, 2.0, 1.0, float("-inf")]).view(1, 4, 1, 1)
+    monkeypatch.setattr(torch, "rand", lambda *shape, generator=None, dtype=None: torch.ones(*shape, dtype=dtype))
+    codes, probs = genlab.prior.draw_codes(logits, torch.ones(1, 1, 1, dtype=torch.bool), torch.Generator())
+    assert int(codes[0, 0, 0]) == 1 and float(probs[0, 0, 0]) == pytest.approx(float(logits.softmax(1)[0, 1, 0, 0]))
 
 
 def test_amused_images_are_the_pipeline_images(amused, tiny_amused_dir, monkeypatch):

@@ -251,8 +251,9 @@ def test_prior_trains_over_a_vq_model_exports_fp16_and_resumes(image_folder, tmp
 
 
 def test_prior_distill_from_writes_a_guidance_distilled_prior(image_folder, tmp_path):
-    """--distill-from: the teacher's vqvae/ and transformer/ are the defaults; the exported transformer takes
-    the guidance scale, genlab.load_prior samples with it in one call a step, and the card says so."""
+    """--distill-from: the teacher's vqvae/ and transformer/ are the defaults; the export keeps the teacher as
+    transformer/ and adds the student, which takes the guidance scale, as transformer_distilled/; genlab.load_prior
+    samples guided with the student in one call a step; the card says so; a resume must name the same teacher."""
     vq_out, teacher = tmp_path / "vq", tmp_path / "teacher"
     train_main(["vqvae", "--data", str(image_folder), "--out", str(vq_out), "--run-dir", str(tmp_path / "vq-run"),
                 *TINY_VQ, "--steps", "1", "--save-every", "1"])
@@ -269,6 +270,9 @@ def test_prior_distill_from_writes_a_guidance_distilled_prior(image_folder, tmp_
     assert run_json(tmp_path / "student-run" / "checkpoint")["step"] == 3
     with pytest.raises(SystemExit, match=r"train \(or resume\) it with --distill-from"):
         train_main(student + ["--steps", "4", "--resume"])
+    other = shutil.copytree(teacher, tmp_path / "other-teacher")
+    with pytest.raises(SystemExit, match="resume it with --distill-from"):
+        train_main(student + ["--distill-from", str(other), "--steps", "4", "--resume"])
     unlabelled = tmp_path / "unlabelled"
     shutil.copytree(image_folder, unlabelled, ignore=shutil.ignore_patterns("labels.json"))
     with pytest.raises(SystemExit, match="distillation needs the teacher's labelled data"):
@@ -284,6 +288,7 @@ def test_prior_distill_from_writes_a_guidance_distilled_prior(image_folder, tmp_
     prior = genlab.load_prior(out, device="cpu")
     assert not prior.transformer.config.guidance_embedding
     assert prior.distilled.distills(2.0) and not prior.distilled.distills(6.0)
+    assert prior.distilled_for(2.0) is prior.distilled and prior.distilled_for(6.0) is None
     assert prior.sample(seed=0, steps=2, class_label="red").image.size == (24, 24)
     card = (out / "README.md").read_text()
     assert "guidance-distilled copy" in card and str(teacher) in card
@@ -292,6 +297,7 @@ def test_prior_distill_from_writes_a_guidance_distilled_prior(image_folder, tmp_
 @pytest.mark.parametrize("extra, message", [
     (["--distill-from", "{missing}"], "not a prior folder"),
     (["--distill-from", "{teacher}", "--guidance-max", "1"], "--guidance-max must be above 1"),
+    (["--distill-from", "{teacher}", "--init", "{teacher}"], "leave out --init"),
 ])
 def test_bad_distillation_options_are_refused(tmp_path, capsys, extra, message):
     from genlab.train.__main__ import parse_args

@@ -162,6 +162,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             parser.error(f"--distill-from {args.distill_from}: not a prior folder (no transformer/)")
         if not args.guidance_max > 1:
             parser.error(f"--guidance-max must be above 1, got {args.guidance_max}")
+        if args.init is not None:
+            parser.error("--distill-from starts from the teacher's transformer: leave out --init")
         args.vq = args.vq or args.distill_from / "vqvae"
     if args.kind == "prior" and args.vq is None and not args.resume:
         parser.error("prior needs --vq: the trained VQModel whose tokens it models")
@@ -638,6 +640,11 @@ def train_prior(args, accelerator: Accelerator, data: common.ImageFolder, state:
     resuming = args.resume and (checkpoint / "model").exists()
     args.vq = checkpoint / "vqvae" if resuming else args.vq
     teacher = None
+    record = checkpoint / "teacher.json"  # the teacher a distillation run started from
+    if resuming and record.is_file() and args.distill_from:
+        started = json.loads(record.read_text())["distill_from"]
+        if Path(started).resolve() != args.distill_from.resolve():
+            raise SystemExit(f"this run distils {started}; resume it with --distill-from {started}")
     if args.distill_from:  # checked before the tokens are encoded
         teacher = MaskedTokenTransformer.from_pretrained(args.distill_from / "transformer").float()
         teacher = teacher.to(accelerator.device).eval().requires_grad_(False)
@@ -702,6 +709,8 @@ def train_prior(args, accelerator: Accelerator, data: common.ImageFolder, state:
                 latent.save_autoencoder(vq_model, args.vq, checkpoint / "vqvae")
             common.save_optimizer(optimizer, checkpoint)
             state.save(checkpoint)
+            if teacher is not None:
+                record.write_text(json.dumps({"distill_from": str(args.distill_from)}))
             export_prior(args, ema_model, vq_model, scheduler, classes, state, teacher)
 
     while state.step < args.steps and (args.max_minutes is None or timer.total - timer.already < args.max_minutes * 60):
@@ -741,7 +750,9 @@ def distillation_student(teacher_folder: Path, guidance_max: float):
         raise SystemExit(f"--distill-from: {teacher_folder} is already guidance-distilled")
     student = MaskedTokenTransformer.from_config(teacher.config, guidance_embedding=True, guidance_max=guidance_max)
     missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
-    assert not unexpected and all(key.startswith("guidance_") for key in missing), (missing, unexpected)
+    if unexpected or not all(key.startswith("guidance_") for key in missing):
+        raise SystemExit(f"--distill-from {teacher_folder}: its weights do not fit its config "
+                         f"(missing {missing}, unexpected {unexpected})")
     return student
 
 
@@ -752,7 +763,7 @@ def save_prior_samples(model, vq_model: VQModel, scheduler, classes: list[str], 
     from ..prior import TokenPrior
     from ..vq import VQ
 
-    network, distilled = (model, None) if teacher is None else (teacher, model.eval())
+    network, distilled = (model, None) if teacher is None else (teacher, model.to(teacher.device).eval())
     prior = TokenPrior(VQ(vq_model.eval()), network.eval(), dict(scheduler.config),
                        {"classes": classes, "default_guidance_scale": guidance_scale}, distilled=distilled)
     if classes:

@@ -88,7 +88,7 @@ def guidance_distillation_loss(student, teacher, tokens: torch.Tensor, class_lab
     inputs, masked = mask_for_training(tokens, student.mask_token_id, generator, raster_share)
     batch, null = tokens.shape[0], student.null_class
     scale = 1 + (guidance_max - 1) * torch.rand(batch, generator=generator).to(tokens.device)  # (B,) w
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast(tokens.device.type, enabled=False):  # fp32 targets: w up to 8 scales errors
         labels = torch.cat([class_labels, torch.full_like(class_labels, null)])  # (2B,) cond, then uncond
         both = teacher(torch.cat([inputs, inputs]), class_labels=labels)
         cond, uncond = both.float().chunk(2)  # (B, K, h, w) each
