@@ -566,7 +566,7 @@ def prior_rows(device: torch.device, repeats: int) -> dict[str, list[str]]:
         timings = prior_timings(prior, device, repeats)
         label = f"class {timings['label']!r}" if timings["label"] is not None else "unconditional"
         guidance = prior.default_guidance_scale
-        distilled = prior.is_conditional and guidance != 1.0 and prior.distilled_for(guidance) is not None
+        distilled = prior.is_conditional and prior.distilled_for(guidance) is not None
         setting = (f"{prior.grid[0]}x{prior.grid[1]} tokens, confidence order, {label}, guidance {guidance:g}"
                    f"{' (one guidance-distilled call a step)' if distilled else ''}, decode included)")
         rows = {"prior_sample": row(f"{names['prior_sample']}, {setting}", 1000 * timings["one_s"], "prior_sample",

@@ -90,14 +90,14 @@ def draw_codes(logits: torch.Tensor, where: torch.Tensor, generator: torch.Gener
 
 
 def confidence_step(scheduler: AmusedScheduler, index: int, logits: torch.Tensor, tokens: torch.Tensor,
-                    start_ratio: float, generator: torch.Generator):
+                    count: int, generator: torch.Generator):
     """Step `index` of `scheduler.timesteps`: `AmusedScheduler.step` (MaskGIT's step), but the codes are drawn
     for the masked cells only (`draw_codes`). (B, K, h, w) logits, (B, h, w) tokens -> (tokens after the
     step, the full prediction), both (B, h, w).
 
-    As the scheduler: every masked cell gets a code; then floor(N * start_ratio * cos(pi/2 (index + 1) / S))
-    cells (at least one, fewer than were masked; none after the last step) are masked again, those of
-    lowest log-probability plus the annealed Gumbel noise (diffusers' `mask_by_random_topk`).
+    As the scheduler: every masked cell gets a code; then `still_masked` of the `count` cells masked at the start
+    are masked again, those of lowest log-probability plus the annealed Gumbel noise (diffusers'
+    `mask_by_random_topk`). Every sample has as many masked cells, so one count serves the batch.
     """
     mask_id = scheduler.config.mask_token_id
     unknown = tokens == mask_id  # (B, h, w)
@@ -107,18 +107,10 @@ def confidence_step(scheduler: AmusedScheduler, index: int, logits: torch.Tensor
         return pred, pred
     batch = tokens.shape[0]
     unknown, probs = unknown.reshape(batch, -1), probs.reshape(batch, -1)  # (B, N)
-    steps = len(scheduler.timesteps)
-    ratio = (torch.tensor([[index]], device=tokens.device) + 1) / steps  # (1, 1) float32, as the scheduler's
-    if scheduler.config.masking_schedule == "cosine":
-        mask_ratio = start_ratio * torch.cos(ratio * math.pi / 2)
-    elif scheduler.config.masking_schedule == "linear":
-        mask_ratio = start_ratio * (1 - ratio)
-    else:
-        raise ValueError(f"unknown masking schedule {scheduler.config.masking_schedule}")
-    mask_len = (unknown.shape[1] * mask_ratio).floor()
-    mask_len = torch.min(unknown.sum(dim=-1, keepdim=True) - 1, mask_len).clamp_min(1)  # (B, 1)
+    left = still_masked(count, index, len(scheduler.timesteps), int(unknown[0].sum()))
+    mask_len = torch.full((batch, 1), left, device=probs.device)  # (B, 1)
     confidence = torch.where(unknown, probs, torch.finfo(probs.dtype).max)  # known cells stay
-    masking = mask_by_random_topk(mask_len.to(probs.device), confidence, scheduler.temperatures[index], generator)
+    masking = mask_by_random_topk(mask_len, confidence, scheduler.temperatures[index], generator)
     return torch.where(masking, mask_id, pred.reshape(batch, -1)).view_as(tokens), pred
 
 
@@ -144,10 +136,9 @@ def iterate_unmask(predict, tokens: torch.Tensor, mask_id: int, *, order: str, s
     if order == "confidence":
         scheduler = AmusedScheduler(mask_token_id=mask_id)
         scheduler.set_timesteps(steps, temperature=(choice_temperature, 0.0))
-        start_ratio = len(masked_cells) / tokens[0].numel()
         for index in range(len(scheduler.timesteps)):
             logits = filter_logits(predict(tokens), temperature, top_k)
-            after, pred = confidence_step(scheduler, index, logits, tokens, start_ratio, generator)
+            after, pred = confidence_step(scheduler, index, logits, tokens, len(masked_cells), generator)
             new = (tokens == mask_id) & (after != mask_id)
             tokens = after
             yield TokenStep(tokens.cpu(), pred.cpu(), new.cpu())
@@ -331,8 +322,8 @@ class TokenPrior(ConditionalModel):
     # ------------------------------------------------------------------- the network
     def distilled_for(self, guidance_scale: float):
         """The guidance-distilled transformer that gives classifier-free guidance at this scale in one call
-        (`distilled`, or `transformer` itself when distilled), else None."""
-        if self.is_amused:
+        (`distilled`, or `transformer` itself when distilled), else None (also at 1: no guidance to give)."""
+        if self.is_amused or guidance_scale == 1.0:
             return None
         for candidate in (self.distilled, self.transformer):
             if candidate is not None and candidate.distills(guidance_scale):
@@ -353,7 +344,7 @@ class TokenPrior(ConditionalModel):
         one_call = self.distilled_for(guidance_scale) if guided else None
         distilled = one_call is not None
         network = one_call if distilled else self.transformer
-        guided = guided and not distilled  # two calls
+        guided = guided and not distilled  # two calls: cond and uncond
         kwargs = conditioning.batched(guided, self.device) if conditioning is not None else {}
         if distilled:
             kwargs["guidance"] = torch.full((batch,), float(guidance_scale), device=self.device)

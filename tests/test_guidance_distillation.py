@@ -63,7 +63,7 @@ def teacher_dir(tmp_path_factory):
 # --------------------------------------------------------------------------------- the network
 def test_a_fresh_student_is_its_teacher_at_every_scale_and_round_trips(teacher_dir, tmp_path):
     teacher = MaskedTokenTransformer.from_pretrained(teacher_dir).eval()
-    student = distillation_student(teacher_dir, guidance_max=6.0).eval()
+    student = distillation_student(teacher, guidance_max=6.0).eval()
     assert student.config.guidance_embedding and student.config.guidance_max == 6.0
     tokens, labels = some_tokens(), torch.tensor([0, 1, 2, NULL])
     with torch.no_grad():
@@ -94,10 +94,10 @@ def test_guidance_settings_are_checked():
     assert not tiny_transformer().distills(4.0)
 
 
-def test_a_distilled_teacher_is_refused(teacher_dir, tmp_path):
-    distillation_student(teacher_dir, 4.0).save_pretrained(tmp_path / "student")
+def test_a_distilled_teacher_is_refused(teacher_dir):
+    student = distillation_student(MaskedTokenTransformer.from_pretrained(teacher_dir), 4.0)
     with pytest.raises(SystemExit, match="already guidance-distilled"):
-        distillation_student(tmp_path / "student", 4.0)
+        distillation_student(student, 4.0)
 
 
 # ------------------------------------------------------------------------------ sampling with it
@@ -162,7 +162,7 @@ def test_the_loss_is_zero_where_the_student_already_is_the_teacher(teacher_dir):
     """A fresh student is the teacher's conditional network: on dropped labels (the teacher's unconditional
     target) the KL is 0; on labelled rows the target is guided (w > 1), so it is not."""
     teacher = MaskedTokenTransformer.from_pretrained(teacher_dir).eval()
-    student = distillation_student(teacher_dir, 8.0)
+    student = distillation_student(teacher, 8.0)
     tokens, _ = class_patterns()
     with torch.no_grad():
         dropped = guidance_distillation_loss(student, teacher, tokens, torch.full((8,), NULL),
@@ -174,7 +174,7 @@ def test_the_loss_is_zero_where_the_student_already_is_the_teacher(teacher_dir):
 
 def test_distillation_brings_the_student_to_the_teachers_guided_logits(teacher_dir):
     teacher = MaskedTokenTransformer.from_pretrained(teacher_dir).eval()
-    student = distillation_student(teacher_dir, 6.0)
+    student = distillation_student(teacher, 6.0)
     tokens, labels = class_patterns()
     inputs = tokens.clone()
     inputs[:, 4:] = K  # the lower half masked

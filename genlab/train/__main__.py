@@ -662,9 +662,8 @@ def train_prior(args, accelerator: Accelerator, data: common.ImageFolder, state:
     if resuming:
         model = MaskedTokenTransformer.from_pretrained(checkpoint / "model")
         ema_start = MaskedTokenTransformer.from_pretrained(checkpoint / "ema")
-    elif args.distill_from:
-        model = distillation_student(args.distill_from / "transformer", args.guidance_max)
-        ema_start = distillation_student(args.distill_from / "transformer", args.guidance_max)
+    elif teacher is not None:
+        model, ema_start = (distillation_student(teacher, args.guidance_max) for _ in range(2))
     elif args.init:
         model, ema_start = MaskedTokenTransformer.from_pretrained(init), MaskedTokenTransformer.from_pretrained(init)
     else:
@@ -741,17 +740,17 @@ def train_prior(args, accelerator: Accelerator, data: common.ImageFolder, state:
     progress.close()
 
 
-def distillation_student(teacher_folder: Path, guidance_max: float):
-    """The teacher's transformer with a zero-initialised guidance embedding: at the start it is the teacher."""
+def distillation_student(teacher, guidance_max: float):
+    """A CPU copy of the teacher (a MaskedTokenTransformer) with a zero-initialised guidance embedding: at the
+    start it is the teacher."""
     from ..token_transformer import MaskedTokenTransformer
 
-    teacher = MaskedTokenTransformer.from_pretrained(teacher_folder).float()
     if teacher.config.guidance_embedding:
-        raise SystemExit(f"--distill-from: {teacher_folder} is already guidance-distilled")
+        raise SystemExit("--distill-from: that transformer is already guidance-distilled")
     student = MaskedTokenTransformer.from_config(teacher.config, guidance_embedding=True, guidance_max=guidance_max)
     missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
     if unexpected or not all(key.startswith("guidance_") for key in missing):
-        raise SystemExit(f"--distill-from {teacher_folder}: its weights do not fit its config "
+        raise SystemExit(f"--distill-from: the teacher's weights do not fit its config "
                          f"(missing {missing}, unexpected {unexpected})")
     return student
 

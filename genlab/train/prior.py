@@ -12,8 +12,9 @@ Guidance distillation (Meng et al., "On Distillation of Guided Diffusion Models"
 stage 1, here for a token prior): a student told the scale w ~ U(1, w_max) matches, at the masked
 tokens of the same masks, the distribution of the frozen teacher's guided logits
 uncond + w (cond - uncond), by KL(teacher || student); rows whose label was dropped match the
-teacher's unconditional logits, so the student keeps the unconditional model (code length, guidance
-outside [1, w_max]). Guided sampling then costs one call of the student instead of two of the teacher.
+teacher's unconditional logits, so the student still has an unconditional model of its own (the
+exported prior keeps the teacher for the code length and for scales outside [1, w_max]). Guided
+sampling then costs one call of the student instead of two of the teacher.
 """
 
 from __future__ import annotations
