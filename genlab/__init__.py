@@ -18,12 +18,12 @@ from .diffusion import SCHEDULERS, DiffusionModel, DiffusionRun
 from .images import InputError, open_image
 from .models import (ModelLoadError, ModelSpec, embedded_status, load_autoencoder, load_diffusion, load_prior,
                      load_vq)
-from .prior import TokenPrior, TokenRun
+from .prior import CodeLength, TokenPrior, TokenRun
 from .vq import VQ, Reconstruction, perplexity
 
 __version__ = "0.1.0"
 __all__ = [
     "DiffusionModel", "DiffusionRun", "InputError", "KLAutoencoder", "KLReconstruction", "LatentCodec", "ModelLoadError",
-    "ModelSpec", "Reconstruction", "SCHEDULERS", "VQ", "TokenPrior", "TokenRun", "embedded_status", "load_autoencoder", "load_diffusion",
+    "CodeLength", "ModelSpec", "Reconstruction", "SCHEDULERS", "VQ", "TokenPrior", "TokenRun", "embedded_status", "load_autoencoder", "load_diffusion",
     "load_prior", "load_vq", "open_image", "perplexity",
 ]

@@ -30,8 +30,9 @@ Rows, all on one device (CUDA when available, else CPU; `--device` overrides) an
                               the first class at the prior's default guidance (the UI's defaults; one
                               transformer call a step when it is guidance-distilled, else two), decode
                               to the image included; batch 1 and batch 16
-  prior bits per pixel        `TokenPrior.bits_per_pixel` of the 64 px emoji example (one transformer
-                              call per token, in chunks), with the value against log2 K / f² in the row name
+  prior bits per pixel        `TokenPrior.bits_per_pixel` of the 64 px emoji example (a two-part code:
+                              one batched call chooses the class, then one transformer call per token,
+                              in chunks), with the value against log2 K / f² in the row name
 
 The app rows talk to a server in its own process, as a browser does. A server launched in this
 process would share the client's GIL: while it streams a frame every few milliseconds (batch 1 on

@@ -6,7 +6,7 @@
     python -m genlab.eval vae     --model weights/ldm-emoji   --data data/emoji/64-holdout [--card --section vae]
     python -m genlab.eval emoji   --model weights/ldm-emoji   --data data/emoji/32 --out artifacts/ldm [--card --section emoji]
     python -m genlab.eval emoji   --model weights/maskgit-emoji --data data/emoji/32 --out weights/maskgit-emoji [--card --section emoji]
-    python -m genlab.eval prior   --model weights/maskgit-emoji --data data/emoji/64-holdout [--limit N] [--card --section prior]
+    python -m genlab.eval prior   --model weights/maskgit-emoji --data data/emoji/64-holdout [--limit N] [--unconditional] [--card --section prior]
 
 vq: PSNR / SSIM per image and mean, code usage and perplexity over the folder, JPEG PSNR at no
     more than the same bits per pixel, and sharpness = mean |grad recon|^2 / mean |grad original|^2
@@ -35,6 +35,7 @@ import json
 import shlex
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,7 @@ from . import metrics
 from .data import list_images
 from .images import image_grid, open_image, pil_to_tensor
 from .models import load_autoencoder, load_diffusion, load_prior, load_vq
+from .prior import PROBE_MASKS
 from .vq import perplexity
 
 
@@ -317,18 +319,25 @@ def held_out_subset(folder: Path, limit: int | None) -> list[Path]:
     return paths
 
 
-def eval_prior(model: str, folder: Path, limit: int | None = None) -> str:
-    """Code length of held-out images under a token prior (`TokenPrior.bits_per_pixel`, unconditional),
-    beside log2 K / f^2, and the prior's VQ model on the same images (PSNR, code usage)."""
+def eval_prior(model: str, folder: Path, limit: int | None = None, unconditional: bool = False) -> str:
+    """Code length of held-out images under a token prior (`TokenPrior.code_length`: a two-part code for a
+    class-conditional prior), beside log2 K / f^2 and the prior's VQ model on the same images (PSNR, code
+    usage); with `unconditional`, also the unconditional chain rule alone (twice the time)."""
     prior = load_prior(model, device="cpu")
     vq = prior.vq
     paths = held_out_subset(folder, limit)
     if not paths:
         raise SystemExit(f"no images under {folder}")
-    bits, psnrs, usage = [], [], np.zeros(vq.num_codes, np.int64)
+    bits, no_label, labels, psnrs, usage = [], [], [], [], np.zeros(vq.num_codes, np.int64)
+    height, width = prior.image_size
     for path in paths:
         image = prior.fit(open_image(path))  # the crop and size the prior codes
-        bits.append(prior.bits_per_pixel(image))
+        code = prior.code_length(image)
+        bits.append(code.bits_per_pixel)
+        if code.label_bits:  # a two-part code: it named this label
+            labels.append(code.label)
+        if unconditional and code.label_bits:  # the two-part code named a label: also the chain rule without one
+            no_label.append(prior.token_bits(image).sum() / (height * width))
         result = vq.reconstruct(image, max_side=None)
         psnrs.append(result.psnr)
         usage += np.bincount(result.indices.ravel(), minlength=vq.num_codes)
@@ -336,7 +345,6 @@ def eval_prior(model: str, folder: Path, limit: int | None = None) -> str:
     index_bpp = prior.index_bits_per_pixel
     ratio = bits.mean() / index_bpp
     active = int((usage > 0).sum())
-    height, width = prior.image_size
     verdict = "meets" if ratio <= PRIOR_BAR else "misses"
     table = [
         "| statistic | value |", "|---|---|",
@@ -346,13 +354,23 @@ def eval_prior(model: str, folder: Path, limit: int | None = None) -> str:
         f"| log2 K / f² (each index stored as it is) | {index_bpp:.3f} (K = {prior.num_codes}, "
         f"f = {vq.downsample_factor}) |",
         f"| prior / log2 K / f² (bar: ≤ {PRIOR_BAR:.0%}) | **{ratio:.1%}** ({verdict} the bar) |",
+    ]
+    if labels:
+        named = ", ".join(f"{label} {count}" for label, count in Counter(labels).most_common())
+        table.append(f"| labels the two-part code named (log2 {len(prior.classes) + 1} bits each) | {named} |")
+    if no_label:
+        table.append(f"| unconditional chain rule alone (no label) | {np.mean(no_label):.3f} bits per pixel, "
+                     f"{np.mean(no_label) / index_bpp:.1%} of log2 K / f² |")
+    table += [
         f"| VQ PSNR on these images (dB) | {np.mean(psnrs):.2f} (median {np.median(psnrs):.2f}) |",
         f"| codes used on these images | {active} of {vq.num_codes} ({active / vq.num_codes:.1%}), "
         f"perplexity {perplexity(usage):.1f} |",
     ]
     chosen = f"{len(paths)} drawn at random (seed 0) from `{folder}`" if limit is not None else f"`{folder}`"
-    return "\n".join(table) + (f"\n\nHeld-out images: {chosen}. Code length: -sum log2 p(x_i | x_<i) over the "
-                               "tokens in raster order (every later token masked), unconditional, per pixel.")
+    how = ("a two-part code: a label (one of the classes, or none) in log2(C + 1) bits, chosen as the likeliest "
+           f"under {PROBE_MASKS} seeded half-masks, then " if labels else "")
+    return "\n".join(table) + (f"\n\nHeld-out images: {chosen}. Code length: {how}-sum log2 p(x_i | x_<i) over the "
+                               "tokens in raster order (every later token masked), per pixel.")
 
 
 def write_card_section(model: str, text: str, section: str | None = None) -> None:
@@ -388,6 +406,8 @@ def main(argv=None) -> None:
     parser.add_argument("--guidance", type=float, default=None)
     parser.add_argument("--per-class", type=int, default=16, help="emoji: samples per category")
     parser.add_argument("--limit", type=int, default=None, help="prior: this many images, drawn at random (seed 0)")
+    parser.add_argument("--unconditional", action="store_true",
+                        help="prior: also the unconditional chain rule alone (no class named; twice the time)")
     parser.add_argument("--card", action="store_true", help="write the result into the model card")
     parser.add_argument("--section", default=None, help="with --card: write only this subsection of the card")
     args = parser.parse_args(argv)
@@ -402,7 +422,7 @@ def main(argv=None) -> None:
     elif args.kind == "denoise":
         text = eval_denoise(args.model, args.data, tuple(args.sigmas), args.steps or 1)
     elif args.kind == "prior":
-        text = eval_prior(args.model, args.data, args.limit)
+        text = eval_prior(args.model, args.data, args.limit, args.unconditional)
     else:
         text = eval_emoji(args.model, args.data, args.out, per_class=args.per_class, steps=args.steps,
                           guidance=args.guidance)

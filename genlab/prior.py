@@ -18,7 +18,11 @@ Inpainting: tokens whose f x f patch touches the mask are masked and sampled by 
 Code length (Shannon): an entropy coder driven by the prior spends -log2 p(x_i | x_<i) bits on
   token i; a bidirectional model gives p(x_i | x_<i) when every later token is masked. Summed over
   the grid and divided by the pixels, this is the image's bits per pixel under the prior, against the
-  log2 K / f^2 of storing each index as it is.
+  log2 K / f^2 of storing each index as it is. A class-conditional prior with no class given spends a
+  two-part code (Rissanen's MDL; Grunwald, "The Minimum Description Length Principle", ch. 1): it names
+  a label (one of its C classes, or none) in log2(C + 1) bits, then codes the tokens under that label
+  (`TokenPrior.code_length`). Any label gives a code a decoder can undo; the encoder takes the one whose
+  model finds the tokens likeliest at a few seeded half-masks.
 
 Tokens are (B, h, w) int64 tensors inside, holding the mask id (K for GenLab's transformer,
 `scheduler.config.mask_token_id` for aMUSEd) where unknown; at the public API they are (h, w) numpy
@@ -38,7 +42,7 @@ from diffusers import AmusedScheduler
 from diffusers.schedulers.scheduling_amused import mask_by_random_topk
 from PIL import Image, ImageOps
 
-from .conditioning import ConditionalModel
+from .conditioning import ConditionalModel, Conditioning
 from .images import image_grid, mask_of, open_image, pil_to_tensor, tensor_to_pil
 
 ORDERS = ("confidence", "raster", "random")
@@ -46,6 +50,7 @@ MAX_STEPS = 64  # confidence and random orders; raster takes one step per token
 MAX_BATCH = 16
 CHOICE_TEMPERATURE = 2.0  # start of the annealed Gumbel temperature (AmusedScheduler's default)
 UNKNOWN = -1  # masked cells at the public API
+PROBE_MASKS = 4  # seeded half-masks that choose the label of a two-part code (`TokenPrior.coding_label`)
 
 
 @dataclass
@@ -55,6 +60,25 @@ class TokenStep:
     tokens: torch.Tensor  # (B, h, w) after the step; mask id where still masked
     pred: torch.Tensor  # (B, h, w) a sampled token for every position (known ones kept)
     new: torch.Tensor  # (B, h, w) bool: fixed in this step
+
+
+@dataclass
+class CodeLength:
+    """An image's code length under a prior: `label_bits` to name the label the tokens are coded under (two-part
+    code; 0 when the class was given or the prior has no classes), then `token_bits` for the tokens."""
+
+    token_bits: np.ndarray  # (h, w) -log2 p(x_i | x_<i, label) in raster order
+    label: str | None  # the class coded under: a class name, "no class" (the null class), None (no classes)
+    label_bits: float  # log2(C + 1) when the encoder chose the label, else 0
+    pixels: int  # H * W of the fitted image
+
+    @property
+    def bits(self) -> float:
+        return float(self.token_bits.sum()) + self.label_bits
+
+    @property
+    def bits_per_pixel(self) -> float:
+        return self.bits / self.pixels
 
 
 def filter_logits(logits: torch.Tensor, temperature: float, top_k: int | None) -> torch.Tensor:
@@ -488,10 +512,9 @@ class TokenPrior(ConditionalModel):
         return self._last(self.inpaint_stream(*args, **kwargs))
 
     @torch.inference_mode()
-    def token_bits(self, image, class_label=None, prompt: str | None = None, chunk: int = 32) -> np.ndarray:
-        """(h, w) code length in bits of each token of the fitted image, -log2 p(x_i | x_<i) in raster
-        order (every later token masked), under the unconditional model unless a class or prompt is given."""
-        tokens = self.tokens_of(image)[0]  # (h, w)
+    def _raster_bits(self, tokens: torch.Tensor, class_label, prompt: str | None, chunk: int = 32) -> np.ndarray:
+        """(h, w) -log2 p(x_i | x_<i) of (h, w) tokens in raster order: row r of a chunk masks token r and every
+        later one, so one call of the bidirectional transformer gives p(x_r | x_<r) for `chunk` positions."""
         count = tokens.numel()
         flat = tokens.flatten()
         bits = torch.empty(count)
@@ -501,12 +524,54 @@ class TokenPrior(ConditionalModel):
             predict = self._predictor(conditioning, 1.0, len(rows))
             inputs = flat.repeat(len(rows), 1)  # (R, N)
             inputs[torch.arange(count)[None] >= rows[:, None]] = self.mask_id  # token r and every later one masked
-            log_probs = predict(inputs.view(len(rows), *tokens.shape)).flatten(2).log_softmax(dim=1).cpu()  # (R, K, N)
-            bits[rows] = -log_probs[torch.arange(len(rows)), flat[rows], rows] / math.log(2)
+            logits = predict(inputs.view(len(rows), *tokens.shape)).flatten(2)  # (R, K, N)
+            log_probs = logits[torch.arange(len(rows)), :, rows].log_softmax(dim=1).cpu()  # (R, K) at token r
+            bits[rows] = -log_probs[torch.arange(len(rows)), flat[rows]] / math.log(2)
         return bits.view(tokens.shape).numpy()
 
-    def bits_per_pixel(self, image, class_label=None, prompt: str | None = None) -> float:
-        """Code length of the image's tokens under the prior over its pixels (see `token_bits`); compare
-        with `index_bits_per_pixel`, log2 K / f^2."""
+    def token_bits(self, image, class_label=None, prompt: str | None = None, chunk: int = 32) -> np.ndarray:
+        """(h, w) code length in bits of each token of the fitted image, -log2 p(x_i | x_<i) in raster
+        order (every later token masked), under the unconditional model unless a class or prompt is given."""
+        return self._raster_bits(self.tokens_of(image)[0], class_label, prompt, chunk)
+
+    @torch.inference_mode()
+    def coding_label(self, tokens: torch.Tensor) -> int:
+        """The label (class index, or the null class) a two-part code names for (h, w) tokens: the one under
+        which the model finds them likeliest, -log p of the hidden tokens at PROBE_MASKS seeded random
+        half-masks. One transformer call of batch (C + 1) * PROBE_MASKS against the code's h * w rows."""
+        flat = tokens.flatten()  # (N,)
+        candidates = self.null_class + 1  # the classes, then the null class
+        hidden = torch.rand(PROBE_MASKS, flat.numel(), generator=torch.Generator().manual_seed(0)) < 0.5  # (M, N)
+        inputs = flat.repeat(PROBE_MASKS, 1).masked_fill(hidden, self.mask_id).repeat(candidates, 1)  # (L*M, N)
+        labels = torch.arange(candidates).repeat_interleave(PROBE_MASKS)  # (L*M,) label-major
+        predict = self._predictor(Conditioning.classes(labels, self.null_class), 1.0, len(labels))
+        log_probs = predict(inputs.view(len(labels), *tokens.shape)).flatten(2).log_softmax(dim=1).cpu()  # (L*M, K, N)
+        picked = log_probs.gather(1, flat.expand(len(labels), 1, -1)).squeeze(1)  # (L*M, N)
+        scores = (picked * hidden.repeat(candidates, 1)).view(candidates, -1).sum(1)  # (L,)
+        return int(scores.argmax())
+
+    def code_length(self, image, class_label=None, prompt: str | None = None) -> CodeLength:
+        """The image's code length under the prior, what an entropy coder driven by it spends on the fitted
+        image's tokens. With a class or prompt: the raster chain rule under it (the decoder is told it).
+        A class-conditional prior without a class: a two-part code, a label (one of the C classes or none)
+        in log2(C + 1) bits, then the tokens under it, the label chosen by `coding_label`. A prior
+        without classes (or aMUSEd without a prompt): the unconditional chain rule."""
+        self._conditioning(1, class_label, prompt, None, [])  # refuse a bad class or prompt before any work
+        tokens = self.tokens_of(image)[0]  # (h, w)
         height, width = self.image_size
-        return float(self.token_bits(image, class_label, prompt).sum()) / (height * width)
+        label, label_bits = class_label, 0.0
+        if self.is_conditional and class_label in (None, ""):
+            chosen = self.coding_label(tokens)
+            label = None if chosen == self.null_class else chosen
+            label_bits = math.log2(self.null_class + 1)
+        bits = self._raster_bits(tokens, label, prompt)
+        name = None
+        if self.is_conditional:
+            index = self.class_index(label)
+            name = "no class" if index == self.null_class else self.classes[index]
+        return CodeLength(bits, name, label_bits, height * width)
+
+    def bits_per_pixel(self, image, class_label=None, prompt: str | None = None) -> float:
+        """Code length of the image's tokens under the prior over its pixels (`code_length`); compare
+        with `index_bits_per_pixel`, log2 K / f^2."""
+        return self.code_length(image, class_label, prompt).bits_per_pixel

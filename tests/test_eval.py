@@ -157,7 +157,8 @@ def test_emoji_eval_takes_12_prior_steps_unless_told(tiny_prior_dir):
 
 def test_prior_eval_reports_code_length_against_log2k_over_f2(tiny_prior_dir, tiny_emoji_dir, capsys, monkeypatch):
     monkeypatch.setattr("sys.argv", ["genlab.eval", "prior"])
-    genlab_eval.main(["prior", "--model", str(tiny_prior_dir), "--data", str(tiny_emoji_dir), "--limit", "3"])
+    genlab_eval.main(["prior", "--model", str(tiny_prior_dir), "--data", str(tiny_emoji_dir), "--limit", "3",
+                      "--unconditional"])
     printed = capsys.readouterr().out
     cells = [line.strip("| ").split(" | ") for line in printed.splitlines() if line.startswith("| ")]
     values = {name: value for name, value in cells}
@@ -174,6 +175,17 @@ def test_prior_eval_reports_code_length_against_log2k_over_f2(tiny_prior_dir, ti
         f"**{ratio:.1%}** ({'meets' if ratio <= 0.6 else 'misses'} the bar)")
     # An untrained prior spends about log2 K bits a token (uniform logits): it must not pass the bar.
     assert ratio > 0.6
+    codes = [prior.code_length(image) for image in images]  # a two-part code: it names a label first
+    named = values["labels the two-part code named (log2 4 bits each)"]
+    assert sum(int(part.rsplit(" ", 1)[1]) for part in named.split(", ")) == 3
+    assert all(f"{code.label} " in named for code in codes)
+    unconditional = np.mean([prior.token_bits(image).sum() / 16**2 for image in images])
+    assert values["unconditional chain rule alone (no label)"] == (
+        f"{unconditional:.3f} bits per pixel, {unconditional / index_bpp:.1%} of log2 K / f²")
+    assert "a two-part code: a label (one of the classes, or none) in log2(C + 1) bits" in printed
+    genlab_eval.main(["prior", "--model", str(tiny_prior_dir), "--data", str(tiny_emoji_dir), "--limit", "3"])
+    plain = capsys.readouterr().out  # without --unconditional: the same code length, no second chain rule
+    assert "unconditional chain rule alone" not in plain and f"**{bits.mean():.3f}**" in plain
     psnrs = [prior.vq.reconstruct(image, max_side=None).psnr for image in images]
     assert values["VQ PSNR on these images (dB)"].startswith(f"{np.mean(psnrs):.2f}")
     used = np.unique(np.concatenate([prior.vq.reconstruct(i, max_side=None).indices.ravel() for i in images]))

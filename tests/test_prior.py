@@ -472,10 +472,59 @@ def test_token_bits_is_the_raster_chain_rule(prior, photo):
             expected = -logits[0, :, r // PRIOR_GRID, r % PRIOR_GRID].log_softmax(0)[flat[r]] / math.log(2)
             assert got[r // PRIOR_GRID, r % PRIOR_GRID] == pytest.approx(float(expected), rel=1e-5, abs=1e-6)
     assert not np.allclose(bits, bits_b)
-    bpp = prior.bits_per_pixel(photo)
-    assert math.isfinite(bpp) and bpp > 0
-    assert bpp == pytest.approx(bits.sum() / SIDE**2, rel=1e-6)
+    given = prior.code_length(photo, class_label="b")  # the decoder is told the class: no label to pay for
+    assert given.label == "b" and given.label_bits == 0 and np.array_equal(given.token_bits, bits_b)
     assert prior.bits_per_pixel(photo, class_label="b") == pytest.approx(bits_b.sum() / SIDE**2, rel=1e-6)
+
+
+def test_code_length_without_a_class_is_a_two_part_code(prior, photo):
+    """A class-conditional prior names a label (3 classes or none: log2 4 = 2 bits), then codes the tokens
+    under it; the label is the one whose model finds the tokens likeliest at the probe's half-masks."""
+    code = prior.code_length(photo)
+    assert code.label_bits == pytest.approx(2.0) and code.pixels == SIDE**2
+    assert code.label in ("a", "b", "c", "no class")
+    named = None if code.label == "no class" else code.label
+    np.testing.assert_array_equal(code.token_bits, prior.token_bits(photo, class_label=named))
+    assert code.bits == pytest.approx(code.token_bits.sum() + 2.0, rel=1e-6)
+    assert prior.bits_per_pixel(photo) == pytest.approx(code.bits / SIDE**2, rel=1e-6)
+    assert math.isfinite(code.bits_per_pixel) and code.bits_per_pixel > 0
+    tokens = prior.tokens_of(photo)[0]
+    assert prior.coding_label(tokens) == prior.coding_label(tokens.clone())  # seeded half-masks
+    assert code.label == ("no class" if prior.coding_label(tokens) == prior.null_class
+                          else prior.classes[prior.coding_label(tokens)])
+
+
+def two_pattern_images():
+    """A red/blue checkerboard and blue/red stripes, 16x16 px, tokenised to distinct grids."""
+    cells = np.indices((PRIOR_GRID, PRIOR_GRID))
+    red, blue = np.array([230, 40, 20]), np.array([20, 90, 220])
+    images = []
+    for pattern in (cells.sum(0) % 2, cells[1] % 2):
+        board = np.kron(pattern, np.ones((2, 2)))[..., None]
+        images.append(Image.fromarray((board * red + (1 - board) * blue).astype(np.uint8)))
+    return images
+
+
+def test_the_two_part_code_names_the_class_an_image_belongs_to(prior):
+    """Train a fresh transformer on two patterns, class a and class b (and each unlabelled): each pattern's
+    code names its own class, and the two-part code (2 bits for the label) is shorter than coding the tokens
+    under the other class."""
+    images = two_pattern_images()
+    grids = torch.cat([prior.tokens_of(image) for image in images])  # (2, 8, 8)
+    assert not torch.equal(grids[0], grids[1])
+    torch.manual_seed(0)
+    model = MaskedTokenTransformer.from_config(prior.transformer.config)
+    fresh = TokenPrior(prior.vq, model, {"mask_token_id": K}, info={"classes": PRIOR_CLASSES}, name="fresh")
+    tokens = grids.repeat(8, 1, 1)  # (16, 8, 8): checkerboard, stripes, ...
+    labels = torch.tensor([0, 1] * 6 + [len(PRIOR_CLASSES)] * 4)  # the last two pairs unlabelled (the null class)
+    model.train()
+    optimise(model, lambda generator: masked_token_loss(model, tokens, labels, generator, raster_share=0.5), 80,
+             lr=3e-3)
+    model.eval()
+    for image, own, other in ((images[0], "a", "b"), (images[1], "b", "a")):
+        code = fresh.code_length(image)
+        assert code.label == own
+        assert code.bits < fresh.token_bits(image, class_label=other).sum()
 
 
 def test_a_trained_prior_codes_its_pattern_in_fewer_bits(prior):
@@ -550,6 +599,26 @@ def test_classes_on_an_unconditional_prior_are_refused(uncond_prior):
     with pytest.raises(ValueError, match="not class-conditional"):
         uncond_prior.sample(seed=0, steps=2, class_label=0)
     assert (uncond_prior.sample(seed=0, steps=2, class_label="").tokens >= 0).all()
+
+
+def test_an_unconditional_prior_codes_without_a_label(uncond_prior, photo):
+    code = uncond_prior.code_length(photo)
+    assert code.label is None and code.label_bits == 0
+    np.testing.assert_array_equal(code.token_bits, uncond_prior.token_bits(photo))
+    with pytest.raises(ValueError, match="not class-conditional"):
+        uncond_prior.bits_per_pixel(photo, class_label="a")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(class_label="zebra"), "unknown class 'zebra'"),
+    (dict(class_label=3), r"class index must be in \[0, 2\], got 3"),
+    (dict(class_label=-1), r"class index must be in \[0, 2\], got -1"),
+    (dict(prompt="a red fox"), "not text-conditioned"),
+    (dict(prompt=3), "prompt must be text"),
+])
+def test_bad_code_length_conditions_are_refused(prior, photo, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        prior.bits_per_pixel(photo, **kwargs)
 
 
 # --------------------------------------------------------------------------------- streaming
@@ -719,6 +788,9 @@ def test_amused_prompts_are_checked_and_long_ones_noted(amused):
 def test_amused_token_bits_use_the_prompt(amused, photo):
     with_prompt = amused.token_bits(photo, prompt="a red fox")
     without = amused.token_bits(photo)
+    for prompt, bits in (("a red fox", with_prompt), (None, without)):  # text models name no label
+        code = amused.code_length(photo, prompt=prompt)
+        assert code.label is None and code.label_bits == 0 and np.array_equal(code.token_bits, bits)
     assert np.isfinite(with_prompt).all() and (with_prompt > 0).all() and not np.allclose(with_prompt, without)
     flat = amused.tokens_of(photo)[0].flatten()
     inputs = flat.clone()

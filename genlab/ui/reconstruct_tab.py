@@ -7,9 +7,11 @@ row shows the decode of the posterior mean, the decode of one posterior sample a
 VQ, the KL term in bits over the pixels for KL; the "distinct codes used" row gives a KL model's
 latent shape instead. A VQ model with a token prior (a prior pipeline's vqvae/) adds the row "bits per
 pixel under its token prior": the code length of the image's tokens, -log2 p(tokens) under the prior
-over the pixels (genlab.prior.TokenPrior.bits_per_pixel), i.e. what an entropy coder driven by the
-prior would spend, against the log2(K) / f^2 of storing each index as it is. That takes one transformer
-call per token (about 2 s on maskgit-emoji), so a follow-up event fills the row after the panels are shown.
+over the pixels (genlab.prior.TokenPrior.code_length; for a class-conditional prior a two-part code that
+first names a class in log2(C + 1) bits, and the note says which), i.e. what an entropy coder driven by
+the prior would spend, against the log2(K) / f^2 of storing each index as it is. That takes one
+transformer call per token (about 2.5 s on maskgit-emoji), so a follow-up event fills the row after the
+panels are shown.
 
 Speed: each panel is encoded once, as a PNG with zlib's run-length strategy, and handed to gradio as
 a file. gradio's own encoder uses Pillow's defaults (zlib level 6, default strategy): on 256² photos
@@ -217,14 +219,18 @@ def prior_bits(registry: Registry, label: str, image) -> tuple[str, str]:
     if prior_label is None:
         return "-", ""
     prior = registry.prior(prior_label)
-    bpp = prior.bits_per_pixel(image)
+    code = prior.code_length(image)
+    bpp = code.bits_per_pixel
     (height, width), index_bpp = prior.image_size, prior.index_bits_per_pixel
     ratio = (f"{index_bpp / bpp:.1f}x fewer bits" if bpp <= index_bpp else
              f"{bpp / index_bpp:.1f}x more: the prior finds this image unlikely")
+    how = "-log2 p of its tokens in raster order"
+    if code.label_bits:
+        how = (f"{code.label_bits:.1f} bits to name the class {code.label!r}, the likeliest of its "
+               f"{len(prior.classes)} classes and none, then {how} under it")
     return str(round(bpp, 4)), (
         f" {label}'s token prior {prior_label} codes the image, centre-cropped and resized to {width}x{height}, in "
-        f"{bpp:.3f} bits per pixel (-log2 p of its tokens in raster order), against log2 K / f² = "
-        f"{index_bpp:.3f} for the raw indices ({ratio}).")
+        f"{bpp:.3f} bits per pixel ({how}), against log2 K / f² = {index_bpp:.3f} for the raw indices ({ratio}).")
 
 
 def build(registry: Registry, demo: gr.Blocks) -> None:
