@@ -21,8 +21,10 @@ emoji: a grid of samples per category; background lightness, centre colourfulnes
     transformer/ and an AmusedScheduler in scheduler/) is sampled by `TokenPrior.sample` in
     confidence order (MaskGIT), 12 steps unless `--steps` says otherwise (diffusion: 50 DDIM steps).
 prior: a token prior's code length on held-out images: bits per pixel of each image's tokens under the
-    (unconditional) prior, -sum log2 p(x_i | x_<i) / pixels, against log2 K / f^2 of storing every
-    index as it is (bar: at most 60% of it); and its VQ model's PSNR and code usage on the same images.
+    prior, -sum log2 p(x_i | x_<i) / pixels (`TokenPrior.code_length`: a class-conditional prior first
+    names a class, or none, in log2(C + 1) bits), against log2 K / f^2 of storing every index as it is
+    (bar: at most 60% of it), the labels named, and its VQ model's PSNR and code usage on the same
+    images; `--unconditional` adds the unconditional chain rule alone.
 vae: a KL autoencoder (or a pipeline's vae/) on held-out images: PSNR and SSIM of the posterior-mean
     decode, PSNR of a posterior-sample decode, and the rate (KL bits per pixel).
 `--card` writes the printed section into the model card's "Measured quality".
@@ -337,7 +339,8 @@ def eval_prior(model: str, folder: Path, limit: int | None = None, unconditional
         if code.label_bits:  # a two-part code: it named this label
             labels.append(code.label)
         if unconditional and code.label_bits:  # the two-part code named a label: also the chain rule without one
-            no_label.append(prior.token_bits(image).sum() / (height * width))
+            plain = code.token_bits if code.label == "no class" else prior.token_bits(image)
+            no_label.append(plain.sum() / (height * width))
         result = vq.reconstruct(image, max_side=None)
         psnrs.append(result.psnr)
         usage += np.bincount(result.indices.ravel(), minlength=vq.num_codes)

@@ -68,7 +68,8 @@ class CodeLength:
     code; 0 when the class was given or the prior has no classes), then `token_bits` for the tokens."""
 
     token_bits: np.ndarray  # (h, w) -log2 p(x_i | x_<i, label) in raster order
-    label: str | None  # the class coded under: a class name, "no class" (the null class), None (no classes)
+    label: str | None  # the class coded under: a class name, "no class" (the null class: class_label=None), or
+    #                    None (a prior without classes)
     label_bits: float  # log2(C + 1) when the encoder chose the label, else 0
     pixels: int  # H * W of the fitted image
 
@@ -535,19 +536,26 @@ class TokenPrior(ConditionalModel):
         return self._raster_bits(self.tokens_of(image)[0], class_label, prompt, chunk)
 
     @torch.inference_mode()
-    def coding_label(self, tokens: torch.Tensor) -> int:
+    def coding_label(self, tokens: torch.Tensor, chunk: int = 64) -> int:
         """The label (class index, or the null class) a two-part code names for (h, w) tokens: the one under
         which the model finds them likeliest, -log p of the hidden tokens at PROBE_MASKS seeded random
-        half-masks. One transformer call of batch (C + 1) * PROBE_MASKS against the code's h * w rows."""
-        flat = tokens.flatten()  # (N,)
+        half-masks. (C + 1) * PROBE_MASKS transformer rows, in chunks, against the code's h * w rows."""
+        if not self.is_conditional:
+            raise ValueError(f"{self.name} has no classes to name; its code length is the unconditional chain rule")
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens must be one (h, w) grid, got shape {tuple(tokens.shape)}")
+        flat = tokens.cpu().flatten()  # (N,)
         candidates = self.null_class + 1  # the classes, then the null class
         hidden = torch.rand(PROBE_MASKS, flat.numel(), generator=torch.Generator().manual_seed(0)) < 0.5  # (M, N)
         inputs = flat.repeat(PROBE_MASKS, 1).masked_fill(hidden, self.mask_id).repeat(candidates, 1)  # (L*M, N)
         labels = torch.arange(candidates).repeat_interleave(PROBE_MASKS)  # (L*M,) label-major
-        predict = self._predictor(Conditioning.classes(labels, self.null_class), 1.0, len(labels))
-        log_probs = predict(inputs.view(len(labels), *tokens.shape)).flatten(2).log_softmax(dim=1).cpu()  # (L*M, K, N)
-        picked = log_probs.gather(1, flat.expand(len(labels), 1, -1)).squeeze(1)  # (L*M, N)
-        scores = (picked * hidden.repeat(candidates, 1)).view(candidates, -1).sum(1)  # (L,)
+        picked = torch.empty(len(labels), flat.numel())  # (L*M, N) log p of each token
+        for start in range(0, len(labels), chunk):
+            rows = slice(start, start + chunk)
+            predict = self._predictor(Conditioning.classes(labels[rows], self.null_class), 1.0, len(labels[rows]))
+            log_probs = predict(inputs[rows].view(-1, *tokens.shape)).flatten(2).log_softmax(dim=1)  # (R, K, N)
+            picked[rows] = log_probs.gather(1, flat.to(log_probs.device).expand(len(log_probs), 1, -1))[:, 0].cpu()
+        scores = picked.masked_fill(~hidden.repeat(candidates, 1), 0.0).view(candidates, -1).sum(1)  # (L,)
         return int(scores.argmax())
 
     def code_length(self, image, class_label=None, prompt: str | None = None) -> CodeLength:
@@ -556,7 +564,7 @@ class TokenPrior(ConditionalModel):
         A class-conditional prior without a class: a two-part code, a label (one of the C classes or none)
         in log2(C + 1) bits, then the tokens under it, the label chosen by `coding_label`. A prior
         without classes (or aMUSEd without a prompt): the unconditional chain rule."""
-        self._conditioning(1, class_label, prompt, None, [])  # refuse a bad class or prompt before any work
+        self._conditioning(1, class_label, prompt, None, [])  # refuse a bad class or prompt before the transformer
         tokens = self.tokens_of(image)[0]  # (h, w)
         height, width = self.image_size
         label, label_bits = class_label, 0.0

@@ -226,7 +226,8 @@ def test_reconstruction_gives_bits_per_pixel_under_the_prior(app, picture):
     assert float(rows["bits per pixel"][0]) == pytest.approx(1.0)  # log2 16 / 2^2
     assert f"token prior {label}" in note and "log2 K / f² = 1.000" in note
     code = genlab.load_prior(label, device="cpu").code_length(Image.open(picture))  # a two-part code: 2 bits name it
-    assert f"2.0 bits to name the class {code.label!r}, the likeliest of its 3 classes and none" in note
+    named = "no class (the unconditional model)" if code.label == "no class" else f"the class {code.label!r}"
+    assert f"2.0 bits to name {named}, chosen among its 3 classes and none as the likeliest at 4 seeded" in note
     plain = client.predict(handle_file(picture), plain_vq, "", 512, api_name="/reconstruct")
     assert "bits per pixel under its token prior" not in {row[0] for row in plain[8]["data"]}
     assert client.predict(handle_file(plain[0]), plain[8], plain[9], api_name="/reconstruct_prior_bits") == \

@@ -489,9 +489,50 @@ def test_code_length_without_a_class_is_a_two_part_code(prior, photo):
     assert prior.bits_per_pixel(photo) == pytest.approx(code.bits / SIDE**2, rel=1e-6)
     assert math.isfinite(code.bits_per_pixel) and code.bits_per_pixel > 0
     tokens = prior.tokens_of(photo)[0]
-    assert prior.coding_label(tokens) == prior.coding_label(tokens.clone())  # seeded half-masks
-    assert code.label == ("no class" if prior.coding_label(tokens) == prior.null_class
-                          else prior.classes[prior.coding_label(tokens)])
+    chosen = prior.coding_label(tokens)
+    assert code.label == ("no class" if chosen == prior.null_class else prior.classes[chosen])
+    given = prior.code_length(photo, class_label=0)  # class 0 is a class given, not "no class"
+    assert given.label == "a" and given.label_bits == 0
+
+
+def test_the_coding_label_is_seeded_and_leaves_the_global_generator_alone(prior, photo, monkeypatch):
+    """The probe's half-masks come from their own seeded generator: the same masks whatever the global seed,
+    and torch's global random state is left as it was."""
+    tokens = prior.tokens_of(photo)[0]
+    seen = []
+    real_predictor = prior._predictor
+
+    def recording(conditioning, scale, batch):
+        predict = real_predictor(conditioning, scale, batch)
+        return lambda inputs: (seen.append(inputs.clone()), predict(inputs))[1]
+
+    monkeypatch.setattr(prior, "_predictor", recording)
+    torch.manual_seed(1)
+    state = torch.get_rng_state()
+    first = prior.coding_label(tokens)
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.manual_seed(2)
+    second = prior.coding_label(tokens)
+    assert first == second and len(seen) == 2 and torch.equal(seen[0], seen[1])
+    hidden = seen[0] == K  # (L*M, h, w): 4 half-masks for each of the 3 classes and none
+    assert seen[0].shape == (4 * 4, PRIOR_GRID, PRIOR_GRID) and 0.3 < hidden.float().mean() < 0.7
+    assert torch.equal(hidden[:4], hidden[4:8])  # every label is scored on the same masks
+
+
+def test_a_code_that_names_no_class_is_the_unconditional_chain_rule(prior, photo, monkeypatch):
+    for chosen, label in ((prior.null_class, "no class"), (1, "b")):
+        monkeypatch.setattr(prior, "coding_label", lambda tokens, chosen=chosen: chosen)
+        code = prior.code_length(photo)
+        assert code.label == label and code.label_bits == pytest.approx(2.0)
+        expected = prior.token_bits(photo) if label == "no class" else prior.token_bits(photo, class_label=label)
+        np.testing.assert_array_equal(code.token_bits, expected)
+
+
+def test_bad_coding_label_inputs_are_refused(prior, uncond_prior, photo):
+    with pytest.raises(ValueError, match="has no classes to name"):
+        uncond_prior.coding_label(uncond_prior.tokens_of(photo)[0])
+    with pytest.raises(ValueError, match=r"one \(h, w\) grid, got shape \(1, 8, 8\)"):
+        prior.coding_label(prior.tokens_of(photo))
 
 
 def two_pattern_images():
@@ -619,6 +660,13 @@ def test_an_unconditional_prior_codes_without_a_label(uncond_prior, photo):
 def test_bad_code_length_conditions_are_refused(prior, photo, kwargs, message):
     with pytest.raises(ValueError, match=message):
         prior.bits_per_pixel(photo, **kwargs)
+
+
+def test_bad_code_length_inputs_are_refused(prior, amused, photo):
+    with pytest.raises(ValueError, match="conditioned on text, not on classes"):
+        amused.code_length(photo, class_label="a")
+    with pytest.raises(genlab.InputError):
+        prior.code_length(b"not an image")
 
 
 # --------------------------------------------------------------------------------- streaming

@@ -48,6 +48,7 @@ from PIL import Image
 from .. import metrics
 from ..autoencoder import KLAutoencoder, KLReconstruction
 from ..images import limit_side, open_image
+from ..prior import PROBE_MASKS
 from ..vq import VQ, heatmap_image, index_map_image
 from .common import (OUTPUT_HEIGHT, Registry, SafeImage, example_images, file_stem, on_model_thread, run_pair,
                      save_output, user_errors)
@@ -226,8 +227,9 @@ def prior_bits(registry: Registry, label: str, image) -> tuple[str, str]:
              f"{bpp / index_bpp:.1f}x more: the prior finds this image unlikely")
     how = "-log2 p of its tokens in raster order"
     if code.label_bits:
-        how = (f"{code.label_bits:.1f} bits to name the class {code.label!r}, the likeliest of its "
-               f"{len(prior.classes)} classes and none, then {how} under it")
+        named = "no class (the unconditional model)" if code.label == "no class" else f"the class {code.label!r}"
+        how = (f"{code.label_bits:.1f} bits to name {named}, chosen among its {len(prior.classes)} classes and none "
+               f"as the likeliest at {PROBE_MASKS} seeded half-masks, then {how} under it")
     return str(round(bpp, 4)), (
         f" {label}'s token prior {prior_label} codes the image, centre-cropped and resized to {width}x{height}, in "
         f"{bpp:.3f} bits per pixel ({how}), against log2 K / f² = {index_bpp:.3f} for the raw indices ({ratio}).")
@@ -283,7 +285,7 @@ def build(registry: Registry, demo: gr.Blocks) -> None:
     def prior_rows(original_path, table, note):
         """The follow-up of /reconstruct: fills the "bits per pixel under its token prior" row for the models (the
         table's columns) that have a token prior, from the reconstructed input (the "original" panel). One
-        transformer call per token takes about 2 s on maskgit-emoji, so the panels do not wait for it."""
+        transformer call per token takes about 2.5 s on maskgit-emoji, so the panels do not wait for it."""
         rows = table.values.tolist() if isinstance(table, pd.DataFrame) else []
         row = next((row for row in rows if row and row[0] == PRIOR_ROW), None)
         if row is None or PENDING not in row:
