@@ -331,16 +331,15 @@ def eval_prior(model: str, folder: Path, limit: int | None = None, unconditional
     if not paths:
         raise SystemExit(f"no images under {folder}")
     bits, no_label, labels, psnrs, usage = [], [], [], [], np.zeros(vq.num_codes, np.int64)
-    height, width = prior.image_size
     for path in paths:
         image = prior.fit(open_image(path))  # the crop and size the prior codes
         code = prior.code_length(image)
         bits.append(code.bits_per_pixel)
-        if code.label_bits:  # a two-part code: it named this label
+        if code.label_bits:  # a two-part code: the label it named, and (asked) the chain rule without one
             labels.append(code.label)
-        if unconditional and code.label_bits:  # the two-part code named a label: also the chain rule without one
-            plain = code.token_bits if code.label == "no class" else prior.token_bits(image)
-            no_label.append(plain.sum() / (height * width))
+            if unconditional:
+                plain = code.token_bits if code.label == "no class" else prior.token_bits(image)
+                no_label.append(plain.sum() / code.pixels)
         result = vq.reconstruct(image, max_side=None)
         psnrs.append(result.psnr)
         usage += np.bincount(result.indices.ravel(), minlength=vq.num_codes)
@@ -348,6 +347,7 @@ def eval_prior(model: str, folder: Path, limit: int | None = None, unconditional
     index_bpp = prior.index_bits_per_pixel
     ratio = bits.mean() / index_bpp
     active = int((usage > 0).sum())
+    height, width = prior.image_size
     verdict = "meets" if ratio <= PRIOR_BAR else "misses"
     table = [
         "| statistic | value |", "|---|---|",

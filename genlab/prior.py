@@ -564,11 +564,11 @@ class TokenPrior(ConditionalModel):
         A class-conditional prior without a class: a two-part code, a label (one of the C classes or none)
         in log2(C + 1) bits, then the tokens under it, the label chosen by `coding_label`. A prior
         without classes (or aMUSEd without a prompt): the unconditional chain rule."""
-        self._conditioning(1, class_label, prompt, None, [])  # refuse a bad class or prompt before the transformer
         tokens = self.tokens_of(image)[0]  # (h, w)
         height, width = self.image_size
         label, label_bits = class_label, 0.0
         if self.is_conditional and class_label in (None, ""):
+            self._conditioning(1, None, prompt, None, [])  # a prompt to a class model is refused before the probe
             chosen = self.coding_label(tokens)
             label = None if chosen == self.null_class else chosen
             label_bits = math.log2(self.null_class + 1)
