@@ -294,6 +294,47 @@ def test_prior_distill_from_writes_a_guidance_distilled_prior(image_folder, tmp_
     assert "guidance-distilled copy" in card and str(teacher) in card
 
 
+def test_prior_dropout_overrides_the_config_it_starts_from(image_folder, tmp_path):
+    """--dropout builds a prior with dropout, and overrides the config of --init (a fine-tune with dropout of
+    weights trained without it) and of --resume; the card names it; sampling (eval mode) stays deterministic."""
+    vq_out = tmp_path / "vq"
+    train_main(["vqvae", "--data", str(image_folder), "--out", str(vq_out), "--run-dir", str(tmp_path / "vq-run"),
+                *TINY_VQ, "--steps", "1", "--save-every", "1"])
+    base = ["prior", "--data", str(image_folder), "--vq", str(vq_out), "--batch-size", "4", "--threads", "1", "--cpu",
+            "--log-every", "1", "--sample-every", "1000", "--save-every", "1000"]
+    dropout = lambda folder: json.loads((folder / "transformer" / "config.json").read_text())["dropout"]
+    plain = tmp_path / "plain"
+    train_main(base + ["--out", str(plain), "--run-dir", str(tmp_path / "plain-run"), "--hidden-size", "16",
+                       "--num-layers", "1", "--num-heads", "2", "--steps", "1"])
+    assert dropout(plain) == 0.0 and "dropout" not in (plain / "README.md").read_text().split("heads")[0]
+    tuned, run_dir = tmp_path / "tuned", tmp_path / "tuned-run"
+    train_main(base + ["--out", str(tuned), "--run-dir", str(run_dir), "--init", str(plain), "--dropout", "0.2",
+                       "--steps", "2", "--save-every", "2"])
+    assert dropout(tuned) == 0.2 and "2 heads, dropout 0.2)" in (tuned / "README.md").read_text()
+    train_main(base + ["--out", str(tuned), "--run-dir", str(run_dir), "--dropout", "0.3", "--steps", "3", "--resume"])
+    assert dropout(tuned) == 0.3
+    prior = genlab.load_prior(tuned, device="cpu")
+    assert not prior.transformer.training
+    first, second = (prior.sample(seed=0, steps=3, class_label="red").tokens for _ in range(2))
+    assert np.array_equal(first, second)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["prior", "--dropout", "1.0"], "--dropout must be in [0, 1), got 1.0"),
+    (["prior", "--dropout", "-0.1"], "--dropout must be in [0, 1), got -0.1"),
+    (["ddpm", "--dropout", "0.1"], "--dropout is for prior"),
+    (["prior", "--dropout", "0.1", "--distill-from", "{teacher}"], "not with --distill-from"),
+])
+def test_bad_dropout_is_refused(tmp_path, capsys, argv, message):
+    from genlab.train.__main__ import parse_args
+
+    (tmp_path / "teacher" / "transformer").mkdir(parents=True)
+    argv = [a.format(teacher=tmp_path / "teacher") for a in argv]
+    with pytest.raises(SystemExit):
+        parse_args(argv + ["--data", "d", "--out", "o", "--vq", "v"])
+    assert message in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--distill-from", "{missing}"], "not a prior folder"),
     (["--distill-from", "{teacher}", "--guidance-max", "1"], "--guidance-max must be above 1"),

@@ -122,6 +122,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--num-heads", type=int, help="prior: attention heads")
     parser.add_argument("--raster-share", type=float, help="prior: share of masks that hide every token from a raster position on")
     parser.add_argument("--weight-decay", type=float, help="AdamW weight decay (prior)")
+    parser.add_argument("--dropout", type=float, default=None,
+                        help="prior: dropout on the transformer's attention and MLP outputs (default 0); with "
+                        "--init or --resume, overrides the config it starts from")
     parser.add_argument("--distill-from", type=Path, default=None,
                         help="prior: guidance-distil this trained prior folder (its transformer is the frozen teacher "
                         "and the student's start; its vqvae/ is the default --vq)")
@@ -165,6 +168,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         if args.init is not None:
             parser.error("--distill-from starts from the teacher's transformer: leave out --init")
         args.vq = args.vq or args.distill_from / "vqvae"
+    if args.dropout is not None and (args.kind != "prior" or args.distill_from is not None):
+        parser.error("--dropout is for prior (the masked-token transformer), not with --distill-from")
+    if args.dropout is not None and not 0 <= args.dropout < 1:
+        parser.error(f"--dropout must be in [0, 1), got {args.dropout}")
     if args.kind == "prior" and args.vq is None and not args.resume:
         parser.error("prior needs --vq: the trained VQModel whose tokens it models")
     args.run_dir = args.run_dir or Path("runs") / args.out.name
@@ -659,17 +666,18 @@ def train_prior(args, accelerator: Accelerator, data: common.ImageFolder, state:
     accelerator.print(f"tokens: {len(bank.tokens)} images x 2 (mirrored), {grid[0]}x{grid[1]} each, "
                       f"{bank.distinct_codes()} of {vq_model.config.num_vq_embeddings} codes in use")
     init = args.init / "transformer" if args.init and (args.init / "transformer").is_dir() else args.init
+    dropout = {} if args.dropout is None else {"dropout": args.dropout}  # a config override
     if resuming:
-        model = MaskedTokenTransformer.from_pretrained(checkpoint / "model")
-        ema_start = MaskedTokenTransformer.from_pretrained(checkpoint / "ema")
+        model = MaskedTokenTransformer.from_pretrained(checkpoint / "model", **dropout)
+        ema_start = MaskedTokenTransformer.from_pretrained(checkpoint / "ema", **dropout)
     elif teacher is not None:
         model, ema_start = (distillation_student(teacher, args.guidance_max) for _ in range(2))
     elif args.init:
-        model, ema_start = MaskedTokenTransformer.from_pretrained(init), MaskedTokenTransformer.from_pretrained(init)
+        model, ema_start = (MaskedTokenTransformer.from_pretrained(init, **dropout) for _ in range(2))
     else:
         model = MaskedTokenTransformer(codebook_size=vq_model.config.num_vq_embeddings, height=grid[0], width=grid[1],
                                        num_classes=len(classes), hidden_size=args.hidden_size,
-                                       num_layers=args.num_layers, num_heads=args.num_heads)
+                                       num_layers=args.num_layers, num_heads=args.num_heads, **dropout)
         ema_start = None
     ema = EMAModel((ema_start or model).parameters(), decay=args.ema_decay, use_ema_warmup=True, power=2 / 3,
                    model_cls=MaskedTokenTransformer, model_config=model.config)
@@ -814,7 +822,9 @@ def export_prior(args, model, vq_model: VQModel, scheduler, classes: list[str], 
         args.out, f"GenLab {args.out.name}",
         f"A bidirectional masked-token transformer (GenLab's `MaskedTokenTransformer`, "
         f"{sum(p.numel() for p in network.parameters()) / 1e6:.2f}M parameters: {config.num_layers} blocks, width "
-        f"{config.hidden_size}, {config.num_heads} heads) over the {config.height}x{config.width} tokens of the "
+        f"{config.hidden_size}, {config.num_heads} heads"
+        + (f", dropout {config.dropout:g}" if config.dropout else "")
+        + f") over the {config.height}x{config.width} tokens of the "
         f"{vq_model.config.num_vq_embeddings}-code VQGAN in `vqvae/` (f = {factor}, frozen), MaskGIT-style "
         f"(arXiv:2202.04200): cosine-schedule masks, and {args.raster_share:.0%} of masks hide every token from a "
         f"random raster position on. {conditional}{distilled_text(args, model.config)}Sampling: MaskGIT's "
