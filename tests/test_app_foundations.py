@@ -156,3 +156,19 @@ def test_lab_memory_is_bounded_at_the_controls_limits():
         lab.model.history = [(i, {name: 0.0 for name in lab.model.loss_names}) for i in range(toy.core.MAX_HISTORY)]
         lab.distances = [(i, 0.0) for i in range(toy.core.MAX_HISTORY)]
         assert foundations_tab.lab_bytes(lab) < foundations_tab.LAB_MAX_BYTES, family
+
+
+def test_the_first_view_arrives_with_the_page_load(app):
+    """The page is served before the first view has trained; the page's load event (`toy_first_view`, which
+    the bench also waits on) brings it: the status of the 500 steps and its three plots."""
+    import httpx
+
+    from genlab.bench import api_index, await_first_view, join_event
+
+    await_first_view(app)
+    base = app.rstrip("/")
+    with httpx.Client(timeout=60) as http:
+        message, _, _ = join_event(http, base, api_index(http, base, "toy_first_view"), [], "process_completed")
+    status, *plots = message["output"]["data"][1:]
+    assert status.startswith("Trained for 500 steps when the app started") and "step **500**" in status
+    assert len(plots) == 3 and all(plot["url"] for plot in plots)

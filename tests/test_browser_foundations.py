@@ -1,5 +1,5 @@
-"""The Foundations (2D) tab in a real browser: the first view, clicking points onto the canvas,
-training a family on them live, a readable error, and "All four" side by side.
+"""The Foundations (2D) tab in a real browser: the first view (and that the next visitor gets it unchanged),
+clicking points onto the canvas, training a family on them live, a readable error, and "All four" side by side.
 
 Reuses test_browser.py's browser fixture and helpers, and skips (or, with GENLAB_REQUIRE_BROWSER=1,
 fails) exactly when it does. Screenshots go where test_browser.py puts them.
@@ -91,3 +91,14 @@ def test_foundations_tab_trains_on_clicked_points_and_all_four(browser, app_url,
             expect(table.get_by_text(family, exact=True).filter(visible=True).first).to_be_visible()
         expect(page.locator(".toast-body")).to_have_count(0)
         screenshot(page, shots, "23-foundations-all-four")
+
+    # The first view is trained once, on a worker while the server starts, and each page gets its own copy:
+    # the clicks and training above changed the first visitor's lab, not what the next visitor opens on.
+    with opened_page(browser, app_url) as page:
+        open_tab(page, TAB)
+        expect(page.get_by_text(re.compile(r"^Trained for 500 steps when the app started"))).to_be_visible()
+        expect(page.get_by_text(re.compile(r"VAE on moons \(2000 points\) · step 500 "))).to_be_visible()
+        expect(page.get_by_label("Dataset", exact=True)).to_have_value("moons")
+        page.get_by_role("button", name="Step (+100)").click()  # goes on from the first view's own model
+        expect(page.get_by_text(re.compile(r"VAE on moons \(2000 points\) · step 600 "))).to_be_visible()
+        expect(page.get_by_text("fresh model")).to_have_count(0)

@@ -10,6 +10,7 @@ live in a gr.State (a `Lab`) with a time to live; the controls' limits bound its
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import math
 import threading
@@ -421,7 +422,13 @@ def family_form(family: str) -> tuple:
 
 def build(registry: Registry, demo: gr.Blocks) -> None:
     del registry  # the toys train their own models; none is loaded
-    initial_lab, initial_outputs = on_toy_thread(first_view)
+    # The first view trains (~2 s on one core) on a toy worker while the server starts; each page load waits for
+    # it, then shows a copy (the other tabs' examples also run on load), so the page is served without that wait.
+    opening = _workers.submit(first_view)
+
+    def open_first_view():
+        lab, outputs = opening.result()
+        return copy.deepcopy(lab), *outputs  # the visitor's own lab: training it leaves the first view as it was
 
     def training(lab: Lab, dataset, n, data_seed, family, lr, width, depth, latent, loss, transforms, timesteps, seed,
                  steps: int, limit: int):
@@ -547,13 +554,13 @@ def build(registry: Registry, demo: gr.Blocks) -> None:
         "(Ho et al. 2020), each a few small MLPs trained live on the CPU. Every view reports the **energy distance** "
         "of the samples to fresh data (0 when the distributions match), beside that of one Gaussian fitted to the "
         "data.")
-    lab_state = gr.State(initial_lab, time_to_live=STATE_TTL_S)
+    lab_state = gr.State(Lab(), time_to_live=STATE_TTL_S)  # the first view's copy replaces it when the page loads
     with gr.Row():
         with gr.Column(scale=1, min_width=300):
             dataset = gr.Dropdown(DATASET_CHOICES, value=INITIAL["dataset"], label="Dataset")
             n = gr.Slider(100, MAX_N, value=INITIAL["n"], step=100, label="Points")
             data_seed = gr.Number(INITIAL["data_seed"], label="Data seed", precision=0, minimum=0)
-            canvas = gr.Image(canvas_image(initial_lab.clicked), label="Canvas: click to add points", format="png",
+            canvas = gr.Image(canvas_image(Lab().clicked), label="Canvas: click to add points", format="png",
                               interactive=False)
             with gr.Row():
                 brush = gr.Slider(1, 50, value=20, step=1, label="Points per click")
@@ -583,13 +590,14 @@ def build(registry: Registry, demo: gr.Blocks) -> None:
                     pause_button = gr.Button("Pause", variant="stop")
                     step_button = gr.Button(f"Step (+{STEP_BUTTON_STEPS})")
                     reset_button = gr.Button("Reset")
-                status = gr.Markdown(initial_outputs[0])
+                status = gr.Markdown(f"Training the first view: {FAMILY_NAMES[INITIAL['family']]} on "
+                                     f"{INITIAL['dataset']}, {INITIAL['steps']} steps…")
                 with gr.Row():  # 1 : 2, the shapes of the square samples plot and the two-panel views
-                    samples_plot = gr.Image(initial_outputs[1], label="Data and samples", format="png",
+                    samples_plot = gr.Image(label="Data and samples", format="png",
                                             interactive=False, scale=1)
-                    view_plot = gr.Image(initial_outputs[2], label="The family's own view", format="png",
+                    view_plot = gr.Image(label="The family's own view", format="png",
                                          interactive=False, scale=2)
-                losses_plot = gr.Image(initial_outputs[3], label="Losses and energy distance", format="png",
+                losses_plot = gr.Image(label="Losses and energy distance", format="png",
                                        interactive=False)
             with gr.Tab("All four"):
                 gr.Markdown("The four families at their default settings, on the same data with the same budget, "
@@ -609,6 +617,7 @@ def build(registry: Registry, demo: gr.Blocks) -> None:
     light = dict(concurrency_id="toy", concurrency_limit=TOY_CONCURRENCY)  # gradio takes a shared id's smallest limit
     form = [lab_state, dataset, n, data_seed, family, lr, width, depth, latent, loss, transforms, timesteps, seed]
     outputs = [lab_state, status, samples_plot, view_plot, losses_plot]
+    demo.load(open_first_view, None, outputs, api_name="toy_first_view", api_visibility="undocumented")
     train_event = train_button.click(train, [*form, steps], outputs, api_name="toy_train", **light,
                                      show_progress="minimal")
     step_event = step_button.click(step, form, outputs, api_name="toy_step", **light,
