@@ -31,7 +31,8 @@ Rows, all on one device (CUDA when available, else CPU; `--device` overrides) an
   prior sample                `TokenPrior.sample` of maskgit-emoji, 12 steps in confidence order (MaskGIT),
                               the first class at the prior's default guidance (the UI's defaults; one
                               transformer call a step when it is guidance-distilled, else two), decode
-                              to the image included; batch 1 and batch 16
+                              to the image included; batch 1 and batch 16, and batch 16 with
+                              REFINE_ROUNDS refine rounds after the last step (no target: an option)
   prior bits per pixel        `TokenPrior.bits_per_pixel` of the 64 px emoji example (a two-part code:
                               one batched call chooses the class, then one transformer call per token,
                               in chunks), with the value against log2 K / f² in the row name
@@ -75,6 +76,7 @@ EXAMPLE_EMOJI = Path(__file__).resolve().parent / "assets" / "examples" / "emoji
 VQ_MODEL, COMPARE_MODEL, DIFFUSION_MODEL = "vqvae-photo", "vqgan-photo", "ddpm-emoji"
 LATENT_MODEL, KL_MODEL = "ldm-emoji", "ldm-emoji-vae"
 PRIOR_MODEL, PRIOR_STEPS = "maskgit-emoji", 12
+REFINE_ROUNDS = 2  # the refined-sampling row
 PIXEL_SIDE = 64  # the pixel-space UNet the latent model is measured against
 SAMPLE_STEPS = 50
 MB = 1e6
@@ -466,13 +468,15 @@ def prior_timings(prior, device: torch.device, repeats: int) -> dict:
     example, with that code length; sampling uses the UI's defaults: the first class, default guidance."""
     label = prior.classes[0] if prior.is_conditional else None
 
-    def sample(batch: int):
-        return prior.sample(seed=0, steps=PRIOR_STEPS, order="confidence", batch=batch, class_label=label).image
+    def sample(batch: int, refine: int = 0):
+        return prior.sample(seed=0, steps=PRIOR_STEPS, order="confidence", batch=batch, class_label=label,
+                            refine=refine).image
 
     image = prior.fit(example_emoji())
     bpp = prior.bits_per_pixel(image)  # also the warm-up of its timing
     return {"label": label, "one_s": median_seconds(lambda: sample(1), device, repeats),
             "batch_s": median_seconds(lambda: sample(16), device, repeats),
+            "refined_s": median_seconds(lambda: sample(16, REFINE_ROUNDS), device, repeats),
             "bpp_s": statistics.median(timed(lambda: prior.bits_per_pixel(image), device) for _ in range(repeats)),
             "bpp": bpp}
 
@@ -494,7 +498,7 @@ def failure(error: Exception) -> str:
 
 ROW_ORDER = ["start", "rss", "rec256", "rec512", "round_trip", "atlas", "step", "ratio", "first_frame",
              "first_frame_ui", "ldm_first_frame", "ldm_first_frame_ui", "ldm_step", "pixel_step", "latent_ratio",
-             "kl_rec", "prior_sample", "prior_batch", "prior_bpp"]
+             "kl_rec", "prior_sample", "prior_batch", "prior_refined", "prior_bpp"]
 
 
 FRAME_ROWS = {  # row -> (model, batch, target)
@@ -574,6 +578,7 @@ def prior_rows(device: torch.device, repeats: int) -> dict[str, list[str]]:
     """maskgit-emoji: sampling at batch 1 and 16, and the code length of one image."""
     names = {"prior_sample": f"prior sample, {PRIOR_STEPS} steps, batch 1 ({PRIOR_MODEL}",
              "prior_batch": f"prior sample, {PRIOR_STEPS} steps, batch 16 ({PRIOR_MODEL}",
+             "prior_refined": f"prior sample, {PRIOR_STEPS} steps + {REFINE_ROUNDS} refine rounds, batch 16 ({PRIOR_MODEL}",
              "prior_bpp": f"prior bits per pixel of one image ({PRIOR_MODEL}, 64 px emoji example"}
     try:
         prior = load_embedded(PRIOR_MODEL, device)
@@ -586,7 +591,9 @@ def prior_rows(device: torch.device, repeats: int) -> dict[str, list[str]]:
         rows = {"prior_sample": row(f"{names['prior_sample']}, {setting}", 1000 * timings["one_s"], "prior_sample",
                                     " ms", "{:.0f}"),
                 "prior_batch": row(f"{names['prior_batch']}, the same settings)", timings["batch_s"], "prior_batch",
-                                   " s", "{:.2f}")}
+                                   " s", "{:.2f}"),
+                "prior_refined": row(f"{names['prior_refined']}, the same settings)", timings["refined_s"], None,
+                                     " s", "{:.2f}")}
         index_bpp = prior.index_bits_per_pixel
         rows["prior_bpp"] = row(f"{names['prior_bpp']}: {timings['bpp']:.3f} bits per pixel, "
                                 f"{timings['bpp'] / index_bpp:.0%} of log2 K / f² = {index_bpp:.3f})",

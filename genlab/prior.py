@@ -15,6 +15,11 @@ aMUSEd: Patil et al. (arXiv:2401.01808): MaskGIT with diffusers' `UVit2DModel` o
   conditioned on CLIP text; the same loop runs it, with its pipeline's conditioning.
 Inpainting: tokens whose f x f patch touches the mask are masked and sampled by the same loop,
   conditioned on every other token, which stays the image's own.
+Refinement: Token-Critic (Lezama et al., arXiv:2209.04439) re-masks the sampled tokens a critic finds
+  implausible and samples them again. Here the prior is its own critic: each sampled cell is scored by
+  its log-probability with a quarter of the cells hidden (four complementary random masks cover the
+  grid), the least likely REFINE_SHARE are masked and resampled in REFINE_STEPS confidence steps
+  (`refine_rounds`); stray, speckle-like tokens are the ones it replaces.
 Code length (Shannon): an entropy coder driven by the prior spends -log2 p(x_i | x_<i) bits on
   token i; a bidirectional model gives p(x_i | x_<i) when every later token is masked. Summed over
   the grid and divided by the pixels, this is the image's bits per pixel under the prior, against the
@@ -51,6 +56,10 @@ MAX_BATCH = 16
 CHOICE_TEMPERATURE = 2.0  # start of the annealed Gumbel temperature (AmusedScheduler's default)
 UNKNOWN = -1  # masked cells at the public API
 PROBE_MASKS = 4  # seeded half-masks that choose the label of a two-part code (`TokenPrior.coding_label`)
+MAX_REFINE = 8  # refinement rounds after sampling (`refine_rounds`)
+REFINE_SHARE = 0.1  # of the sampled cells, re-masked in each round
+REFINE_STEPS = 4  # confidence steps that resample them
+SCORE_MASKS = 4  # complementary random masks that score every sampled cell once
 
 
 @dataclass
@@ -189,6 +198,43 @@ def iterate_unmask(predict, tokens: torch.Tensor, mask_id: int, *, order: str, s
         new = (tokens == mask_id) & (flat.view_as(tokens) != mask_id)
         tokens = flat.view_as(tokens)
         yield TokenStep(tokens.cpu(), pred.cpu(), new.cpu())
+
+
+def refinement_steps(rounds: int) -> int:
+    """TokenSteps that `refine_rounds` yields: per round, the re-masked grid and its REFINE_STEPS steps."""
+    return rounds * (1 + REFINE_STEPS)
+
+
+def refine_rounds(predict, tokens: torch.Tensor, free: torch.Tensor, mask_id: int, *, rounds: int,
+                  generator: torch.Generator, temperature: float = 1.0, top_k: int | None = None,
+                  choice_temperature: float = CHOICE_TEMPERATURE):
+    """Generator of TokenSteps: `rounds` times, score every `free` cell of the complete (B, h, w) `tokens` by
+    log p(token | the cells outside its quarter) (SCORE_MASKS complementary random masks), mask the
+    REFINE_SHARE least likely of each sample (a TokenStep showing them masked, the old tokens as its
+    prediction) and resample them in REFINE_STEPS confidence steps. `free`: (h, w) bool, the cells the run
+    sampled (all for `sample`, the token mask for `inpaint`); the others are never touched."""
+    batch = tokens.shape[0]
+    free_flat = free.flatten().cpu()  # (N,)
+    count = max(1, int(REFINE_SHARE * int(free_flat.sum())))
+    for _ in range(rounds):
+        flat = tokens.reshape(batch, -1).cpu()  # (B, N)
+        quarter = torch.randint(0, SCORE_MASKS, free_flat.shape, generator=generator)  # (N,) each cell's mask
+        score = torch.full(flat.shape, float("inf"))  # (B, N) log p of each free cell; fixed cells never chosen
+        for k in range(SCORE_MASKS):
+            hidden = (quarter == k) & free_flat  # (N,)
+            if not hidden.any():
+                continue
+            log_probs = predict(flat.masked_fill(hidden, mask_id).view_as(tokens)).flatten(2).log_softmax(1)
+            picked = log_probs.gather(1, flat[:, None].to(log_probs.device))[:, 0].cpu()  # (B, N)
+            score = torch.where(hidden, picked, score)
+        worst = score.argsort(dim=1)[:, :count]  # (B, count) the least likely free cells of each sample
+        remasked = flat.scatter(1, worst, mask_id).view_as(tokens)
+        yield TokenStep(remasked, tokens.cpu(), torch.zeros_like(remasked, dtype=torch.bool))
+        for step in iterate_unmask(predict, remasked.to(tokens.device), mask_id, order="confidence",
+                                   steps=REFINE_STEPS, generator=generator, temperature=temperature, top_k=top_k,
+                                   choice_temperature=choice_temperature):
+            yield step
+        tokens = step.tokens.to(tokens.device)
 
 
 def _public(tokens: torch.Tensor, mask_id: int) -> np.ndarray:
@@ -395,7 +441,7 @@ class TokenPrior(ConditionalModel):
             raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
         return int(value)
 
-    def _settings(self, order, steps, temperature, top_k, guidance_scale, choice_temperature, seed):
+    def _settings(self, order, steps, temperature, top_k, guidance_scale, choice_temperature, seed, refine=0):
         if order not in ORDERS:
             raise ValueError(f"unknown order {order!r}; choose one of {ORDERS}")
         if order != "raster":
@@ -410,19 +456,24 @@ class TokenPrior(ConditionalModel):
         if not isinstance(choice_temperature, (int, float)) or not 0 <= choice_temperature <= 20:
             raise ValueError(f"choice temperature must be a number in [0, 20], got {choice_temperature!r}")
         self._check_int(seed, "seed", 0, 2**63 - 1)
+        self._check_int(refine, "refine", 0, MAX_REFINE)
         return top_k, float(guidance)
 
     def _stream(self, tokens: torch.Tensor, run: TokenRun, *, steps, class_label, prompt, negative_prompt,
-                temperature, top_k, guidance_scale, choice_temperature):
-        """Check the settings now, and return the generator of TokenFrames that ends with the TokenRun."""
-        top_k, guidance = self._settings(run.order, steps, temperature, top_k, guidance_scale, choice_temperature, run.seed)
+                temperature, top_k, guidance_scale, choice_temperature, refine=0):
+        """Check the settings now, and return the generator of TokenFrames that ends with the TokenRun
+        (the unmasking steps, then `refine` rounds of `refine_rounds` over the cells masked at the start)."""
+        top_k, guidance = self._settings(run.order, steps, temperature, top_k, guidance_scale, choice_temperature,
+                                         run.seed, refine)
         batch = tokens.shape[0]
         conditioning, unconditional = self._conditioning(batch, class_label, prompt, negative_prompt, run.notes)
         predict = self._predictor(conditioning, 1.0 if unconditional else guidance, batch)
+        generator = torch.Generator().manual_seed(int(run.seed))
+        sampling = dict(generator=generator, temperature=float(temperature), top_k=top_k,
+                        choice_temperature=float(choice_temperature))
         steps_run = iterate_unmask(predict, tokens.to(self.device), self.mask_id, order=run.order, steps=int(steps),
-                                   generator=torch.Generator().manual_seed(int(run.seed)),
-                                   temperature=float(temperature), top_k=top_k,
-                                   choice_temperature=float(choice_temperature))
+                                   **sampling)
+        free = tokens[0] == self.mask_id  # (h, w) the cells this run samples; refinement touches only these
 
         def frames():
             final = tokens
@@ -430,6 +481,12 @@ class TokenPrior(ConditionalModel):
                 run.steps.append(step)
                 final = step.tokens
                 yield TokenFrame(step, self, len(run.steps) - 1)
+            if refine:
+                for step in refine_rounds(predict, final.to(self.device), free, self.mask_id, rounds=int(refine),
+                                          **sampling):
+                    run.steps.append(step)
+                    final = step.tokens
+                    yield TokenFrame(step, self, len(run.steps) - 1)
             run.final = final.cpu()
             yield run
 
@@ -445,7 +502,8 @@ class TokenPrior(ConditionalModel):
     def sample_stream(self, seed: int = 0, steps: int = 12, order: str = "confidence", batch: int = 1,
                       class_label=None, temperature: float = 1.0, top_k: int | None = None,
                       guidance_scale: float | None = None, prompt: str | None = None,
-                      negative_prompt: str | None = None, choice_temperature: float = CHOICE_TEMPERATURE):
+                      negative_prompt: str | None = None, choice_temperature: float = CHOICE_TEMPERATURE,
+                      refine: int = 0):
         """Like `sample`, as a generator: a TokenFrame per step, then the TokenRun."""
         batch = self._check_int(batch, "batch", 1, MAX_BATCH)
         run = TokenRun(self, order, seed)
@@ -454,7 +512,7 @@ class TokenPrior(ConditionalModel):
             steps = tokens[0].numel()
         return self._stream(tokens, run, steps=steps, class_label=class_label, prompt=prompt,
                             negative_prompt=negative_prompt, temperature=temperature, top_k=top_k,
-                            guidance_scale=guidance_scale, choice_temperature=choice_temperature)
+                            guidance_scale=guidance_scale, choice_temperature=choice_temperature, refine=refine)
 
     def sample(self, *args, **kwargs) -> TokenRun:
         """Sample a token grid from nothing and decode it; the same seed and settings give the same image.
@@ -463,7 +521,8 @@ class TokenPrior(ConditionalModel):
         tokens) or "random"; steps (1..64), batch (1..16), class_label (name or index; None =
         unconditional) or prompt / negative_prompt (aMUSEd), temperature (divides the logits),
         top_k, guidance_scale (classifier-free, on the logits), choice_temperature (confidence order:
-        start of the annealed Gumbel noise).
+        start of the annealed Gumbel noise), refine (0..8 rounds of `refine_rounds` after the last step:
+        the least likely tenth of the tokens re-masked and resampled; `refinement_steps(refine)` more frames).
         """
         return self._last(self.sample_stream(*args, **kwargs))
 
@@ -494,7 +553,8 @@ class TokenPrior(ConditionalModel):
     def inpaint_stream(self, image, mask, steps: int = 12, seed: int = 0, order: str = "confidence",
                        class_label=None, temperature: float = 1.0, top_k: int | None = None,
                        guidance_scale: float | None = None, prompt: str | None = None,
-                       negative_prompt: str | None = None, choice_temperature: float = CHOICE_TEMPERATURE):
+                       negative_prompt: str | None = None, choice_temperature: float = CHOICE_TEMPERATURE,
+                       refine: int = 0):
         """Like `inpaint`, as a generator: a TokenFrame per step, then the TokenRun."""
         cells = self.token_mask(image, mask)
         tokens = self.tokens_of(image)
@@ -504,7 +564,7 @@ class TokenPrior(ConditionalModel):
             steps = int(cells.sum())
         return self._stream(tokens, run, steps=steps, class_label=class_label, prompt=prompt,
                             negative_prompt=negative_prompt, temperature=temperature, top_k=top_k,
-                            guidance_scale=guidance_scale, choice_temperature=choice_temperature)
+                            guidance_scale=guidance_scale, choice_temperature=choice_temperature, refine=refine)
 
     def inpaint(self, *args, **kwargs) -> TokenRun:
         """Resample the tokens under the mask (white / non-zero = resample), conditioned on all the

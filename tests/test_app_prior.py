@@ -24,6 +24,7 @@ import genlab.config  # noqa: E402
 from genlab.bench import free_port  # noqa: E402
 from genlab.config import parse_args  # noqa: E402
 from genlab.models import ModelSpec  # noqa: E402
+from genlab.prior import refinement_steps  # noqa: E402
 from genlab.token_transformer import MaskedTokenTransformer  # noqa: E402
 from genlab.ui import build_app, codebook_tab  # noqa: E402
 from genlab.ui.common import OUTPUT_DIR, SafeImageEditor  # noqa: E402
@@ -92,8 +93,8 @@ def masked_cells(path) -> int:
 
 
 def args(label, order="confidence", steps=6, temperature=1.0, top_k=0, guidance=2.0, seed=0, class_name="b",
-         prompt="", negative_prompt=""):
-    return (label, order, steps, temperature, top_k, guidance, seed, class_name, prompt, negative_prompt)
+         prompt="", negative_prompt="", refine=0):
+    return (label, order, steps, temperature, top_k, guidance, seed, class_name, prompt, negative_prompt, refine)
 
 
 def test_generate_streams_the_grid_filling_in(app):
@@ -114,6 +115,17 @@ def test_generate_streams_the_grid_filling_in(app):
     assert np.array_equal(grid_cells(grid), index_colors(PRIOR_CODES)[run.tokens])  # the API's own tokens
     expected = run.image.resize((256, 256), Image.Resampling.NEAREST)
     assert np.array_equal(np.asarray(Image.open(image).convert("RGB")), np.asarray(expected))
+
+
+def test_refine_rounds_follow_the_sampling_steps(app):
+    client, label = app[0], app[1]
+    grid, image, x0, status, step = client.predict(*args(label, steps=4, refine=2), api_name="/prior_sample")
+    total = 4 + refinement_steps(2)
+    assert status.startswith(f"done: {total} steps") and step["maximum"] == total
+    run = genlab.load_prior(label, device="cpu").sample(seed=0, steps=4, class_label="b", guidance_scale=2.0, refine=2)
+    assert np.array_equal(grid_cells(grid), index_colors(PRIOR_CODES)[run.tokens])  # the API's own refined tokens
+    remasked = client.predict(5, api_name="/prior_scrub")  # step 5: the first round's re-masked grid
+    assert remasked[3].startswith(f"step 5 of {total}") and masked_cells(remasked[0]) == int((run.frames[4].tokens < 0).sum()) > 0
 
 
 def test_scrub_replays_any_step_of_the_finished_run(app):
@@ -177,6 +189,9 @@ def test_inpaint_resamples_only_the_painted_tokens(app, picture, tmp_path):
     (dict(guidance=11), "greater than maximum value 10"),
     (dict(temperature=11), "greater than maximum value 10"),
     (dict(negative_prompt="blurry"), "not text-conditioned; leave the prompt empty"),
+    (dict(refine=1.5), "refine rounds must be a whole number, got 1.5"),
+    (dict(refine=9), "greater than maximum value 8"),
+    (dict(refine=-1), "less than minimum value 0"),
 ])
 def test_bad_settings_are_refused_readably(app, change, message):
     client, label = app[0], app[1]

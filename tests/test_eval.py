@@ -154,6 +154,22 @@ def test_emoji_eval_takes_12_prior_steps_unless_told(tiny_prior_dir):
     _, sample, how = genlab_eval.emoji_sampler(str(tiny_prior_dir), 3, None)
     assert how == "3 MaskGIT steps (confidence order)"
     assert torch.equal(sample(1, "b", 2)[0], prior.sample(seed=1, steps=3, batch=2, class_label="b").pixels)
+    _, sample, how = genlab_eval.emoji_sampler(str(tiny_prior_dir), 3, None, refine=2)
+    assert how == "3 MaskGIT steps (confidence order), then 2 refine rounds"
+    assert torch.equal(sample(1, "b", 2)[0], prior.sample(seed=1, steps=3, batch=2, class_label="b", refine=2).pixels)
+
+
+@pytest.mark.parametrize("refine, message", [(-1, "--refine must be in [0, 8], got -1"),
+                                             (9, "--refine must be in [0, 8], got 9")])
+def test_bad_refine_rounds_are_refused(tiny_prior_dir, tmp_path, capsys, refine, message):
+    with pytest.raises(SystemExit):
+        genlab_eval.main(["emoji", "--model", str(tiny_prior_dir), "--data", str(tmp_path), "--refine", str(refine)])
+    assert message in capsys.readouterr().err
+
+
+def test_refine_rounds_are_for_token_priors(tiny_cond_ddpm_dir):
+    with pytest.raises(SystemExit, match="--refine is for token priors"):
+        genlab_eval.emoji_sampler(str(tiny_cond_ddpm_dir), None, None, refine=1)
 
 
 def test_prior_eval_reports_code_length_against_log2k_over_f2(tiny_prior_dir, tiny_emoji_dir, capsys, monkeypatch):

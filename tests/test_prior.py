@@ -23,7 +23,8 @@ from PIL import Image
 import genlab
 import genlab.prior
 from genlab.models import ModelLoadError
-from genlab.prior import TokenFrame, TokenPrior, TokenRun, still_masked
+from genlab.prior import (REFINE_SHARE, TokenFrame, TokenPrior, TokenRun, refine_rounds, refinement_steps,
+                          still_masked)
 from genlab.token_transformer import MaskedTokenTransformer
 from genlab.train.prior import mask_for_training, masked_token_loss
 
@@ -397,6 +398,18 @@ def test_inpainting_keeps_every_token_outside_the_mask(prior, photo, box_mask):
     assert masked_counts(run)[0] == still_masked(cells.sum(), 0, 6, cells.sum()) > 0  # the cells were resampled
 
 
+def test_refined_inpainting_still_keeps_every_token_outside_the_mask(prior, photo, box_mask):
+    mask, cells = box_mask
+    run = prior.inpaint(photo, mask, steps=4, seed=0, class_label="a", refine=3)
+    original = prior.vq.indices_of(run.input)
+    assert len(run.frames) == 4 + refinement_steps(3)
+    np.testing.assert_array_equal(run.tokens[~cells], original[~cells])
+    for frame in run.frames:
+        assert not (frame.tokens[~cells] == -1).any()
+    remasked = run.frames[4].tokens == -1  # the first round's re-masked cells: a tenth of the painted ones
+    assert remasked.sum() == max(1, int(REFINE_SHARE * cells.sum())) and cells[remasked].all()
+
+
 def test_inpainting_with_a_raster_order_takes_one_step_per_masked_token(prior, photo, box_mask):
     mask, cells = box_mask
     run = prior.inpaint(photo, mask, steps=40, seed=0, order="raster", class_label="b")
@@ -613,6 +626,10 @@ def test_a_trained_prior_codes_its_pattern_in_fewer_bits(prior):
     (dict(class_label="zebra"), "unknown class 'zebra'; choose one of"),
     (dict(class_label=3), r"class index must be in \[0, 2\]"),
     (dict(prompt="a fox"), "not text-conditioned"),
+    (dict(refine=-1), r"refine must be an integer in \[0, 8\], got -1"),
+    (dict(refine=9), r"refine must be an integer in \[0, 8\], got 9"),
+    (dict(refine=1.5), r"refine must be an integer in \[0, 8\], got 1.5"),
+    (dict(refine=True), r"refine must be an integer in \[0, 8\], got True"),
 ])
 def test_bad_settings_are_refused_before_any_work(prior, kwargs, message):
     calls = []
@@ -627,6 +644,7 @@ def test_bad_settings_are_refused_before_any_work(prior, kwargs, message):
 @pytest.mark.parametrize("kwargs, message", [
     (dict(order="spiral"), "unknown order"), (dict(steps=65), "steps must be"), (dict(top_k=0), "top_k must be"),
     (dict(class_label="zebra"), "unknown class"), (dict(prompt="a fox"), "not text-conditioned"),
+    (dict(refine=9), "refine must be an integer"),
 ])
 def test_bad_inpainting_settings_are_refused(prior, photo, box_mask, kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -670,6 +688,56 @@ def test_bad_code_length_inputs_are_refused(prior, amused, photo):
 
 
 # --------------------------------------------------------------------------------- streaming
+# ------------------------------------------------------------------------------- refinement
+def test_refinement_replaces_the_tokens_the_model_finds_unlikely():
+    """A model that expects code (i mod K) at cell i whatever the context: refinement re-masks the three cells
+    that hold another code (the least likely ones), and the resampling gives them the expected code."""
+    grid, mask_id = (4, 8), K
+    expected = (torch.arange(32) % K).view(1, *grid)
+
+    def predict(tokens):  # (B, h, w) -> (B, K, h, w): code (i mod K) at cell i, all but certain
+        return F.one_hot(expected.expand(len(tokens), -1, -1), K).permute(0, 3, 1, 2).float() * 30.0
+
+    tokens = expected.repeat(2, 1, 1)  # (2, h, w)
+    speckles = [(0, 1, 3), (0, 3, 0), (1, 2, 5)]  # (sample, row, column) holding a wrong code
+    for b, row, col in speckles:
+        tokens[b, row, col] = (expected[0, row, col] + 1) % K
+    free = torch.ones(grid, dtype=torch.bool)
+    steps = list(refine_rounds(predict, tokens, free, mask_id, rounds=1, generator=torch.Generator().manual_seed(0)))
+    assert len(steps) == refinement_steps(1)
+    remasked = steps[0].tokens == mask_id  # (2, h, w)
+    assert remasked.sum(dim=(1, 2)).tolist() == [max(1, int(REFINE_SHARE * 32))] * 2  # 3 a sample
+    assert all(remasked[b, row, col] for b, row, col in speckles)
+    torch.testing.assert_close(steps[0].pred, tokens)  # the frame shows the grid before the round as its x0
+    assert torch.equal(steps[-1].tokens, expected.repeat(2, 1, 1))
+
+
+def test_refinement_never_touches_cells_outside_free():
+    grid, mask_id = (4, 8), K
+    tokens = torch.randint(0, K, (1, *grid))
+    free = torch.zeros(grid, dtype=torch.bool)
+    free[1:3, 2:6] = True  # 8 cells
+    predict = lambda t: torch.randn(len(t), K, *grid, generator=torch.Generator().manual_seed(1))
+    steps = list(refine_rounds(predict, tokens, free, mask_id, rounds=3, generator=torch.Generator().manual_seed(0)))
+    for step in steps:
+        assert torch.equal(step.tokens[0][~free], tokens[0][~free])
+    assert [int((s.tokens == mask_id).sum()) for s in steps[::refinement_steps(1)]] == [1, 1, 1]  # a tenth of 8
+
+
+def test_sampling_with_refinement_appends_its_rounds_and_is_deterministic(prior):
+    plain = prior.sample(seed=0, steps=6, class_label="a", batch=2)
+    run = prior.sample(seed=0, steps=6, class_label="a", batch=2, refine=2)
+    assert len(run.frames) == 6 + refinement_steps(2)
+    np.testing.assert_array_equal(run.frames[5].tokens, plain.tokens)  # the same sampling, then the rounds
+    share = max(1, int(REFINE_SHARE * 64))
+    assert [int((f.tokens[b] == -1).sum()) for f in (run.frames[6], run.frames[6 + refinement_steps(1)])
+            for b in range(2)] == [share] * 4
+    assert (run.tokens >= 0).all()
+    np.testing.assert_array_equal(run.tokens, prior.sample(seed=0, steps=6, class_label="a", batch=2, refine=2).tokens)
+    raster = prior.sample(seed=0, steps=1, order="raster", class_label="a", refine=1)  # rounds resample by confidence
+    assert len(raster.frames) == 64 + refinement_steps(1) and (raster.tokens >= 0).all()
+
+
 def test_sample_stream_yields_frames_then_the_run(prior):
     items = list(prior.sample_stream(seed=1, steps=5, class_label="a"))
     assert [type(item) for item in items] == [TokenFrame] * 5 + [TokenRun]

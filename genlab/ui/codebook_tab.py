@@ -25,7 +25,7 @@ from PIL import Image, ImageDraw
 
 from ..images import mask_of, open_image
 from ..models import ModelSpec
-from ..prior import MAX_STEPS, TokenFrame, TokenPrior, TokenRun, TokenStep
+from ..prior import MAX_REFINE, MAX_STEPS, TokenFrame, TokenPrior, TokenRun, TokenStep, refinement_steps
 from ..vq import VQ, index_colors, index_map_image, perplexity
 from .common import (DISPLAY_SIDE, NOT_TRAINED, OUTPUT_HEIGHT, Registry, SafeImage, example_images, mask_editor,
                      mask_from_editor, on_model_thread, upscale, user_errors)
@@ -149,14 +149,16 @@ def whole(value, name: str) -> int:
     return int(value)
 
 
-def prior_settings(order, steps, temperature, top_k, guidance, seed, class_name, prompt, negative_prompt) -> dict:
+def prior_settings(order, steps, temperature, top_k, guidance, seed, class_name, prompt, negative_prompt,
+                   refine=0) -> dict:
     """UI values -> keyword arguments of TokenPrior.sample_stream / inpaint_stream (which check their ranges)."""
     if temperature is None:
         raise gr.Error("Set a temperature (above 0; 1 samples the model's own distribution).")
     top_k = whole(top_k, "top-k") if top_k is not None else 0
     return dict(order=order, steps=whole(steps, "steps"), temperature=float(temperature), top_k=top_k or None,
                 guidance_scale=None if guidance is None else float(guidance), seed=whole(seed, "seed"),
-                class_label=class_name or None, prompt=prompt or None, negative_prompt=negative_prompt or None)
+                class_label=class_name or None, prompt=prompt or None, negative_prompt=negative_prompt or None,
+                refine=whole(refine, "refine rounds"))
 
 
 def prior_description(label: str, prior: TokenPrior) -> str:
@@ -200,12 +202,13 @@ def build_prior_section(registry: Registry, demo: gr.Blocks) -> None:
     @on_model_thread
     @user_errors
     def prior_sample(label, order, steps, temperature, top_k, guidance, seed, class_name="", prompt="",
-                     negative_prompt=""):
+                     negative_prompt="", refine=0):
         prior = registry.prior(label)
-        settings = prior_settings(order, steps, temperature, top_k, guidance, seed, class_name, prompt, negative_prompt)
+        settings = prior_settings(order, steps, temperature, top_k, guidance, seed, class_name, prompt, negative_prompt,
+                                  refine)
         stream = prior.sample_stream(**settings)  # checks every setting before the first step
         count = prior.grid[0] * prior.grid[1]
-        total = count if order == "raster" else settings["steps"]
+        total = (count if order == "raster" else settings["steps"]) + refinement_steps(settings["refine"])
         yield (token_grid_image(np.full(prior.grid, -1), None, prior.num_codes, grid_cell(prior.grid)), None, None,
                f"all {count} tokens masked; {total} steps to go", gr.skip(), gr.skip())
         yield from run_stream(prior, label, stream, total, finished)
@@ -213,16 +216,17 @@ def build_prior_section(registry: Registry, demo: gr.Blocks) -> None:
     @on_model_thread
     @user_errors
     def prior_inpaint(label, editor, order, steps, temperature, top_k, guidance, seed, class_name="", prompt="",
-                      negative_prompt=""):
+                      negative_prompt="", refine=0):
         prior = registry.prior(label)
         image, mask = mask_from_editor(editor, "the region the prior should resample")
-        settings = prior_settings(order, steps, temperature, top_k, guidance, seed, class_name, prompt, negative_prompt)
+        settings = prior_settings(order, steps, temperature, top_k, guidance, seed, class_name, prompt, negative_prompt,
+                                  refine)
         stream = prior.inpaint_stream(image, mask, **settings)
         cells = torch.from_numpy(prior.token_mask(image, mask))[None]  # (1, h, w) bool, the tokens to resample
         own = prior.tokens_of(image)  # (1, h, w)
         start = TokenFrame(TokenStep(own.masked_fill(cells, prior.mask_id), own, torch.zeros_like(cells)), prior, -1)
         resampled = int(cells.sum())
-        total = resampled if order == "raster" else settings["steps"]
+        total = (resampled if order == "raster" else settings["steps"]) + refinement_steps(settings["refine"])
         (height, width), f = prior.image_size, prior.vq.downsample_factor
         yield (token_grid_image(start.tokens, None, prior.num_codes, grid_cell(prior.grid)), upscale(start.image), None,
                f"{resampled} of {cells.numel()} tokens masked (each token whose {f}x{f} patch the brush touches); "
@@ -290,7 +294,9 @@ def build_prior_section(registry: Registry, demo: gr.Blocks) -> None:
         "MaskGIT (Chang et al. 2022) starts from a fully masked grid and fixes the most confident tokens each step "
         "(cosine schedule); Taming Transformers (Esser et al. 2021) writes one token at a time in raster order. "
         "Left: the grid as it fills in (grey = still masked, outlined = fixed in this step); middle: the tokens "
-        "decoded so far; right: the decoded full prediction of that step.")
+        "decoded so far; right: the decoded full prediction of that step. Refine rounds then re-mask the tenth of "
+        "the sampled tokens the prior itself finds least likely given the rest, and sample them again (the idea of "
+        "Token-Critic, Lezama et al. 2022): stray specks are what they replace.")
     run_state = gr.State({}, time_to_live=STATE_TTL_S)
     default = registry.default("prior", "maskgit-emoji")
     with gr.Row():
@@ -307,6 +313,8 @@ def build_prior_section(registry: Registry, demo: gr.Blocks) -> None:
                                 info="divides the logits; must be above 0")
         top_k = gr.Number(0, label="Top-k", info="keep the k likeliest codes; 0 = all")
         seed = gr.Number(0, label="Seed", precision=0, minimum=0)
+        refine = gr.Slider(0, MAX_REFINE, value=0, step=1, label="Refine rounds",
+                           info="each re-masks the least likely tenth of the sampled tokens and resamples them")
     about = gr.Markdown()
     with gr.Tab("Generate"):
         generate_button = gr.Button("Generate", variant="primary")
@@ -333,7 +341,7 @@ def build_prior_section(registry: Registry, demo: gr.Blocks) -> None:
     prior_model.change(conditioning_update, prior_model, conditioning, api_visibility="private")
     demo.load(conditioning_update, prior_model, conditioning, api_visibility="private")
     run_outputs = [live_grid, live_image, live_x0, status, step, run_state]
-    settings = [order, steps, temperature, top_k, guidance, seed, class_name, prompt, negative_prompt]
+    settings = [order, steps, temperature, top_k, guidance, seed, class_name, prompt, negative_prompt, refine]
     demo.load(example, prior_model, run_outputs, api_name="prior_example", api_visibility="undocumented",
               concurrency_id="heavy")
     generate_event = generate_button.click(prior_sample, [prior_model, *settings], run_outputs,
