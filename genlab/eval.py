@@ -420,6 +420,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.limit is not None and args.limit < 1:
         parser.error(f"--limit must be at least 1, got {args.limit}")
+    if args.refine and args.kind != "emoji":
+        parser.error("--refine is for emoji (samples of a token prior)")
     if not 0 <= args.refine <= MAX_REFINE:
         parser.error(f"--refine must be in [0, {MAX_REFINE}], got {args.refine}")
     torch.manual_seed(0)

@@ -16,10 +16,10 @@ aMUSEd: Patil et al. (arXiv:2401.01808): MaskGIT with diffusers' `UVit2DModel` o
 Inpainting: tokens whose f x f patch touches the mask are masked and sampled by the same loop,
   conditioned on every other token, which stays the image's own.
 Refinement: Token-Critic (Lezama et al., arXiv:2209.04439) re-masks the sampled tokens a critic finds
-  implausible and samples them again. Here the prior is its own critic: each sampled cell is scored by
-  its log-probability with a quarter of the cells hidden (four complementary random masks cover the
-  grid), the least likely REFINE_SHARE are masked and resampled in REFINE_STEPS confidence steps
-  (`refine_rounds`); stray, speckle-like tokens are the ones it replaces.
+  implausible and samples them again. Here the prior is its own critic: the sampled cells are split at
+  random into SCORE_MASKS groups, each cell is scored by its log-probability with its group hidden (so
+  given about three quarters of the others), the least likely REFINE_SHARE are masked and resampled in
+  REFINE_STEPS confidence steps (`refine_rounds`); stray, speckle-like tokens are the ones it replaces.
 Code length (Shannon): an entropy coder driven by the prior spends -log2 p(x_i | x_<i) bits on
   token i; a bidirectional model gives p(x_i | x_<i) when every later token is masked. Summed over
   the grid and divided by the pixels, this is the image's bits per pixel under the prior, against the
@@ -44,7 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AmusedScheduler
-from diffusers.schedulers.scheduling_amused import mask_by_random_topk
+from diffusers.schedulers.scheduling_amused import gumbel_noise
 from PIL import Image, ImageOps
 
 from .conditioning import ConditionalModel, Conditioning
@@ -130,8 +130,9 @@ def confidence_step(scheduler: AmusedScheduler, index: int, logits: torch.Tensor
     step, the full prediction), both (B, h, w).
 
     As the scheduler: every masked cell gets a code; then `still_masked` of the `count` cells masked at the start
-    are masked again, those of lowest log-probability plus the annealed Gumbel noise (diffusers'
-    `mask_by_random_topk`). Every sample has as many masked cells, so one count serves the batch.
+    are masked again, those of lowest log-probability plus the annealed Gumbel noise (`remask_least_confident`:
+    diffusers' `mask_by_random_topk`, known cells excluded). Every sample has as many masked cells, so one count
+    serves the batch.
     """
     mask_id = scheduler.config.mask_token_id
     unknown = tokens == mask_id  # (B, h, w)
@@ -142,10 +143,20 @@ def confidence_step(scheduler: AmusedScheduler, index: int, logits: torch.Tensor
     batch = tokens.shape[0]
     unknown, probs = unknown.reshape(batch, -1), probs.reshape(batch, -1)  # (B, N)
     left = still_masked(count, index, len(scheduler.timesteps), int(unknown[0].sum()))
-    mask_len = torch.full((batch, 1), left, device=probs.device)  # (B, 1)
-    confidence = torch.where(unknown, probs, torch.finfo(probs.dtype).max)  # known cells stay
-    masking = mask_by_random_topk(mask_len, confidence, scheduler.temperatures[index], generator)
+    masking = remask_least_confident(left, probs, unknown, scheduler.temperatures[index], generator)
     return torch.where(masking, mask_id, pred.reshape(batch, -1)).view_as(tokens), pred
+
+
+def remask_least_confident(left: int, probs: torch.Tensor, unknown: torch.Tensor, temperature,
+                           generator: torch.Generator) -> torch.Tensor:
+    """(B, N) bool: the `left` cells of each row with the lowest log p + temperature * Gumbel noise, among the
+    `unknown` ones. diffusers' `mask_by_random_topk` with the same noise draws, except that a known cell can
+    never be chosen: the scheduler gives known cells the confidence finfo.max, whose log (88.7) a high Gumbel
+    temperature can undercut, which would re-mask (and change) a token inpainting or refinement must keep."""
+    confidence = torch.log(probs.clamp(1e-20)) + temperature * gumbel_noise(probs, generator=generator)  # (B, N)
+    confidence = confidence.masked_fill(~unknown, float("inf"))
+    cut_off = confidence.sort(dim=-1).values[:, left:left + 1]  # (B, 1) the (left + 1)-th lowest
+    return confidence < cut_off
 
 
 def still_masked(count: int, step: int, steps: int, previous: int) -> int:
@@ -209,10 +220,12 @@ def refine_rounds(predict, tokens: torch.Tensor, free: torch.Tensor, mask_id: in
                   generator: torch.Generator, temperature: float = 1.0, top_k: int | None = None,
                   choice_temperature: float = CHOICE_TEMPERATURE):
     """Generator of TokenSteps: `rounds` times, score every `free` cell of the complete (B, h, w) `tokens` by
-    log p(token | the cells outside its quarter) (SCORE_MASKS complementary random masks), mask the
+    log p(token | every cell outside its group), the free cells split at random into SCORE_MASKS groups, mask the
     REFINE_SHARE least likely of each sample (a TokenStep showing them masked, the old tokens as its
     prediction) and resample them in REFINE_STEPS confidence steps. `free`: (h, w) bool, the cells the run
-    sampled (all for `sample`, the token mask for `inpaint`); the others are never touched."""
+    sampled (all for `sample`, the token mask for `inpaint`); the others are never touched. A round re-masks at
+    least one cell; with fewer re-masked cells than REFINE_STEPS, the confidence schedule keeps one masked until
+    its last step, so some of those steps fix nothing."""
     batch = tokens.shape[0]
     free_flat = free.flatten().cpu()  # (N,)
     count = max(1, int(REFINE_SHARE * int(free_flat.sum())))
@@ -556,6 +569,8 @@ class TokenPrior(ConditionalModel):
                        negative_prompt: str | None = None, choice_temperature: float = CHOICE_TEMPERATURE,
                        refine: int = 0):
         """Like `inpaint`, as a generator: a TokenFrame per step, then the TokenRun."""
+        self._settings(order, steps, temperature, top_k, guidance_scale, choice_temperature, seed,
+                       refine)  # refused before the image is encoded
         cells = self.token_mask(image, mask)
         tokens = self.tokens_of(image)
         tokens[0][torch.from_numpy(cells)] = self.mask_id

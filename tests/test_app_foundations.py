@@ -172,3 +172,30 @@ def test_the_first_view_arrives_with_the_page_load(app):
     status, *plots = message["output"]["data"][1:]
     assert status.startswith("Trained for 500 steps when the app started") and "step **500**" in status
     assert len(plots) == 3 and all(plot["url"] for plot in plots)
+
+
+def test_a_first_view_that_fails_leaves_the_tab_serving(monkeypatch):
+    """If the first view cannot be trained, the page load says why and hands over an empty lab: Train works."""
+    import gradio as gr
+    import httpx
+
+    from genlab.bench import api_index, join_event
+
+    def broken():
+        raise RuntimeError("no moons today")
+
+    monkeypatch.setattr(foundations_tab, "first_view", broken)
+    with gr.Blocks() as demo:
+        foundations_tab.build(None, demo)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                allowed_paths=[str(OUTPUT_DIR)])
+    try:
+        base = f"http://127.0.0.1:{port}"
+        with httpx.Client(timeout=60) as http:
+            message, _, _ = join_event(http, base, api_index(http, base, "toy_first_view"), [], "process_completed")
+        assert message["output"]["data"][1] == "The first view could not be trained (no moons today); press Train."
+        status = Client(base + "/", verbose=False).predict(*form(), 100, api_name="/toy_train")[0]
+        assert step_of(status) == 100
+    finally:
+        demo.close()

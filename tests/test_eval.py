@@ -159,11 +159,12 @@ def test_emoji_eval_takes_12_prior_steps_unless_told(tiny_prior_dir):
     assert torch.equal(sample(1, "b", 2)[0], prior.sample(seed=1, steps=3, batch=2, class_label="b", refine=2).pixels)
 
 
-@pytest.mark.parametrize("refine, message", [(-1, "--refine must be in [0, 8], got -1"),
-                                             (9, "--refine must be in [0, 8], got 9")])
-def test_bad_refine_rounds_are_refused(tiny_prior_dir, tmp_path, capsys, refine, message):
+@pytest.mark.parametrize("kind, refine, message", [("emoji", -1, "--refine must be in [0, 8], got -1"),
+                                                   ("emoji", 9, "--refine must be in [0, 8], got 9"),
+                                                   ("prior", 2, "--refine is for emoji")])
+def test_bad_refine_rounds_are_refused(tiny_prior_dir, tmp_path, capsys, kind, refine, message):
     with pytest.raises(SystemExit):
-        genlab_eval.main(["emoji", "--model", str(tiny_prior_dir), "--data", str(tmp_path), "--refine", str(refine)])
+        genlab_eval.main([kind, "--model", str(tiny_prior_dir), "--data", str(tmp_path), "--refine", str(refine)])
     assert message in capsys.readouterr().err
 
 

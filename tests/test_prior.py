@@ -18,13 +18,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from diffusers.schedulers.scheduling_amused import mask_by_random_topk
 from PIL import Image
 
 import genlab
 import genlab.prior
 from genlab.models import ModelLoadError
 from genlab.prior import (REFINE_SHARE, TokenFrame, TokenPrior, TokenRun, refine_rounds, refinement_steps,
-                          still_masked)
+                          remask_least_confident, still_masked)
 from genlab.token_transformer import MaskedTokenTransformer
 from genlab.train.prior import mask_for_training, masked_token_loss
 
@@ -398,16 +399,36 @@ def test_inpainting_keeps_every_token_outside_the_mask(prior, photo, box_mask):
     assert masked_counts(run)[0] == still_masked(cells.sum(), 0, 6, cells.sum()) > 0  # the cells were resampled
 
 
-def test_refined_inpainting_still_keeps_every_token_outside_the_mask(prior, photo, box_mask):
+@pytest.mark.parametrize("choice_temperature", [2.0, 20.0])
+def test_refined_inpainting_still_keeps_every_token_outside_the_mask(prior, photo, box_mask, choice_temperature):
+    """Also at the highest Gumbel temperature, where the scheduler's finfo.max confidence of a known cell (log 88.7)
+    can be undercut by the noise: `remask_least_confident` never re-masks a known cell."""
     mask, cells = box_mask
-    run = prior.inpaint(photo, mask, steps=4, seed=0, class_label="a", refine=3)
-    original = prior.vq.indices_of(run.input)
-    assert len(run.frames) == 4 + refinement_steps(3)
-    np.testing.assert_array_equal(run.tokens[~cells], original[~cells])
-    for frame in run.frames:
-        assert not (frame.tokens[~cells] == -1).any()
-    remasked = run.frames[4].tokens == -1  # the first round's re-masked cells: a tenth of the painted ones
-    assert remasked.sum() == max(1, int(REFINE_SHARE * cells.sum())) and cells[remasked].all()
+    original = prior.vq.indices_of(prior.fit(photo))
+    for seed in range(6):
+        run = prior.inpaint(photo, mask, steps=4, seed=seed, class_label="a", refine=3,
+                            choice_temperature=choice_temperature)
+        assert len(run.frames) == 4 + refinement_steps(3)
+        np.testing.assert_array_equal(run.tokens[~cells], original[~cells])
+        for frame in run.frames:
+            assert not (frame.tokens[~cells] == -1).any()
+        remasked = run.frames[4].tokens == -1  # the first round's re-masked cells: a tenth of the painted ones
+        assert remasked.sum() == max(1, int(REFINE_SHARE * cells.sum())) and cells[remasked].all()
+
+
+def test_remasking_matches_diffusers_and_never_picks_a_known_cell():
+    probs = torch.rand(3, 40)
+    unknown = torch.rand(3, 40) < 0.25
+    unknown[:, :12] = True  # at least 12 unknown cells a row
+    known_as_scheduler = torch.where(unknown, probs, torch.finfo(probs.dtype).max)
+    for temperature in (0.5, 2.0):
+        ours = remask_least_confident(5, probs, unknown, temperature, torch.Generator().manual_seed(0))
+        theirs = mask_by_random_topk(torch.full((3, 1), 5), known_as_scheduler, temperature,
+                                     torch.Generator().manual_seed(0))
+        assert torch.equal(ours, theirs) and (ours.sum(1) == 5).all()
+    for seed in range(20):  # Gumbel noise at temperature 1e4 swamps every log-probability
+        chosen = remask_least_confident(5, probs, unknown, 1e4, torch.Generator().manual_seed(seed))
+        assert (chosen.sum(1) == 5).all() and not (chosen & ~unknown).any()
 
 
 def test_inpainting_with_a_raster_order_takes_one_step_per_masked_token(prior, photo, box_mask):
@@ -646,7 +667,13 @@ def test_bad_settings_are_refused_before_any_work(prior, kwargs, message):
     (dict(class_label="zebra"), "unknown class"), (dict(prompt="a fox"), "not text-conditioned"),
     (dict(refine=9), "refine must be an integer"),
 ])
-def test_bad_inpainting_settings_are_refused(prior, photo, box_mask, kwargs, message):
+def test_bad_inpainting_settings_are_refused(prior, photo, box_mask, kwargs, message, monkeypatch):
+    def encode(*_):
+        raise AssertionError("the image was encoded before the sampling settings were checked")
+
+    if "class_label" not in kwargs and "prompt" not in kwargs:  # conditions are checked with the conditioning
+        monkeypatch.setattr(prior, "tokens_of", encode)
+        monkeypatch.setattr(prior, "token_mask", encode)
     with pytest.raises(ValueError, match=message):
         prior.inpaint_stream(photo, box_mask[0], **{"seed": 0, "steps": 4, **kwargs})
 

@@ -295,8 +295,9 @@ def build_prior_section(registry: Registry, demo: gr.Blocks) -> None:
         "(cosine schedule); Taming Transformers (Esser et al. 2021) writes one token at a time in raster order. "
         "Left: the grid as it fills in (grey = still masked, outlined = fixed in this step); middle: the tokens "
         "decoded so far; right: the decoded full prediction of that step. Refine rounds then re-mask the tenth of "
-        "the sampled tokens the prior itself finds least likely given the rest, and sample them again (the idea of "
-        "Token-Critic, Lezama et al. 2022): stray specks are what they replace.")
+        "the sampled tokens the prior itself finds least likely (each scored with a random quarter of the grid "
+        "hidden), and sample them again (the idea of Token-Critic, Lezama et al. 2022): stray specks are what "
+        "they replace.")
     run_state = gr.State({}, time_to_live=STATE_TTL_S)
     default = registry.default("prior", "maskgit-emoji")
     with gr.Row():

@@ -427,7 +427,10 @@ def build(registry: Registry, demo: gr.Blocks) -> None:
     opening = _workers.submit(first_view)
 
     def open_first_view():
-        lab, outputs = opening.result()
+        try:
+            lab, outputs = opening.result()
+        except Exception as error:  # the page still serves: an empty lab, and why
+            return Lab(), f"The first view could not be trained ({error}); press Train.", None, None, None
         return copy.deepcopy(lab), *outputs  # the visitor's own lab: training it leaves the first view as it was
 
     def training(lab: Lab, dataset, n, data_seed, family, lr, width, depth, latent, loss, transforms, timesteps, seed,
