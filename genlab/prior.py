@@ -59,7 +59,7 @@ PROBE_MASKS = 4  # seeded half-masks that choose the label of a two-part code (`
 MAX_REFINE = 8  # refinement rounds after sampling (`refine_rounds`)
 REFINE_SHARE = 0.1  # of the sampled cells, re-masked in each round
 REFINE_STEPS = 4  # confidence steps that resample them
-SCORE_MASKS = 4  # complementary random masks that score every sampled cell once
+SCORE_MASKS = 4  # random groups of the sampled cells, each hidden once to score its cells
 
 
 @dataclass
@@ -231,10 +231,10 @@ def refine_rounds(predict, tokens: torch.Tensor, free: torch.Tensor, mask_id: in
     count = max(1, int(REFINE_SHARE * int(free_flat.sum())))
     for _ in range(rounds):
         flat = tokens.reshape(batch, -1).cpu()  # (B, N)
-        quarter = torch.randint(0, SCORE_MASKS, free_flat.shape, generator=generator)  # (N,) each cell's mask
+        group = torch.randint(0, SCORE_MASKS, free_flat.shape, generator=generator)  # (N,) each cell's group
         score = torch.full(flat.shape, float("inf"))  # (B, N) log p of each free cell; fixed cells never chosen
         for k in range(SCORE_MASKS):
-            hidden = (quarter == k) & free_flat  # (N,)
+            hidden = (group == k) & free_flat  # (N,)
             if not hidden.any():
                 continue
             log_probs = predict(flat.masked_fill(hidden, mask_id).view_as(tokens)).flatten(2).log_softmax(1)
