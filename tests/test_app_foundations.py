@@ -199,3 +199,32 @@ def test_a_first_view_that_fails_leaves_the_tab_serving(monkeypatch):
         assert step_of(status) == 100
     finally:
         demo.close()
+
+
+def test_two_apps_starting_together_train_one_first_view(monkeypatch):
+    """Two builds in one process submit the first view on two toy workers at once: one trains it, the other waits
+    for that lab instead of training a second one."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    calls, real_train = [], toy.train
+
+    def counted(*args, **kwargs):
+        calls.append(threading.get_ident())
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(toy, "train", counted)
+    foundations_tab._train_first_view.cache_clear()
+    start = threading.Barrier(2)
+
+    def first():
+        start.wait()
+        return foundations_tab.first_view()
+
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            views = list(pool.map(lambda _: first(), range(2)))
+        assert len(calls) == 1
+        assert views[0][0] is views[1][0]
+    finally:
+        foundations_tab._train_first_view.cache_clear()  # the next caller trains with the real toy.train

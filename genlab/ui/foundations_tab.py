@@ -393,9 +393,18 @@ ALL_FOUR_HEADERS = ["family", "steps", "energy distance", "÷ Gaussian fit", "tr
 
 
 # ------------------------------------------------------------------------------ the tab
-@functools.lru_cache(maxsize=1)
+_first_view_lock = threading.Lock()  # two apps built in one process submit first_view on two toy workers
+
+
 def first_view() -> tuple[Lab, tuple]:
-    """The lab every visitor starts from (a VAE trained briefly on moons) and its plots, made once per process."""
+    """The lab every visitor starts from (a VAE trained briefly on moons) and its plots, made once per process:
+    a second caller waits for the first one's training instead of training its own."""
+    with _first_view_lock:
+        return _train_first_view()
+
+
+@functools.lru_cache(maxsize=1)
+def _train_first_view() -> tuple[Lab, tuple]:
     lab = Lab()
     family = INITIAL["family"]
     defaults = toy.FAMILIES[family].Config()
