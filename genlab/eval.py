@@ -54,6 +54,7 @@ from .vq import perplexity
 
 DIFFUSION_STEPS, PRIOR_STEPS = 50, 12  # emoji samples: DDIM steps, MaskGIT steps
 PRIOR_BAR = 0.60  # a prior should code its tokens in at most 60% of log2 K / f^2
+FLAT_RANGE = 8  # a patch is flat when all its pixel values (every channel) lie within this many levels (0-255)
 
 
 def is_token_prior(model) -> bool:
@@ -324,26 +325,43 @@ def held_out_subset(folder: Path, limit: int | None) -> list[Path]:
     return paths
 
 
+def flat_patches(image: Image.Image, factor: int, value_range: int = FLAT_RANGE) -> np.ndarray:
+    """(H/f, W/f) bool: the f x f patches of an RGB image whose pixel values all lie within `value_range`
+    (a plain background, one flat colour): what a tokenizer could give one code whatever surrounds it."""
+    pixels = np.asarray(image.convert("RGB"), dtype=np.int16)  # (H, W, 3)
+    rows, cols = pixels.shape[0] // factor, pixels.shape[1] // factor
+    patches = pixels[:rows * factor, :cols * factor].reshape(rows, factor, cols, factor, 3).swapaxes(1, 2)
+    patches = patches.reshape(rows, cols, -1)  # (h, w, f*f*3)
+    return patches.max(axis=-1) - patches.min(axis=-1) <= value_range
+
+
 def eval_prior(model: str, folder: Path, limit: int | None = None, unconditional: bool = False) -> str:
     """Code length of held-out images under a token prior (`TokenPrior.code_length`: a two-part code for a
     class-conditional prior), beside log2 K / f^2 and the prior's VQ model on the same images (PSNR, code
-    usage); with `unconditional`, also the unconditional chain rule alone (twice the time)."""
+    usage); where the bits go (tokens of flat patches, `flat_patches`, against the rest: a tokenizer that gives a
+    plain background many codes makes the prior pay for them); with `unconditional`, also the unconditional chain
+    rule alone (twice the time)."""
     prior = load_prior(model, device="cpu")
     vq = prior.vq
     paths = held_out_subset(folder, limit)
     if not paths:
         raise SystemExit(f"no images under {folder}")
     bits, no_label, labels, psnrs, usage = [], [], [], [], np.zeros(vq.num_codes, np.int64)
+    flat_bits, other_bits, flat_codes = [], [], set()  # token bits on flat patches and on the rest; codes of flat ones
     for path in paths:
         image = prior.fit(open_image(path))  # the crop and size the prior codes
         code = prior.code_length(image)
         bits.append(code.bits_per_pixel)
+        flat = flat_patches(image, vq.downsample_factor)  # (h, w)
+        flat_bits.append(code.token_bits[flat])
+        other_bits.append(code.token_bits[~flat])
         if code.label_bits:  # a two-part code: the label it named, and (asked) the chain rule without one
             labels.append(code.label)
             if unconditional:
                 plain = code.token_bits if code.label == "no class" else prior.token_bits(image)
                 no_label.append(plain.sum() / code.pixels)
-        result = vq.reconstruct(image, max_side=None)
+        result = vq.reconstruct(image, max_side=None)  # result.indices: the tokens the code length coded
+        flat_codes.update(result.indices[flat].tolist())
         psnrs.append(result.psnr)
         usage += np.bincount(result.indices.ravel(), minlength=vq.num_codes)
     bits = np.array(bits)
@@ -367,6 +385,14 @@ def eval_prior(model: str, folder: Path, limit: int | None = None, unconditional
     if no_label:
         table.append(f"| unconditional chain rule alone (no label) | {np.mean(no_label):.3f} bits per pixel, "
                      f"{np.mean(no_label) / index_bpp:.1%} of log2 K / f² |")
+    flat_bits, other_bits = np.concatenate(flat_bits), np.concatenate(other_bits)
+    tokens, token_bits = flat_bits.size + other_bits.size, flat_bits.sum() + other_bits.sum()
+    if flat_bits.size:
+        table.append(f"| flat patches (one colour within {FLAT_RANGE} levels) | {flat_bits.size / tokens:.1%} of the "
+                     f"tokens, {flat_bits.mean():.2f} bits each, {flat_bits.sum() / token_bits:.1%} of the token bits; "
+                     f"{len(flat_codes)} distinct codes |")
+    if other_bits.size:
+        table.append(f"| other tokens | {other_bits.mean():.2f} bits each |")
     table += [
         f"| VQ PSNR on these images (dB) | {np.mean(psnrs):.2f} (median {np.median(psnrs):.2f}) |",
         f"| codes used on these images | {active} of {vq.num_codes} ({active / vq.num_codes:.1%}), "

@@ -86,8 +86,8 @@ def tiny_emoji_dir(tmp_path_factory):
     for index, name in enumerate(CLASSES):
         for copy in range(4):
             pixels = np.full((DATA_SIDE, DATA_SIDE, 3), 255, np.uint8)
-            pixels[2:6, 2:6] = rng.integers(0, 256, 3)  # a coloured square on white
-            pixels[2:6, 2:6, index] = 0
+            pixels[3:6, 3:6] = rng.integers(0, 256, 3)  # a coloured square on white: 16 px fits leave flat margins
+            pixels[3:6, 3:6, index] = 0
             file = f"{index}{copy}.png"
             Image.fromarray(pixels).save(root / file)
             labels[file] = name
@@ -208,6 +208,27 @@ def test_prior_eval_reports_code_length_against_log2k_over_f2(tiny_prior_dir, ti
     used = np.unique(np.concatenate([prior.vq.reconstruct(i, max_side=None).indices.ravel() for i in images]))
     assert values["codes used on these images"].startswith(f"{len(used)} of {PRIOR_CODES}")
     assert "3 drawn at random (seed 0)" in printed
+    flat = [genlab_eval.flat_patches(image, PRIOR_F) for image in images]
+    token_bits = [code.token_bits for code in codes]
+    on_flat = np.concatenate([b[m] for b, m in zip(token_bits, flat)])
+    rest = np.concatenate([b[~m] for b, m in zip(token_bits, flat)])
+    assert on_flat.size and rest.size  # the tiny emoji have both a plain background and a drawing
+    flat_codes = {int(c) for image, m in zip(images, flat) for c in prior.vq.indices_of(image, None)[m]}
+    assert values["flat patches (one colour within 8 levels)"] == (
+        f"{on_flat.size / (3 * PRIOR_GRID ** 2):.1%} of the tokens, {on_flat.mean():.2f} bits each, "
+        f"{on_flat.sum() / (on_flat.sum() + rest.sum()):.1%} of the token bits; {len(flat_codes)} distinct codes")
+    assert values["other tokens"] == f"{rest.mean():.2f} bits each"
+
+
+def test_flat_patches_are_the_plain_ones():
+    """A patch is flat when every pixel value of it lies within FLAT_RANGE levels; one off pixel breaks it."""
+    pixels = np.full((8, 12, 3), 255, np.uint8)  # f = 4: a 2 x 3 grid of patches, all white
+    pixels[0:4, 4:8] = (250, 252, 255)  # within 8 levels of each other: still flat
+    pixels[5, 9] = (255, 0, 0)  # one red pixel in patch (1, 2)
+    pixels[0:4, 8:12] = 240 + np.arange(4 * 4).reshape(4, 4, 1)  # a grey ramp, 240 to 255, in patch (0, 2)
+    flat = genlab_eval.flat_patches(Image.fromarray(pixels), 4)
+    assert flat.tolist() == [[True, True, False], [True, True, False]]
+    assert genlab_eval.flat_patches(Image.fromarray(pixels), 4, value_range=15)[0, 2]  # the ramp spans 15 levels
 
 
 def test_prior_eval_refuses_a_limit_below_one(tiny_prior_dir, tiny_emoji_dir):
