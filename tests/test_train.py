@@ -228,7 +228,7 @@ def test_prior_trains_over_a_vq_model_exports_fp16_and_resumes(image_folder, tmp
     base = ["prior", "--data", str(image_folder), "--vq", str(vq_out), "--out", str(out), "--run-dir", str(run_dir),
             "--hidden-size", "16", "--num-layers", "1", "--num-heads", "2", "--batch-size", "4",
             "--threads", "1", "--cpu", "--log-every", "1", "--sample-every", "1000", "--guidance-scale", "2.0",
-            "--export-fp16"]
+            "--export-fp16", "--shift-share", "0.5"]
     train_main(base + ["--steps", "3", "--save-every", "3"])
     train_main(base + ["--steps", "5", "--resume"])
     state = run_json(run_dir / "checkpoint")
@@ -248,6 +248,7 @@ def test_prior_trains_over_a_vq_model_exports_fp16_and_resumes(image_folder, tmp
     assert run.image.size == (24, 24) and (run.tokens >= 0).all() and (run.tokens < 16).all()
     card = (out / "README.md").read_text()
     assert "steps: 5" in card and "--resume" in card and "width 16" in card
+    assert "moved by one token in each of 8 directions, white fill, drawn instead of the image 50% of the time" in card
 
 
 def test_prior_distill_from_writes_a_guidance_distilled_prior(image_folder, tmp_path):
@@ -317,6 +318,65 @@ def test_prior_dropout_overrides_the_config_it_starts_from(image_folder, tmp_pat
     assert not prior.transformer.training
     first, second = (prior.sample(seed=0, steps=3, class_label="red").tokens for _ in range(2))
     assert np.array_equal(first, second)
+
+
+def test_shift_images_moves_by_whole_pixels_with_white_fill():
+    from genlab.train.prior import shift_images
+
+    image = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3)
+    right_up = shift_images([image], 2, -1)[0]  # 2 px right, 1 px up
+    assert np.array_equal(right_up[:3, 2:], image[1:, :3])
+    assert (right_up[:, :2] == 255).all() and (right_up[3] == 255).all()
+    assert np.array_equal(shift_images([image], 0, 0)[0], image)
+
+
+def test_token_bank_shifts_draw_moved_grids_at_the_asked_share(image_folder):
+    """--shift-share: the bank holds the tokens of each image and its mirror, moved by one token (f px) in the 8
+    directions, each the VQ's own tokens of that moved image; draws take a moved grid with the asked probability;
+    share 0 is the plain bank with the plain draws (no extra random numbers, so old runs reproduce)."""
+    from diffusers import VQModel
+
+    from genlab.train.latent import images_to_tensor
+    from genlab.train.prior import SHIFTS, TokenBank, shift_images
+
+    torch.manual_seed(0)
+    vq_model = VQModel(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+                       up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=3, num_vq_embeddings=16,
+                       vq_embed_dim=3, norm_num_groups=4, sample_size=24)  # f = 2
+    data = common.ImageFolder(image_folder)
+    plain = TokenBank(vq_model, data, batch_size=64, seed=3)
+    moved = TokenBank(vq_model, data, batch_size=64, seed=3, shift_share=0.25)
+    assert plain.tokens.shape == (12, 2, 12, 12) and moved.tokens.shape == (12, 2 * len(SHIFTS), 12, 12)
+    assert torch.equal(moved.tokens[:, :2], plain.tokens)
+    dx, dy = SHIFTS[3]
+    pixels = images_to_tensor(shift_images(data.images, 2 * dx, 2 * dy)).flip(-1)  # variant 2 * 3 + 1
+    with torch.no_grad():
+        _, _, (_, _, indices) = vq_model.quantize(vq_model.encode(pixels).latents)
+    assert torch.equal(moved.tokens[:, 7], indices.view(12, 12, 12))
+
+    reference = TokenBank(vq_model, data, batch_size=64, seed=3)
+    tokens, _ = next(iter(plain))
+    index, flip = reference.draw()
+    assert torch.equal(tokens, reference.tokens[index, flip])
+    draws = iter(moved)
+    grids = torch.cat([next(draws)[0] for _ in range(20)])  # (1280, h, w)
+    unmoved = (grids[:, None] == moved.tokens[:, :2].flatten(0, 1)[None]).flatten(2).all(2).any(1)
+    assert 0.2 < 1 - unmoved.float().mean() < 0.3  # about a quarter unlike every unmoved grid: moved
+    with pytest.raises(ValueError, match="shift_share must be in"):
+        TokenBank(vq_model, data, batch_size=4, seed=0, shift_share=1.5)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["prior", "--shift-share", "1.5"], "--shift-share must be in [0, 1], got 1.5"),
+    (["prior", "--shift-share", "-0.1"], "--shift-share must be in [0, 1], got -0.1"),
+    (["ddpm", "--shift-share", "0.5"], "--shift-share is for prior"),
+])
+def test_bad_shift_share_is_refused(capsys, argv, message):
+    from genlab.train.__main__ import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(argv + ["--data", "d", "--out", "o", "--vq", "v"])
+    assert message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -121,6 +121,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--num-layers", type=int, help="prior: transformer blocks")
     parser.add_argument("--num-heads", type=int, help="prior: attention heads")
     parser.add_argument("--raster-share", type=float, help="prior: share of masks that hide every token from a raster position on")
+    parser.add_argument("--shift-share", type=float, default=0.0,
+                        help="prior: share of training grids taken from the image moved by one token in one of 8 "
+                        "directions (white fill; default 0)")
     parser.add_argument("--weight-decay", type=float, help="AdamW weight decay (prior)")
     parser.add_argument("--dropout", type=float, default=None,
                         help="prior: dropout on the transformer's attention and MLP outputs (default 0); with "
@@ -172,6 +175,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--dropout is for prior (the masked-token transformer), not with --distill-from")
     if args.dropout is not None and not 0 <= args.dropout < 1:
         parser.error(f"--dropout must be in [0, 1), got {args.dropout}")
+    if args.shift_share and args.kind != "prior":
+        parser.error("--shift-share is for prior (the tokens of moved images)")
+    if not 0 <= args.shift_share <= 1:
+        parser.error(f"--shift-share must be in [0, 1], got {args.shift_share}")
     if args.kind == "prior" and args.vq is None and not args.resume:
         parser.error("prior needs --vq: the trained VQModel whose tokens it models")
     args.run_dir = args.run_dir or Path("runs") / args.out.name
@@ -661,9 +668,10 @@ def train_prior(args, accelerator: Accelerator, data: common.ImageFolder, state:
     vq_model = VQModel.from_pretrained(args.vq).to(accelerator.device).requires_grad_(False)
     seed = args.seed + state.step + accelerator.process_index
     bank = prior_training.TokenBank(vq_model, data, args.batch_size, seed,
-                                    class_power=args.class_power if classes else 1.0)
+                                    class_power=args.class_power if classes else 1.0, shift_share=args.shift_share)
     grid = tuple(bank.tokens.shape[-2:])
-    accelerator.print(f"tokens: {len(bank.tokens)} images x 2 (mirrored), {grid[0]}x{grid[1]} each, "
+    accelerator.print(f"tokens: {len(bank.tokens)} images x {bank.tokens.shape[1]} (mirrored, moved), "
+                      f"{grid[0]}x{grid[1]} each, "
                       f"{bank.distinct_codes()} of {vq_model.config.num_vq_embeddings} codes in use")
     init = args.init / "transformer" if args.init and (args.init / "transformer").is_dir() else args.init
     dropout = {} if args.dropout is None else {"dropout": args.dropout}  # a config override
@@ -830,7 +838,10 @@ def export_prior(args, model, vq_model: VQModel, scheduler, classes: list[str], 
         f"random raster position on. {conditional}{distilled_text(args, model.config)}Sampling: MaskGIT's "
         "confidence order (diffusers' `AmusedScheduler` schedule and masking; GenLab draws codes for the masked cells "
         "only), or raster / random order. Exported weights are the EMA weights.",
-        f"`{args.data}`: every image and its mirror image, encoded once; batch {args.batch_size}, {lr_text(args)}"
+        f"`{args.data}`: every image and its mirror image, encoded once"
+        + (f" (and both moved by one token in each of 8 directions, white fill, drawn instead of the image "
+           f"{args.shift_share:.0%} of the time)" if args.shift_share else "")
+        + f"; batch {args.batch_size}, {lr_text(args)}"
         + (f", AdamW weight decay {args.weight_decay:g}" if args.weight_decay else "")
         + (f"; class c drawn with probability proportional to n_c^{args.class_power:g}" if classes and args.class_power != 1 else "")
         + ".",

@@ -53,23 +53,53 @@ def masked_token_loss(model, tokens: torch.Tensor, class_labels: torch.Tensor | 
     return per_token[masked].mean()
 
 
+SHIFTS = [(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (-1, -1), (1, -1), (-1, 1)]  # (dx, dy) in tokens
+SHIFT_FILL = 255  # what a shift uncovers: white, the emoji's background
+
+
+def shift_images(images: list[np.ndarray], dx: int, dy: int, fill: int = SHIFT_FILL) -> list[np.ndarray]:
+    """(H, W, 3) uint8 images moved by (dx, dy) pixels (right, down), the uncovered border filled, the far one cut."""
+    shifted = []
+    for image in images:
+        out = np.full_like(image, fill)
+        height, width = image.shape[:2]
+        source_y, target_y = slice(max(0, -dy), height - max(0, dy)), slice(max(0, dy), height - max(0, -dy))
+        source_x, target_x = slice(max(0, -dx), width - max(0, dx)), slice(max(0, dx), width - max(0, -dx))
+        out[target_y, target_x] = image[source_y, source_x]
+        shifted.append(out)
+    return shifted
+
+
 class TokenBank(EncodedBank):
     """The frozen VQ model's tokens of every image of a folder and of its mirror image, encoded once
-    (see `EncodedBank` for how images are drawn; 64 px emoji -> 16 x 16 tokens)."""
+    (see `EncodedBank` for how images are drawn; 64 px emoji -> 16 x 16 tokens).
+
+    With `shift_share` > 0, also of each image moved by one token (f pixels) in the 8 directions of SHIFTS,
+    white filling what the move uncovers: a draw takes one of those, picked uniformly, with probability
+    `shift_share`, else the image itself (mirrored or not either way). More grids for the same drawings, in
+    other places: the prior sees each motif at more positions than the few emoji that hold it."""
 
     def __init__(self, vq_model, data: common.ImageFolder, batch_size: int, seed: int, class_power: float = 1.0,
-                 encode_batch: int = 64):
+                 encode_batch: int = 64, shift_share: float = 0.0):
         super().__init__(data, batch_size, seed, class_power, "prior")
+        if not 0 <= shift_share <= 1:
+            raise ValueError(f"shift_share must be in [0, 1], got {shift_share}")
+        self.shift_share = shift_share
+        factor = 2 ** (len(vq_model.config.block_out_channels) - 1)  # pixels per token
         vq_model.eval()
-        tokens = {False: [], True: []}
+        variants = []  # (shift, flipped) in the order of SHIFTS, unflipped first: variant 2 * shift + flipped
         with torch.no_grad():
-            for start in range(0, len(data), encode_batch):
-                pixels = images_to_tensor(data.images[start:start + encode_batch]).to(vq_model.device)
-                for flipped, chunks in tokens.items():
-                    latents = vq_model.encode(pixels.flip(-1) if flipped else pixels).latents  # (B, D, h, w)
-                    _, _, (_, _, indices) = vq_model.quantize(latents.float())
-                    chunks.append(indices.view(len(pixels), *latents.shape[-2:]).cpu())
-        self.tokens = torch.stack([torch.cat(tokens[f]) for f in (False, True)], dim=1)  # (N, 2, h, w)
+            for dx, dy in SHIFTS if shift_share > 0 else SHIFTS[:1]:
+                for flipped in (False, True):
+                    chunks = []
+                    for start in range(0, len(data), encode_batch):
+                        images = shift_images(data.images[start:start + encode_batch], dx * factor, dy * factor)
+                        pixels = images_to_tensor(images).to(vq_model.device)
+                        latents = vq_model.encode(pixels.flip(-1) if flipped else pixels).latents  # (B, D, h, w)
+                        _, _, (_, _, indices) = vq_model.quantize(latents.float())
+                        chunks.append(indices.view(len(pixels), *latents.shape[-2:]).cpu())
+                    variants.append(torch.cat(chunks))
+        self.tokens = torch.stack(variants, dim=1)  # (N, 2 or 2 * len(SHIFTS), h, w)
 
     def distinct_codes(self) -> int:
         """How many codes the encoded images use."""
@@ -78,6 +108,10 @@ class TokenBank(EncodedBank):
     def __iter__(self):
         while True:
             index, flip = self.draw()
+            if self.shift_share > 0:
+                shift = torch.from_numpy(self.rng.integers(1, len(SHIFTS), size=self.batch_size))  # (B,) a move
+                moved = torch.from_numpy(self.rng.random(self.batch_size) < self.shift_share)  # (B,) taken or not
+                flip = torch.where(moved, 2 * shift + flip, flip)  # (B,) variant index
             yield self.tokens[index, flip], self.labels[index]
 
 
