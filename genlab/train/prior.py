@@ -86,20 +86,20 @@ class TokenBank(EncodedBank):
             raise ValueError(f"shift_share must be in [0, 1], got {shift_share}")
         self.shift_share = shift_share
         factor = 2 ** (len(vq_model.config.block_out_channels) - 1)  # pixels per token
+        moves = SHIFTS if shift_share > 0 else SHIFTS[:1]
+        chunks = [[] for _ in range(2 * len(moves))]  # variant 2 * move + flipped: its tokens, chunk by chunk
         vq_model.eval()
-        variants = []  # (shift, flipped) in the order of SHIFTS, unflipped first: variant 2 * shift + flipped
         with torch.no_grad():
-            for dx, dy in SHIFTS if shift_share > 0 else SHIFTS[:1]:
-                for flipped in (False, True):
-                    chunks = []
-                    for start in range(0, len(data), encode_batch):
-                        images = shift_images(data.images[start:start + encode_batch], dx * factor, dy * factor)
-                        pixels = images_to_tensor(images).to(vq_model.device)
+            for start in range(0, len(data), encode_batch):
+                images = data.images[start:start + encode_batch]
+                for move, (dx, dy) in enumerate(moves):
+                    moved = shift_images(images, dx * factor, dy * factor) if (dx, dy) != (0, 0) else images
+                    pixels = images_to_tensor(moved).to(vq_model.device)
+                    for flipped in (0, 1):
                         latents = vq_model.encode(pixels.flip(-1) if flipped else pixels).latents  # (B, D, h, w)
                         _, _, (_, _, indices) = vq_model.quantize(latents.float())
-                        chunks.append(indices.view(len(pixels), *latents.shape[-2:]).cpu())
-                    variants.append(torch.cat(chunks))
-        self.tokens = torch.stack(variants, dim=1)  # (N, 2 or 2 * len(SHIFTS), h, w)
+                        chunks[2 * move + flipped].append(indices.view(len(pixels), *latents.shape[-2:]).cpu())
+        self.tokens = torch.stack([torch.cat(variant) for variant in chunks], dim=1)  # (N, 2 or 2 * len(SHIFTS), h, w)
 
     def distinct_codes(self) -> int:
         """How many codes the encoded images use."""
