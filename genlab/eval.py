@@ -348,6 +348,7 @@ def eval_prior(model: str, folder: Path, limit: int | None = None, unconditional
         raise SystemExit(f"no images under {folder}")
     bits, no_label, labels, psnrs, usage = [], [], [], [], np.zeros(vq.num_codes, np.int64)
     flat_bits, other_bits, flat_codes = [], [], set()  # token bits on flat patches and on the rest; codes of flat ones
+    background_bits = []  # token bits on the VQ's reserved background code (genlab.vq.Background), if it has one
     for path in paths:
         image = prior.fit(open_image(path))  # the crop and size the prior codes
         code = prior.code_length(image)
@@ -362,6 +363,8 @@ def eval_prior(model: str, folder: Path, limit: int | None = None, unconditional
                 no_label.append(plain.sum() / code.pixels)
         result = vq.reconstruct(image, max_side=None)  # result.indices: the tokens the code length coded
         flat_codes.update(result.indices[flat].tolist())
+        if vq.background is not None:
+            background_bits.append(code.token_bits[result.indices == vq.background.code])
         psnrs.append(result.psnr)
         usage += np.bincount(result.indices.ravel(), minlength=vq.num_codes)
     bits = np.array(bits)
@@ -393,6 +396,13 @@ def eval_prior(model: str, folder: Path, limit: int | None = None, unconditional
                      f"{len(flat_codes)} distinct codes |")
     if other_bits.size:
         table.append(f"| other tokens | {other_bits.mean():.2f} bits each |")
+    if background_bits:
+        background = np.concatenate(background_bits)
+        reserved = vq.background
+        table.append(f"| the reserved background code ({reserved.code}: patches white within {reserved.margin} "
+                     f"token{'s' * (reserved.margin != 1)}) | {background.size / tokens:.1%} of the tokens, "
+                     f"{background.mean() if background.size else 0.0:.2f} bits each, "
+                     f"{background.sum() / token_bits:.1%} of the token bits |")
     table += [
         f"| VQ PSNR on these images (dB) | {np.mean(psnrs):.2f} (median {np.median(psnrs):.2f}) |",
         f"| codes used on these images | {active} of {vq.num_codes} ({active / vq.num_codes:.1%}), "

@@ -333,7 +333,7 @@ def _autoencoder_folder(folder: Path) -> Path:
 def _build_vq(folder: Path, device: torch.device, name: str):
     from diffusers import VQModel
 
-    from .vq import VQ
+    from .vq import VQ, Background
 
     config = read_config(folder)
     if config.get("_class_name", "VQModel") != "VQModel":
@@ -347,7 +347,12 @@ def _build_vq(folder: Path, device: torch.device, name: str):
     info = genlab_info(folder)
     # aMUSEd's VQ-GAN reads and writes [0, 1] pixels; its pipeline folder says so by its class name
     unit_pixels = _pipeline_class(folder.parent).startswith("Amused")
-    return VQ(model, name=info.get("title") or name, tile=info.get("tile"), unit_pixels=unit_pixels)
+    try:
+        background = Background.from_info(info.get("background"), model.config.num_vq_embeddings)
+    except (TypeError, ValueError) as error:
+        raise ModelLoadError(f"{str(folder)!r}: genlab.json: {error}") from None
+    return VQ(model, name=info.get("title") or name, tile=info.get("tile"), unit_pixels=unit_pixels,
+              background=background)
 
 
 def _build_kl(folder: Path, device: torch.device, name: str):

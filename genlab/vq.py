@@ -7,6 +7,13 @@ VQGAN: Esser et al., "Taming Transformers" (arXiv:2012.09841) shares this interf
 A model with downsampling factor f and K codes turns an H x W image into an (H/f) x (W/f) grid of
 indices, i.e. log2(K) / f^2 bits per pixel. Indices are (B, h, w) int64 tensors inside, and
 (h, w) numpy int arrays at the public API.
+
+A reserved background code (`Background`, genlab.json "background"): every token whose f x f patch and
+whose neighbours within `margin` tokens are white (within `tolerance` levels of 255) takes one code,
+whatever the encoder's nearest code there. A VQ trained with it (`python -m genlab.train vqgan
+--background-margin M`) decodes that code as plain background, and a token prior pays for one code
+instead of the hundreds a convolutional encoder spreads over a white background (the "skip" blocks of
+video codecs, for a token grid).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from . import metrics
@@ -61,6 +69,49 @@ class Reconstruction(metrics.ComparedToInput):
         return int(np.unique(self.indices).size)
 
 
+@dataclass(frozen=True)
+class Background:
+    """One code for plain white background: see the module docstring. Checked data (genlab.json)."""
+
+    code: int  # the reserved code
+    margin: int = 1  # tokens: a token takes the code when every patch within this many tokens is white
+    tolerance: int = 8  # levels (of 255) below white that still count as white
+
+    @classmethod
+    def from_info(cls, info: dict | None, num_codes: int) -> Background | None:
+        """genlab.json's "background" entry (or None) -> a checked Background (or None)."""
+        if info is None:
+            return None
+        if not isinstance(info, dict) or set(info) - {"code", "margin", "tolerance"} or "code" not in info:
+            raise ValueError(f"background must be {{'code': int, 'margin': int, 'tolerance': int}}, got {info!r}")
+        background = cls(**info)
+        background.check(num_codes)
+        return background
+
+    def check(self, num_codes: int) -> None:
+        for name in ("code", "margin", "tolerance"):
+            if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
+                raise ValueError(f"background {name} must be an integer, got {getattr(self, name)!r}")
+        if not 0 <= self.code < num_codes:
+            raise ValueError(f"background code must be in [0, {num_codes - 1}], got {self.code}")
+        if self.margin < 0:
+            raise ValueError(f"background margin must be >= 0 tokens, got {self.margin}")
+        if not 0 <= self.tolerance < 255:
+            raise ValueError(f"background tolerance must be in [0, 254] levels, got {self.tolerance}")
+
+    def as_info(self) -> dict:
+        return {"code": self.code, "margin": self.margin, "tolerance": self.tolerance}
+
+    def mask(self, pixels: torch.Tensor, factor: int) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1], H and W multiples of f -> (B, H/f, W/f) bool: the tokens that take the code.
+        Outside the image counts as white, so a white border is background up to the edge."""
+        white = (pixels.amin(dim=1, keepdim=True) >= 1 - 2 * self.tolerance / 255 - 1e-4).float()  # (B, 1, H, W)
+        patches = -F.max_pool2d(-white, factor)  # (B, 1, h, w): 1 where the whole f x f patch is white
+        m = self.margin
+        quiet = -F.max_pool2d(-F.pad(patches, (m, m, m, m), value=1.0), 2 * m + 1, stride=1)  # (B, 1, h, w)
+        return quiet[:, 0] > 0.5
+
+
 @dataclass
 class Encoding:
     """An image's tokens before decoding (`VQ.encode_image`). `VQ.reconstruct_from` decodes them, with this
@@ -78,11 +129,12 @@ class VQ:
     """A loaded VQ model plus the operations GenLab's tabs and notebooks use."""
 
     def __init__(self, model, name: str = "vq", tile: int | None = None, tile_margin: int = 0,
-                 unit_pixels: bool = False):
+                 unit_pixels: bool = False, background: Background | None = None):
         """`tile`: the training crop in pixels (genlab.json); larger inputs are encoded and decoded
         in windows of that size plus `tile_margin` pixels of context (see genlab.tiling).
         `unit_pixels`: the model reads and writes pixels in [0, 1] (aMUSEd's VQ-GAN: its pipeline's
-        VaeImageProcessor(do_normalize=False)), not diffusers' usual [-1, 1]; GenLab's tensors stay [-1, 1]."""
+        VaeImageProcessor(do_normalize=False)), not diffusers' usual [-1, 1]; GenLab's tensors stay [-1, 1].
+        `background`: the reserved background code this model was trained with (genlab.json), if any."""
         self.model, self.name, self.unit_pixels = model, name, unit_pixels
         config = model.config
         self.num_codes: int = config.num_vq_embeddings
@@ -92,6 +144,9 @@ class VQ:
         if tile is not None and (tile % f or tile_margin % f):
             raise ValueError(f"tile ({tile}) and tile_margin ({tile_margin}) must be multiples of f = {f}")
         self.tile, self.tile_margin = tile, tile_margin
+        if background is not None:
+            background.check(self.num_codes)
+        self.background = background
         self._patches: dict[int, torch.Tensor] = {}  # code -> (3, P, P) decoded atlas patch
         self._colors: np.ndarray | None = None
 
@@ -113,8 +168,13 @@ class VQ:
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [-1, 1], H and W multiples of f -> (B, H/f, W/f) code indices."""
         if self.tile:
-            return apply_tiled(self._encode_window, pixels, self.tile, self.tile_margin, 1 / self.downsample_factor)
-        return self._encode_window(pixels)
+            indices = apply_tiled(self._encode_window, pixels, self.tile, self.tile_margin, 1 / self.downsample_factor)
+        else:
+            indices = self._encode_window(pixels)
+        if self.background is not None:
+            quiet = self.background.mask(pixels, self.downsample_factor).to(indices.device)
+            indices = indices.masked_fill(quiet, self.background.code)
+        return indices
 
     def _encode_window(self, pixels: torch.Tensor) -> torch.Tensor:
         if self.unit_pixels:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from collections import Counter
 
 import numpy as np
@@ -239,3 +240,27 @@ def test_prior_eval_refuses_a_limit_below_one(tiny_prior_dir, tiny_emoji_dir):
 def fast_judge(train_classifier):
     """train_classifier with 50 steps instead of 1500: the test checks the plumbing, not the judge."""
     return lambda images, labels, classes: train_classifier(images, labels, classes, steps=50)
+
+
+def test_prior_eval_reports_the_reserved_background_code(tiny_prior_dir, tiny_emoji_dir, tmp_path, capsys):
+    """A prior whose VQ reserves a background code: the eval says how many tokens take it and what they cost."""
+    folder = shutil.copytree(tiny_prior_dir, tmp_path / "prior")
+    info_path = folder / "vqvae" / "genlab.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {"kind": "vq"}
+    info["background"] = {"code": 3, "margin": 0, "tolerance": 8}
+    info_path.write_text(json.dumps(info))
+    genlab_eval.main(["prior", "--model", str(folder), "--data", str(tiny_emoji_dir), "--limit", "3"])
+    cells = [line.strip("| ").split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    values = {name: value for name, value in cells}
+    prior = genlab.load_prior(folder, device="cpu")
+    assert prior.vq.background == genlab.vq.Background(code=3, margin=0)
+    images = [prior.fit(open_image(path)) for path in held_out_subset(tiny_emoji_dir, 3)]
+    codes = [prior.code_length(image) for image in images]
+    on_code = np.concatenate([c.token_bits[prior.vq.indices_of(i, None) == 3] for c, i in zip(codes, images)])
+    total = sum(c.token_bits.sum() for c in codes)
+    assert on_code.size  # the tiny emoji's white patches
+    assert values["the reserved background code (3: patches white within 0 tokens)"] == (
+        f"{on_code.size / (3 * PRIOR_GRID ** 2):.1%} of the tokens, {on_code.mean():.2f} bits each, "
+        f"{on_code.sum() / total:.1%} of the token bits")
+    genlab_eval.main(["prior", "--model", str(tiny_prior_dir), "--data", str(tiny_emoji_dir), "--limit", "1"])
+    assert "reserved background code" not in capsys.readouterr().out  # a VQ without one: no such row

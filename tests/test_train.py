@@ -429,3 +429,69 @@ def test_presets_fill_every_unset_option_and_flags_win():
     assert (emoji.lr_schedule, emoji.warmup_steps) == ("cosine", 500) and denoiser.lr_schedule == "constant"
     flagged = parse_args(base + ["--preset", "photo-denoiser", "--t-focus-max", "50", "--lr", "1e-4"])
     assert flagged.t_focus_max == 50 and flagged.lr == 1e-4
+
+
+def test_vq_background_code_is_reserved_in_training_exported_and_used_by_the_bank(image_folder, tmp_path):
+    """--background-margin: the commonest nearest code on background tokens becomes the reserved code, training
+    quantizes those tokens to it (as VQ.encode will), genlab.json carries it, a resumed run keeps it, and the
+    prior's token bank writes it where VQ.encode does."""
+    from genlab.train.prior import TokenBank
+
+    out, run_dir = tmp_path / "vq", tmp_path / "run"
+    base = ["vqvae", "--data", str(image_folder), "--out", str(out), "--run-dir", str(run_dir), *TINY_VQ]
+    train_main(base + ["--steps", "2", "--save-every", "2", "--background-margin", "1"])
+    entry = json.loads((out / "genlab.json").read_text())["background"]
+    assert entry["margin"] == 1 and entry["tolerance"] == 8 and 0 <= entry["code"] < 16
+    assert f"Code {entry['code']} is reserved for plain background" in (out / "README.md").read_text()
+    model = genlab.load_vq(out, device="cpu")
+    assert model.background == genlab.vq.Background(**entry)
+    data = common.ImageFolder(image_folder)
+    pixels = torch.from_numpy(np.stack(data.images)).permute(0, 3, 1, 2).float() / 127.5 - 1  # (12, 3, 24, 24)
+    quiet = model.background.mask(pixels, model.downsample_factor)  # (12, 12, 12)
+    assert 0.2 < quiet.float().mean() < 0.9  # white corners and edges, not the discs
+    tokens = model.encode(pixels)
+    assert (tokens[quiet] == entry["code"]).all()
+
+    trainer = vq.VQAutoencoderForTraining(model.model, background=model.background)
+    trainer.quantizer.initialized.fill_(True)
+    trainer.eval()
+    crops = pixels[:, :, 4:20, 4:20]  # the training crop (16 px), which VQ.encode takes as one window
+    with torch.no_grad():
+        _, indices, _ = trainer(crops)
+    assert torch.equal(indices, model.encode(crops))  # training quantizes as VQ.encode does
+    assert (indices[model.background.mask(crops, 2)] == entry["code"]).all()
+    bank = TokenBank(model.model, data, batch_size=4, seed=0, background=model.background)
+    whole = genlab.vq.VQ(model.model, background=model.background).encode(pixels)  # the bank does not tile
+    assert torch.equal(bank.tokens[:, 0], whole) and (bank.tokens[:, 1][quiet.flip(-1)] == entry["code"]).all()
+
+    train_main(base + ["--steps", "3", "--resume", "--background-margin", "1", "--background-code", "0"])
+    assert json.loads((out / "genlab.json").read_text())["background"] == entry  # the run's code, not a new one
+    train_main(["vqvae", "--data", str(image_folder), "--out", str(tmp_path / "vq0"), "--run-dir",
+                str(tmp_path / "run0"), *TINY_VQ, "--steps", "1", "--background-margin", "0", "--background-code", "5"])
+    assert json.loads((tmp_path / "vq0" / "genlab.json").read_text())["background"]["code"] == 5
+    train_main(["vqvae", "--data", str(image_folder), "--out", str(tmp_path / "plain"), "--run-dir",
+                str(tmp_path / "run-plain"), *TINY_VQ, "--steps", "1"])
+    assert "background" not in json.loads((tmp_path / "plain" / "genlab.json").read_text())
+
+
+def test_vq_background_needs_white_in_the_data(image_folder, tmp_path):
+    with pytest.raises(SystemExit, match="no token of .* has a white neighbourhood that wide"):
+        train_main(["vqvae", "--data", str(image_folder), "--out", str(tmp_path / "vq"), "--run-dir",
+                    str(tmp_path / "run"), *TINY_VQ, "--steps", "1", "--background-margin", "20"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["vqgan", "--background-margin", "-1"], "--background-margin must be >= 0 tokens, got -1"),
+    (["vqgan", "--background-margin", "1", "--background-tolerance", "300"],
+     "--background-tolerance must be in [0, 254] levels, got 300"),
+    (["vqvae", "--background-margin", "1", "--codes", "16", "--background-code", "16"],
+     "--background-code must be in [0, codes), got 16"),
+    (["vqvae", "--background-code", "3"], "--background-code and --background-tolerance need --background-margin"),
+    (["prior", "--background-margin", "1"], "--background-margin is for vqvae and vqgan"),
+])
+def test_bad_background_options_are_refused(capsys, argv, message):
+    from genlab.train.__main__ import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(argv + ["--data", "d", "--out", "o", "--vq", "v"])
+    assert message in capsys.readouterr().err

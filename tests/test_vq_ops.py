@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -167,3 +169,73 @@ def test_token_map_draws_each_code_as_a_cell_block_of_its_colour(cell):
     drawn = np.asarray(index_map_image(indices, 1024, cell))
     assert drawn.shape == (5 * cell, 7 * cell, 3)
     assert np.array_equal(drawn, np.kron(index_colors(1024)[indices], np.ones((cell, cell, 1), np.uint8)))
+
+
+# ---------------------------------------------------------------------------- reserved background code
+def _white_with_dot(side: int = 16, dot=(5, 5), level: int = 0) -> torch.Tensor:
+    """(1, 3, side, side) in [-1, 1]: white, one pixel at `level`."""
+    pixels = torch.ones(1, 3, side, side)
+    pixels[:, :, dot[0], dot[1]] = level / 127.5 - 1
+    return pixels
+
+
+def test_background_mask_takes_tokens_whose_neighbourhood_is_white():
+    from genlab.vq import Background
+
+    pixels = _white_with_dot()  # f = 4: the dot is in token (1, 1) of a 4 x 4 grid
+    expected_0 = np.ones((4, 4), bool)
+    expected_0[1, 1] = False
+    assert np.array_equal(Background(code=0, margin=0).mask(pixels, 4)[0].numpy(), expected_0)
+    expected_1 = np.zeros((4, 4), bool)
+    expected_1[3, :] = expected_1[:, 3] = True  # two or more tokens from (1, 1); outside the image counts as white
+    assert np.array_equal(Background(code=0, margin=1).mask(pixels, 4)[0].numpy(), expected_1)
+    assert not Background(code=0, margin=2).mask(pixels, 4).any()
+    near_white = _white_with_dot(level=250)  # 5 levels below white
+    assert Background(code=0, margin=0, tolerance=8).mask(near_white, 4).all()
+    assert not Background(code=0, margin=0, tolerance=4).mask(near_white, 4)[0, 1, 1]
+    coloured = torch.ones(1, 3, 8, 8)
+    coloured[:, 0] = 0.0  # every pixel pale cyan (red channel at the middle): no token is white
+    assert not Background(code=0, margin=0).mask(coloured, 4).any()
+
+
+@pytest.mark.parametrize("info, message", [
+    ({"code": 16}, "background code must be in [0, 15], got 16"),
+    ({"code": -1}, "background code must be in [0, 15], got -1"),
+    ({"code": 3, "margin": -1}, "background margin must be >= 0 tokens, got -1"),
+    ({"code": 3, "tolerance": 255}, "background tolerance must be in [0, 254] levels, got 255"),
+    ({"code": 2.5}, "background code must be an integer, got 2.5"),
+    ({"code": True}, "background code must be an integer, got True"),
+    ({"margin": 1}, "background must be"),
+    ({"code": 1, "colour": "red"}, "background must be"),
+    ([1, 2], "background must be"),
+])
+def test_bad_background_entries_are_refused(info, message):
+    from genlab.vq import Background
+
+    with pytest.raises(ValueError) as error:
+        Background.from_info(info, num_codes=16)
+    assert message in str(error.value)
+    assert Background.from_info(None, 16) is None
+
+
+def test_a_vq_with_a_background_code_writes_it_on_white_neighbourhoods_only(vq_copy):
+    """VQ.encode: the background tokens take the reserved code, every other token is the encoder's nearest code;
+    the loader reads the entry from genlab.json, and refuses a bad one with the file named."""
+    info = {"kind": "vq", "background": {"code": 7, "margin": 1, "tolerance": 8}}
+    plain = genlab.models.load_vq(vq_copy, device="cpu")
+    (vq_copy / "genlab.json").write_text(json.dumps(info))
+    genlab.models.clear_cache()
+    model = genlab.models.load_vq(vq_copy, device="cpu")
+    assert model.background == genlab.vq.Background(code=7, margin=1, tolerance=8)
+    f = model.downsample_factor
+    pixels = torch.ones(1, 3, 8 * f, 8 * f)
+    pixels[:, :, 2 * f:3 * f, 2 * f:4 * f] = -1.0  # a black bar over tokens (2, 2) and (2, 3)
+    mine, theirs = model.encode(pixels)[0], plain.encode(pixels)[0]  # (8, 8)
+    quiet = genlab.vq.Background(code=7, margin=1).mask(pixels, f)[0]
+    assert quiet.sum() == 64 - 4 * 3 and not quiet[1:4, 1:5].any()
+    assert (mine[quiet] == 7).all() and torch.equal(mine[~quiet], theirs[~quiet])
+    assert (model.indices_of(Image.new("RGB", (8 * f, 8 * f), "white")) == 7).all()
+    (vq_copy / "genlab.json").write_text(json.dumps({"kind": "vq", "background": {"code": 99}}))
+    genlab.models.clear_cache()
+    with pytest.raises(genlab.models.ModelLoadError, match="genlab.json: background code must be in"):
+        genlab.models.load_vq(vq_copy, device="cpu")

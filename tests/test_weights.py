@@ -129,6 +129,11 @@ def test_maskgit_emoji_tokenizer_reconstructs_and_prior_codes_below_the_index_ra
     assert result.psnr > 26.0, f"{result.psnr:.2f} dB"  # the card's held-out mean is over 28 dB
     bits = prior.bits_per_pixel(grinning)
     assert 0 < bits < 0.6 * prior.index_bits_per_pixel, f"{bits:.3f} bits per pixel"
+    background = prior.vq.background  # the tokenizer reserves one code for plain white background
+    assert background is not None and background.margin == 1
+    tokens = prior.tokens_of(grinning)[0].numpy()
+    assert tokens[0, 0] == background.code and (tokens[6:10, 6:10] != background.code).all()  # corner, face
+    assert (prior.vq.indices_of(Image.new("RGB", (64, 64), "white")) == background.code).all()
 
 
 def test_maskgit_emoji_samples_are_emoji_and_inpainting_keeps_the_other_tokens(grinning):

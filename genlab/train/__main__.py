@@ -108,6 +108,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--disc-channels", type=int, default=32)
     parser.add_argument("--disc-layers", type=int, default=3)
     parser.add_argument("--freeze-encoder", action="store_true", help="VQGAN: keep encoder and codebook of --init")
+    parser.add_argument("--background-margin", type=int, default=None,
+                        help="VQ: reserve one code for plain white background: every token whose patch and neighbours "
+                        "within this many tokens are white takes it (genlab.vq.Background; off by default)")
+    parser.add_argument("--background-tolerance", type=int, default=8,
+                        help="VQ: levels (of 255) below white that still count as white for --background-margin")
+    parser.add_argument("--background-code", type=int, default=None,
+                        help="VQ: the reserved code (default: the commonest nearest code on background tokens of the "
+                        "data under the starting model)")
     # KL autoencoder (vae) and latent diffusion (ldm)
     parser.add_argument("--latent-channels", type=int, help="vae: channels of the latent z")
     parser.add_argument("--kl-weight", type=float, help="vae: weight of KL(q(z|x) || N(0, I)) in nats per pixel value")
@@ -157,6 +165,18 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.attention = tuple(bool(int(a)) for a in str(args.attention).split(","))
         if len(args.attention) != len(args.channels):
             parser.error(f"--attention has {len(args.attention)} entries but --channels has {len(args.channels)}")
+    background_options = (args.background_code is not None or args.background_tolerance != 8)
+    if args.background_margin is None and background_options:
+        parser.error("--background-code and --background-tolerance need --background-margin")
+    if args.background_margin is not None:
+        if args.kind not in ("vqvae", "vqgan"):
+            parser.error("--background-margin is for vqvae and vqgan (the tokenizer)")
+        if args.background_margin < 0:
+            parser.error(f"--background-margin must be >= 0 tokens, got {args.background_margin}")
+        if not 0 <= args.background_tolerance < 255:
+            parser.error(f"--background-tolerance must be in [0, 254] levels, got {args.background_tolerance}")
+        if args.background_code is not None and not 0 <= args.background_code < (args.codes or 1 << 30):
+            parser.error(f"--background-code must be in [0, codes), got {args.background_code}")
     if args.kind == "vqgan" and args.freeze_encoder and args.init is None:
         parser.error("--freeze-encoder needs --init (the encoder and codebook to keep)")
     if args.kind == "ldm" and args.vae is None and not args.resume:
@@ -224,7 +244,8 @@ def train_vq(args, accelerator: Accelerator, data: common.ImageFolder, state: co
     checkpoint = args.run_dir / "checkpoint"
     if args.resume and (checkpoint / "model").exists():
         model = VQModel.from_pretrained(checkpoint / "model")
-    trainer = vq.VQAutoencoderForTraining(model, args.codebook_decay, args.dead_threshold)
+    background = vq_background(args, model, data, checkpoint)
+    trainer = vq.VQAutoencoderForTraining(model, args.codebook_decay, args.dead_threshold, background)
     if args.init or (args.resume and (checkpoint / "model").exists()):
         trainer.quantizer.initialized.fill_(True)
         trainer.quantizer.embed_sum.copy_(model.quantize.embedding.weight.detach())
@@ -269,7 +290,9 @@ def train_vq(args, accelerator: Accelerator, data: common.ImageFolder, state: co
                 (checkpoint / "disc").mkdir(exist_ok=True)
                 common.save_optimizer(disc_optimizer, checkpoint / "disc")
             state.save(checkpoint)
-            export_vq(args, unwrapped.vq, state, fixed)
+            if background is not None:
+                (checkpoint / "background.json").write_text(json.dumps(background.as_info()))
+            export_vq(args, unwrapped.vq, state, fixed, background)
 
     while state.step < args.steps and (args.max_minutes is None or timer.total - timer.already < args.max_minutes * 60):
         pixels, _ = next(batches)
@@ -327,10 +350,44 @@ def save_vq_samples(model: VQModel, pixels: torch.Tensor, path: Path) -> None:
     common.save_grid(torch.cat([pixels, reconstruction]), path, columns=len(pixels))
 
 
-def export_vq(args, model: VQModel, state: common.RunState, fixed: torch.Tensor) -> None:
+def vq_background(args, model: VQModel, data: common.ImageFolder, checkpoint: Path):
+    """The `genlab.vq.Background` of --background-margin (None without it): the code of a resumed run, else
+    --background-code, else the commonest nearest code on the background tokens of 256 training crops."""
+    from ..vq import Background
+
+    if args.background_margin is None:
+        return None
+    num_codes = model.config.num_vq_embeddings
+    if args.resume and (checkpoint / "background.json").is_file():
+        return Background.from_info(json.loads((checkpoint / "background.json").read_text()), num_codes)
+    options = {"margin": args.background_margin, "tolerance": args.background_tolerance}
+    if args.background_code is not None:
+        if args.background_code >= num_codes:
+            raise SystemExit(f"--background-code {args.background_code}: the model has {num_codes} codes")
+        return Background(code=args.background_code, **options)
+    probe = Background(code=0, **options)
+    factor = 2 ** (len(model.config.block_out_channels) - 1)
+    counts = torch.zeros(num_codes, dtype=torch.long)
+    crops = iter(common.RandomCrops(data, args.crop, 64, seed=4321))
+    with torch.no_grad():
+        for _ in range(4):
+            pixels = next(crops)[0].to(model.device)  # (64, 3, crop, crop)
+            _, _, (_, _, indices) = model.quantize(model.encode(pixels).latents.float())
+            quiet = probe.mask(pixels, factor)  # (64, h, w)
+            counts += torch.bincount(indices.view(quiet.shape)[quiet].cpu(), minlength=num_codes)
+    if counts.sum() == 0:
+        raise SystemExit(f"--background-margin {args.background_margin}: no token of {args.data} has a white "
+                         f"neighbourhood that wide (within {args.background_tolerance} levels); pass --background-code "
+                         "or a smaller margin")
+    return Background(code=int(counts.argmax()), **options)
+
+
+def export_vq(args, model: VQModel, state: common.RunState, fixed: torch.Tensor, background=None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(args.out, safe_serialization=True)
     info = {"kind": "vq", "title": args.out.name, "tile": args.crop}  # tile: see genlab.tiling
+    if background is not None:
+        info["background"] = background.as_info()  # genlab.vq.Background: VQ.encode applies it
     (args.out / "genlab.json").write_text(json.dumps(info, indent=1))
     state.save(args.out)
     save_vq_samples(model, fixed, args.out / "samples.png")
@@ -343,7 +400,10 @@ def export_vq(args, model: VQModel, state: common.RunState, fixed: torch.Tensor)
         f"{math.log2(model.config.num_vq_embeddings) / factor ** 2:.3f} bits per pixel. Losses: L2 reconstruction, "
         f"commitment (beta {args.beta}), EMA codebook with dead-code restarts"
         + (f", PatchGAN hinge loss with the adaptive weight (scale {args.disc_weight}); no perceptual (LPIPS) term, "
-           "since no pretrained network can be downloaded here" if args.kind == "vqgan" else "") + ".",
+           "since no pretrained network can be downloaded here" if args.kind == "vqgan" else "") + "."
+        + (f" Code {background.code} is reserved for plain background (`genlab.vq.Background`, genlab.json): every "
+           f"token whose {factor}x{factor} patch and neighbours within {background.margin} tokens are white (within "
+           f"{background.tolerance} levels) takes it, in training and in `VQ.encode`." if background else ""),
         f"`{args.data}`, random {args.crop}x{args.crop} crops, batch {args.batch_size}, {lr_text(args)}.",
         state, "`samples.png`: top row training crops, bottom row their reconstructions.\n\n",
     )
@@ -647,7 +707,9 @@ def train_prior(args, accelerator: Accelerator, data: common.ImageFolder, state:
     `--distill-from`, the guidance distillation of that prior's transformer (genlab.train.prior)."""
     from diffusers import AmusedScheduler
 
+    from ..models import genlab_info
     from ..token_transformer import MaskedTokenTransformer
+    from ..vq import Background
 
     classes = data.classes if data.classes else []
     checkpoint = args.run_dir / "checkpoint"
@@ -666,9 +728,11 @@ def train_prior(args, accelerator: Accelerator, data: common.ImageFolder, state:
             raise SystemExit(f"--distill-from: the teacher has {teacher.config.num_classes} classes, "
                              f"{args.data} has {len(classes)}; distillation needs the teacher's labelled data")
     vq_model = VQModel.from_pretrained(args.vq).to(accelerator.device).requires_grad_(False)
+    background = Background.from_info(genlab_info(Path(args.vq)).get("background"), vq_model.config.num_vq_embeddings)
     seed = args.seed + state.step + accelerator.process_index
     bank = prior_training.TokenBank(vq_model, data, args.batch_size, seed,
-                                    class_power=args.class_power if classes else 1.0, shift_share=args.shift_share)
+                                    class_power=args.class_power if classes else 1.0, shift_share=args.shift_share,
+                                    background=background)
     grid = tuple(bank.tokens.shape[-2:])
     accelerator.print(f"tokens: {len(bank.tokens)} images x {bank.tokens.shape[1]} (mirrored, moved), "
                       f"{grid[0]}x{grid[1]} each, "

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..vq import VQ
 from . import common
 from .latent import EncodedBank, images_to_tensor
 
@@ -77,10 +78,12 @@ class TokenBank(EncodedBank):
     With `shift_share` > 0, also of each image moved by one token (f pixels) in the 8 directions of SHIFTS,
     white filling what the move uncovers: a draw takes one of those, picked uniformly, with probability
     `shift_share`, else the image itself (mirrored or not either way). More grids for the same drawings, in
-    other places: the prior sees each motif at more positions than the few emoji that hold it."""
+    other places: the prior sees each motif at more positions than the few emoji that hold it.
+
+    `background`: the VQ's reserved background code (genlab.json), applied as `VQ.encode` applies it."""
 
     def __init__(self, vq_model, data: common.ImageFolder, batch_size: int, seed: int, class_power: float = 1.0,
-                 encode_batch: int = 64, shift_share: float = 0.0):
+                 encode_batch: int = 64, shift_share: float = 0.0, background=None):
         super().__init__(data, batch_size, seed, class_power, "prior")
         if not 0 <= shift_share <= 1:
             raise ValueError(f"shift_share must be in [0, 1], got {shift_share}")
@@ -89,6 +92,7 @@ class TokenBank(EncodedBank):
         moves = SHIFTS if shift_share > 0 else SHIFTS[:1]
         chunks = [[] for _ in range(2 * len(moves))]  # variant 2 * move + flipped: its tokens, chunk by chunk
         vq_model.eval()
+        tokenizer = VQ(vq_model, background=background)
         with torch.no_grad():
             for start in range(0, len(data), encode_batch):
                 images = data.images[start:start + encode_batch]
@@ -96,9 +100,8 @@ class TokenBank(EncodedBank):
                     moved = shift_images(images, dx * factor, dy * factor) if (dx, dy) != (0, 0) else images
                     pixels = images_to_tensor(moved).to(vq_model.device)
                     for flipped in (0, 1):
-                        latents = vq_model.encode(pixels.flip(-1) if flipped else pixels).latents  # (B, D, h, w)
-                        _, _, (_, _, indices) = vq_model.quantize(latents.float())
-                        chunks[2 * move + flipped].append(indices.view(len(pixels), *latents.shape[-2:]).cpu())
+                        indices = tokenizer.encode(pixels.flip(-1) if flipped else pixels)  # (B, h, w)
+                        chunks[2 * move + flipped].append(indices.cpu())
         self.tokens = torch.stack([torch.cat(variant) for variant in chunks], dim=1)  # (N, 2 or 2 * len(SHIFTS), h, w)
 
     def distinct_codes(self) -> int:

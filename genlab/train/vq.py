@@ -13,7 +13,8 @@ VQGAN: Esser et al., "Taming Transformers for High-Resolution Image Synthesis" (
   term: the reconstruction term is L2 (+ optional L1).
 
 The trained weights are a plain `VQModel`: diffusers' own `VectorQuantizer` (nearest code by
-`cdist`) reproduces the training-time quantization exactly.
+`cdist`) reproduces the training-time quantization exactly; with a reserved background code
+(`genlab.vq.Background`), GenLab's `VQ.encode` applies the same override after it.
 """
 
 from __future__ import annotations
@@ -53,7 +54,10 @@ class EMAVectorQuantizer(nn.Module):
             torch.distributed.broadcast(picked, src=0)  # every process restarts to the same vectors
         return picked
 
-    def forward(self, latents: torch.Tensor):
+    def forward(self, latents: torch.Tensor, forced: torch.Tensor | None = None, forced_code: int = 0):
+        """(B, D, h, w) latents -> (straight-through quantized latents, (B, h, w) indices, commitment loss).
+        `forced`: (B, h, w) bool, the tokens that take `forced_code` whatever their nearest code (the
+        reserved background code); their latents are pulled towards that code by the commitment loss."""
         batch, dim, height, width = latents.shape
         flat = latents.permute(0, 2, 3, 1).reshape(-1, dim).float()  # (B*h*w, D)
         codebook = self.codebook
@@ -63,6 +67,8 @@ class EMAVectorQuantizer(nn.Module):
                 self.embed_sum.copy_(codebook.data)
                 self.initialized.fill_(True)
         indices = torch.cdist(flat, codebook.float()).argmin(dim=1)  # (B*h*w,)
+        if forced is not None:
+            indices = indices.masked_fill(forced.reshape(-1).to(indices.device), forced_code)
         quantized = codebook[indices].float()  # (B*h*w, D)
 
         if self.training:
@@ -91,14 +97,21 @@ class EMAVectorQuantizer(nn.Module):
 class VQAutoencoderForTraining(nn.Module):
     """Wraps a diffusers VQModel so one forward() does encode -> EMA quantize -> decode (DDP-friendly)."""
 
-    def __init__(self, vq_model, decay: float = 0.99, dead_threshold: float = 0.03):
+    def __init__(self, vq_model, decay: float = 0.99, dead_threshold: float = 0.03, background=None):
+        """`background`: a `genlab.vq.Background` whose tokens take its code in training as in `VQ.encode`."""
         super().__init__()
         self.vq = vq_model
         self.quantizer = EMAVectorQuantizer(vq_model.quantize.embedding.weight, decay, dead_threshold)
+        self.background = background
+        self.factor = 2 ** (len(vq_model.config.block_out_channels) - 1)  # pixels per token
 
     def forward(self, pixels: torch.Tensor):
         latents = self.vq.quant_conv(self.vq.encoder(pixels))  # (B, D, H/f, W/f)
-        quantized, indices, commitment = self.quantizer(latents)
+        if self.background is None:
+            quantized, indices, commitment = self.quantizer(latents)
+        else:
+            quiet = self.background.mask(pixels, self.factor)  # (B, H/f, W/f)
+            quantized, indices, commitment = self.quantizer(latents, quiet, self.background.code)
         decoder_input = self.vq.post_quant_conv(quantized)
         spatial = quantized if self.vq.config.norm_type == "spatial" else None
         reconstruction = self.vq.decoder(decoder_input, spatial)  # (B, 3, H, W)
