@@ -353,7 +353,7 @@ def save_vq_samples(model: VQModel, pixels: torch.Tensor, path: Path) -> None:
 def vq_background(args, model: VQModel, data: common.ImageFolder, checkpoint: Path):
     """The `genlab.vq.Background` of --background-margin (None without it): the code of a resumed run, else
     --background-code, else the commonest nearest code on the background tokens of 256 training crops."""
-    from ..vq import Background
+    from ..vq import VQ, Background
 
     if args.background_margin is None:
         return None
@@ -365,16 +365,14 @@ def vq_background(args, model: VQModel, data: common.ImageFolder, checkpoint: Pa
         if args.background_code >= num_codes:
             raise SystemExit(f"--background-code {args.background_code}: the model has {num_codes} codes")
         return Background(code=args.background_code, **options)
-    probe = Background(code=0, **options)
-    factor = 2 ** (len(model.config.block_out_channels) - 1)
+    probe, nearest = Background(code=0, **options), VQ(model)  # nearest: the encoder's own codes, no override
     counts = torch.zeros(num_codes, dtype=torch.long)
     crops = iter(common.RandomCrops(data, args.crop, 64, seed=4321))
-    with torch.no_grad():
-        for _ in range(4):
-            pixels = next(crops)[0].to(model.device)  # (64, 3, crop, crop)
-            _, _, (_, _, indices) = model.quantize(model.encode(pixels).latents.float())
-            quiet = probe.mask(pixels, factor)  # (64, h, w)
-            counts += torch.bincount(indices.view(quiet.shape)[quiet].cpu(), minlength=num_codes)
+    for _ in range(4):
+        pixels = next(crops)[0].to(model.device)  # (64, 3, crop, crop)
+        indices = nearest.encode(pixels)  # (64, h, w)
+        quiet = probe.mask(pixels, nearest.downsample_factor).to(indices.device)  # (64, h, w)
+        counts += torch.bincount(indices[quiet].cpu(), minlength=num_codes)
     if counts.sum() == 0:
         raise SystemExit(f"--background-margin {args.background_margin}: no token of {args.data} has a white "
                          f"neighbourhood that wide (within {args.background_tolerance} levels); pass --background-code "
