@@ -7,6 +7,7 @@
     python -m genlab.eval emoji   --model weights/ldm-emoji   --data data/emoji/32 --out artifacts/ldm [--card --section emoji]
     python -m genlab.eval emoji   --model weights/maskgit-emoji --data data/emoji/32 --out weights/maskgit-emoji [--card --section emoji]
     python -m genlab.eval prior   --model weights/maskgit-emoji --data data/emoji/64-holdout [--limit N] [--unconditional] [--card --section prior]
+    python -m genlab.eval prior   --model runs/prior-out --data data/emoji/64-holdout --limit 300 --positions 16
 
 vq: PSNR / SSIM per image and mean, code usage and perplexity over the folder, JPEG PSNR at no
     more than the same bits per pixel, and sharpness = mean |grad recon|^2 / mean |grad original|^2
@@ -24,7 +25,9 @@ prior: a token prior's code length on held-out images: bits per pixel of each im
     prior, -sum log2 p(x_i | x_<i) / pixels (`TokenPrior.code_length`: a class-conditional prior first
     names a class, or none, in log2(C + 1) bits), against log2 K / f^2 of storing every index as it is
     (bar: at most 60% of it), the labels named, and its VQ model's PSNR and code usage on the same
-    images; `--unconditional` adds the unconditional chain rule alone.
+    images; `--unconditional` adds the unconditional chain rule alone. `--positions P` estimates the
+    unconditional chain rule instead, at P seeded random raster positions per image (the same positions of the
+    same images for every prior over one VQ): runs compare in minutes, where the code length takes most of an hour.
 vae: a KL autoencoder (or a pipeline's vae/) on held-out images: PSNR and SSIM of the posterior-mean
     decode, PSNR of a posterior-sample decode, and the rate (KL bits per pixel).
 `--card` writes the printed section into the model card's "Measured quality".
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import sys
 import time
@@ -348,7 +352,7 @@ def eval_prior(model: str, folder: Path, limit: int | None = None, unconditional
         raise SystemExit(f"no images under {folder}")
     bits, no_label, labels, psnrs, usage = [], [], [], [], np.zeros(vq.num_codes, np.int64)
     flat_bits, other_bits, flat_codes = [], [], set()  # token bits on flat patches and on the rest; codes of flat ones
-    background_bits = []  # token bits on the VQ's reserved background code (genlab.vq.Background), if it has one
+    background_bits = []  # token bits where the VQ's background rule writes its code (genlab.vq.Background), if any
     for path in paths:
         image = prior.fit(open_image(path))  # the crop and size the prior codes
         code = prior.code_length(image)
@@ -363,8 +367,9 @@ def eval_prior(model: str, folder: Path, limit: int | None = None, unconditional
                 no_label.append(plain.sum() / code.pixels)
         result = vq.reconstruct(image, max_side=None)  # result.indices: the tokens the code length coded
         flat_codes.update(result.indices[flat].tolist())
-        if vq.background is not None:
-            background_bits.append(code.token_bits[result.indices == vq.background.code])
+        if vq.background is not None:  # the tokens the rule wrote, not the few the encoder maps to the code itself
+            written = vq.background.mask(pil_to_tensor(image), vq.downsample_factor)[0].numpy()  # (h, w) bool
+            background_bits.append(code.token_bits[written])
         psnrs.append(result.psnr)
         usage += np.bincount(result.indices.ravel(), minlength=vq.num_codes)
     bits = np.array(bits)
@@ -415,6 +420,29 @@ def eval_prior(model: str, folder: Path, limit: int | None = None, unconditional
                                "tokens in raster order (every later token masked), per pixel.")
 
 
+def estimate_prior(model: str, folder: Path, limit: int | None, positions: int) -> str:
+    """The unconditional chain rule's mean bits per token, estimated at `positions` random raster positions per
+    image (`TokenPrior.sampled_token_bits`, image i's positions seeded by i), against log2 K."""
+    prior = load_prior(model, device="cpu")
+    paths = held_out_subset(folder, limit)
+    if not paths:
+        raise SystemExit(f"no images under {folder}")
+    try:
+        bits = np.concatenate([prior.sampled_token_bits(prior.fit(open_image(path)), positions, seed=index)
+                               for index, path in enumerate(paths)])  # (images * positions,)
+    except ValueError as error:  # more positions than tokens
+        raise SystemExit(f"--positions: {error}") from None
+    log2_k = math.log2(prior.num_codes)
+    error = bits.std(ddof=1) / math.sqrt(bits.size) if bits.size > 1 else float("nan")
+    return "\n".join([
+        "| statistic | value |", "|---|---|",
+        f"| images | {len(paths)}, {positions} random raster positions each (image i's seeded by i) |",
+        f"| unconditional chain rule, estimated | {bits.mean():.3f} ± {error:.3f} bits per token (standard error) |",
+        f"| estimate / log2 K (= bits per pixel / log2 K / f²) | **{bits.mean() / log2_k:.2%}** (K = {prior.num_codes}; "
+        f"an estimate of the unconditional chain rule, not the two-part code of the bar) |",
+    ])
+
+
 def write_card_section(model: str, text: str, section: str | None = None) -> None:
     """Write `text` as the card's "Measured quality"; with `section`, as its "### section" only, keeping
     the other sections (a pipeline card measures its autoencoder and its samples apart)."""
@@ -451,11 +479,16 @@ def main(argv=None) -> None:
     parser.add_argument("--limit", type=int, default=None, help="prior: this many images, drawn at random (seed 0)")
     parser.add_argument("--unconditional", action="store_true",
                         help="prior: also the unconditional chain rule alone (no class named; twice the time)")
+    parser.add_argument("--positions", type=int, default=None,
+                        help="prior: estimate the unconditional chain rule at this many random raster positions per "
+                        "image instead of the full code length")
     parser.add_argument("--card", action="store_true", help="write the result into the model card")
     parser.add_argument("--section", default=None, help="with --card: write only this subsection of the card")
     args = parser.parse_args(argv)
     if args.limit is not None and args.limit < 1:
         parser.error(f"--limit must be at least 1, got {args.limit}")
+    if args.positions is not None and (args.kind != "prior" or args.unconditional or args.positions < 1):
+        parser.error(f"--positions is for prior, without --unconditional, and at least 1 (got {args.positions})")
     if args.refine and args.kind != "emoji":
         parser.error("--refine is for emoji (samples of a token prior)")
     if not 0 <= args.refine <= MAX_REFINE:
@@ -468,6 +501,8 @@ def main(argv=None) -> None:
         text = eval_autoencoder(args.model, args.data)
     elif args.kind == "denoise":
         text = eval_denoise(args.model, args.data, tuple(args.sigmas), args.steps or 1)
+    elif args.kind == "prior" and args.positions:
+        text = estimate_prior(args.model, args.data, args.limit, args.positions)
     elif args.kind == "prior":
         text = eval_prior(args.model, args.data, args.limit, args.unconditional)
     else:

@@ -588,27 +588,40 @@ class TokenPrior(ConditionalModel):
         return self._last(self.inpaint_stream(*args, **kwargs))
 
     @torch.inference_mode()
-    def _raster_bits(self, tokens: torch.Tensor, class_label, prompt: str | None, chunk: int = 32) -> np.ndarray:
+    def _raster_bits(self, tokens: torch.Tensor, class_label, prompt: str | None, chunk: int = 32,
+                     cells: torch.Tensor | None = None) -> np.ndarray:
         """(h, w) -log2 p(x_i | x_<i) of (h, w) tokens in raster order: row r of a chunk masks token r and every
-        later one, so one call of the bidirectional transformer gives p(x_r | x_<r) for `chunk` positions."""
+        later one, so one call of the bidirectional transformer gives p(x_r | x_<r) for `chunk` positions.
+        `cells`: (M,) raster positions to code instead of all of them; then (M,) bits, in that order."""
         count = tokens.numel()
         flat = tokens.flatten()
-        bits = torch.empty(count)
-        for start in range(0, count, chunk):
-            rows = torch.arange(start, min(start + chunk, count))  # row r codes token r
+        order = torch.arange(count) if cells is None else cells
+        bits = torch.empty(len(order))
+        for start in range(0, len(order), chunk):
+            rows = order[start:start + chunk]  # row j codes token rows[j]
             conditioning, _ = self._conditioning(len(rows), class_label, prompt, None, [])
             predict = self._predictor(conditioning, 1.0, len(rows))
             inputs = flat.repeat(len(rows), 1)  # (R, N)
             inputs[torch.arange(count)[None] >= rows[:, None]] = self.mask_id  # token r and every later one masked
             logits = predict(inputs.view(len(rows), *tokens.shape)).flatten(2)  # (R, K, N)
             log_probs = logits[torch.arange(len(rows)), :, rows].log_softmax(dim=1).cpu()  # (R, K) at token r
-            bits[rows] = -log_probs[torch.arange(len(rows)), flat[rows]] / math.log(2)
-        return bits.view(tokens.shape).numpy()
+            bits[start:start + len(rows)] = -log_probs[torch.arange(len(rows)), flat[rows]] / math.log(2)
+        return bits.view(tokens.shape).numpy() if cells is None else bits.numpy()
 
     def token_bits(self, image, class_label=None, prompt: str | None = None, chunk: int = 32) -> np.ndarray:
         """(h, w) code length in bits of each token of the fitted image, -log2 p(x_i | x_<i) in raster
         order (every later token masked), under the unconditional model unless a class or prompt is given."""
         return self._raster_bits(self.tokens_of(image)[0], class_label, prompt, chunk)
+
+    def sampled_token_bits(self, image, positions: int, seed: int = 0, class_label=None,
+                           prompt: str | None = None) -> np.ndarray:
+        """(positions,) -log2 p(x_i | x_<i) at `positions` raster positions i drawn uniformly with replacement
+        (seeded): their mean estimates the mean of `token_bits` without bias, at positions / (h * w) of its cost,
+        so two models compare on the same positions of the same images in seconds."""
+        count = self.grid[0] * self.grid[1]
+        self._check_int(positions, "positions", 1, count)
+        cells = torch.randint(0, count, (positions,), generator=torch.Generator().manual_seed(int(seed)))
+        return self._raster_bits(self.tokens_of(image)[0], class_label, prompt, chunk=64, cells=cells)
 
     @torch.inference_mode()
     def coding_label(self, tokens: torch.Tensor, chunk: int = 64) -> int:

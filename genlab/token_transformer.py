@@ -12,6 +12,11 @@ features of 100 w, as diffusers' UNets embed timesteps 0..1000, through an MLP a
 and the network is trained to give the teacher's guided logits uncond + w (cond - uncond) in one call,
 so guided sampling costs one forward pass instead of two. w = 1 (the default) is the plain conditional.
 
+Local mixing (optional, `conv_kernel=k`): after each block, a residual depthwise k x k convolution over the
+token grid (the class token passes by), the locality prior that PVTv2 (Wang et al., arXiv:2106.13797) and
+aMUSEd's UVit2D get from convolutions. Zero-initialised, so a transformer grown from one without it starts
+as that transformer.
+
 nanoGPT-sized and saved with diffusers' `ModelMixin`/`ConfigMixin`, so `save_pretrained` /
 `from_pretrained` round-trip it in safetensors; the blocks are diffusers' `BasicTransformerBlock`
 (pre-LayerNorm self-attention + GELU MLP, no causal mask).
@@ -49,6 +54,7 @@ class MaskedTokenTransformer(ModelMixin, ConfigMixin):
         dropout: float = 0.0,
         guidance_embedding: bool = False,  # guidance-distilled: forward takes the guidance scale w
         guidance_max: float = 8.0,  # w in [1, guidance_max] was distilled; outside it, two calls (plain CFG)
+        conv_kernel: int = 0,  # 0: none; odd k: a residual depthwise k x k convolution after each block
     ):
         super().__init__()
         if hidden_size % num_heads:
@@ -70,6 +76,17 @@ class MaskedTokenTransformer(ModelMixin, ConfigMixin):
                                   activation_fn="gelu", attention_bias=True)
             for _ in range(num_layers)
         )
+        if conv_kernel:
+            if isinstance(conv_kernel, bool) or not isinstance(conv_kernel, int) or conv_kernel < 0 \
+                    or conv_kernel % 2 == 0:
+                raise ValueError(f"conv_kernel must be 0 or an odd number of tokens, got {conv_kernel!r}")
+            self.convs = nn.ModuleList(
+                nn.Conv2d(hidden_size, hidden_size, conv_kernel, padding=conv_kernel // 2, groups=hidden_size)
+                for _ in range(num_layers)
+            )
+            for conv in self.convs:  # starts as the identity: see the module docstring
+                nn.init.zeros_(conv.weight)
+                nn.init.zeros_(conv.bias)
         self.norm_out = nn.LayerNorm(hidden_size)
         self.head = nn.Linear(hidden_size, codebook_size)
         nn.init.normal_(self.position_embedding, std=0.02)
@@ -106,7 +123,11 @@ class MaskedTokenTransformer(ModelMixin, ConfigMixin):
             features = self.guidance_proj(GUIDANCE_FEATURE_SCALE * guidance.float().expand(batch))  # (B, F)
             label = label + self.guidance_embedder(features.to(label.dtype))
         hidden = torch.cat([label[:, None], hidden], dim=1)  # (B, 1 + N, D)
-        for block in self.blocks:
+        for index, block in enumerate(self.blocks):
             hidden = block(hidden)
+            if self.config.conv_kernel:
+                grid = hidden[:, 1:].transpose(1, 2).reshape(batch, -1, height, width)  # (B, D, h, w)
+                mixed = grid + self.convs[index](grid)
+                hidden = torch.cat([hidden[:, :1], mixed.flatten(2).transpose(1, 2)], dim=1)  # (B, 1 + N, D)
         logits = self.head(self.norm_out(hidden[:, 1:]))  # (B, N, K)
         return logits.transpose(1, 2).reshape(batch, -1, height, width)  # (B, K, h, w)

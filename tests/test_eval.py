@@ -237,6 +237,38 @@ def test_prior_eval_refuses_a_limit_below_one(tiny_prior_dir, tiny_emoji_dir):
         genlab_eval.main(["prior", "--model", str(tiny_prior_dir), "--data", str(tiny_emoji_dir), "--limit", "0"])
 
 
+def test_prior_eval_positions_estimates_the_unconditional_chain_rule(tiny_prior_dir, tiny_emoji_dir, capsys):
+    """--positions P: the mean of sampled_token_bits over the images (image i's positions seeded by i) against
+    log2 K; with every position of a 4x4 grid sampled often, near the mean of the full unconditional chain rule."""
+    genlab_eval.main(["prior", "--model", str(tiny_prior_dir), "--data", str(tiny_emoji_dir), "--limit", "3",
+                      "--positions", "16"])
+    cells = [line.strip("| ").split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    values = {name: value for name, value in cells}
+    prior = genlab.load_prior(tiny_prior_dir, device="cpu")
+    images = [prior.fit(open_image(path)) for path in held_out_subset(tiny_emoji_dir, 3)]
+    bits = np.concatenate([prior.sampled_token_bits(image, 16, seed=i) for i, image in enumerate(images)])
+    assert values["images"] == "3, 16 random raster positions each (image i's seeded by i)"
+    assert values["unconditional chain rule, estimated"].startswith(f"{bits.mean():.3f} ± ")
+    assert values["estimate / log2 K (= bits per pixel / log2 K / f²)"].startswith(
+        f"**{bits.mean() / math.log2(PRIOR_CODES):.2%}**")
+    full = np.mean([prior.token_bits(image).mean() for image in images])
+    assert abs(bits.mean() - full) < 0.5  # an estimate of it (bits per token, log2 K = 4 here)
+    with pytest.raises(SystemExit, match="--positions: positions must be an integer in"):
+        genlab_eval.main(["prior", "--model", str(tiny_prior_dir), "--data", str(tiny_emoji_dir), "--limit", "1",
+                          "--positions", "17"])  # more than the 16 tokens
+
+
+@pytest.mark.parametrize("argv", [
+    ["prior", "--positions", "0"],
+    ["prior", "--positions", "4", "--unconditional"],
+    ["vq", "--positions", "4"],
+])
+def test_bad_positions_are_refused(tiny_prior_dir, tiny_emoji_dir, capsys, argv):
+    with pytest.raises(SystemExit):
+        genlab_eval.main(argv + ["--model", str(tiny_prior_dir), "--data", str(tiny_emoji_dir)])
+    assert "--positions is for prior, without --unconditional, and at least 1" in capsys.readouterr().err
+
+
 def fast_judge(train_classifier):
     """train_classifier with 50 steps instead of 1500: the test checks the plumbing, not the judge."""
     return lambda images, labels, classes: train_classifier(images, labels, classes, steps=50)
@@ -256,7 +288,13 @@ def test_prior_eval_reports_the_reserved_background_code(tiny_prior_dir, tiny_em
     assert prior.vq.background == genlab.vq.Background(code=3, margin=0)
     images = [prior.fit(open_image(path)) for path in held_out_subset(tiny_emoji_dir, 3)]
     codes = [prior.code_length(image) for image in images]
-    on_code = np.concatenate([c.token_bits[prior.vq.indices_of(i, None) == 3] for c, i in zip(codes, images)])
+    def white_patches(image):  # (h, w): patches whose every pixel is within 8 levels of white (margin 0)
+        pixels = np.asarray(image.convert("RGB")).min(axis=2)
+        side = prior.vq.downsample_factor
+        return pixels.reshape(PRIOR_GRID, side, PRIOR_GRID, side).min(axis=(1, 3)) >= 255 - 8
+
+    on_code = np.concatenate([c.token_bits[white_patches(i)] for c, i in zip(codes, images)])
+    assert all((prior.vq.indices_of(i, None)[white_patches(i)] == 3).all() for i in images)
     total = sum(c.token_bits.sum() for c in codes)
     assert on_code.size  # the tiny emoji's white patches
     assert values["the reserved background code (3: patches white within 0 tokens)"] == (

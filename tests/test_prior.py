@@ -511,6 +511,24 @@ def test_token_bits_is_the_raster_chain_rule(prior, photo):
     assert prior.bits_per_pixel(photo, class_label="b") == pytest.approx(bits_b.sum() / SIDE**2, rel=1e-6)
 
 
+def test_sampled_token_bits_are_token_bits_at_seeded_random_positions(prior, photo):
+    """sampled_token_bits: the chain-rule bits of token_bits at `positions` cells, the same cells for the same
+    seed (whatever the prior), other cells for another seed; bad counts refused."""
+    bits = prior.token_bits(photo).flatten()  # (N,)
+    sampled = prior.sampled_token_bits(photo, 40, seed=3)
+    assert sampled.shape == (40,)
+    matches = np.isclose(sampled[:, None], bits[None], rtol=1e-5, atol=1e-6)  # (40, N): which cells it can be
+    assert matches.any(axis=1).all()
+    assert np.array_equal(sampled, prior.sampled_token_bits(photo, 40, seed=3))
+    assert not np.allclose(sampled, prior.sampled_token_bits(photo, 40, seed=4))
+    with_class = prior.sampled_token_bits(photo, 40, seed=3, class_label="b")  # the same cells, under class b
+    cells = matches.argmax(axis=1)
+    assert np.allclose(with_class, prior.token_bits(photo, class_label="b").flatten()[cells], rtol=1e-5, atol=1e-6)
+    for bad in (0, N + 1, True, 2.5):
+        with pytest.raises(ValueError, match="positions must be an integer in"):
+            prior.sampled_token_bits(photo, bad)
+
+
 def test_code_length_without_a_class_is_a_two_part_code(prior, photo):
     """A class-conditional prior names a label (3 classes or none: log2 4 = 2 bits), then codes the tokens
     under it; the label is the one whose model finds the tokens likeliest at the probe's half-masks."""
@@ -1002,3 +1020,28 @@ def test_masked_token_loss_counts_only_the_masked_tokens():
             return torch.where((inputs == K)[:, None], right, wrong)
 
     assert float(masked_token_loss(Oracle(), tokens, None, torch.Generator().manual_seed(0))) < 1e-6
+
+
+def test_conv_kernel_mixes_neighbouring_tokens_and_starts_as_the_identity():
+    """conv_kernel=3: zero-initialised, the transformer computes what the one without it does (same weights); with
+    the convolutions set, a token's logits depend on its neighbours' convolved features; bad kernels are refused."""
+    from genlab.train.__main__ import grown
+
+    torch.manual_seed(0)
+    plain = MaskedTokenTransformer(codebook_size=K, height=PRIOR_GRID, width=PRIOR_GRID, num_classes=3,
+                                   hidden_size=32, num_layers=2, num_heads=2).eval()
+    mixed = grown(plain, 3).eval()
+    assert mixed.config.conv_kernel == 3 and grown(plain, None) is plain and grown(plain, 0) is plain
+    tokens = torch.randint(0, K + 1, (2, PRIOR_GRID, PRIOR_GRID), generator=torch.Generator().manual_seed(1))
+    labels = torch.tensor([0, 3])
+    with torch.no_grad():
+        assert torch.allclose(mixed(tokens, labels), plain(tokens, labels), atol=1e-6)
+        for conv in mixed.convs:
+            conv.weight.normal_(std=0.3)
+        assert not torch.allclose(mixed(tokens, labels), plain(tokens, labels), atol=1e-3)
+    with pytest.raises(SystemExit, match="has 3 x 3 convolutions already"):
+        grown(mixed, 5)
+    for bad in (2, -1, True):
+        with pytest.raises(ValueError, match="conv_kernel must be 0 or an odd number"):
+            MaskedTokenTransformer(codebook_size=K, height=PRIOR_GRID, width=PRIOR_GRID, hidden_size=32,
+                                   num_layers=1, num_heads=2, conv_kernel=bad)

@@ -320,6 +320,32 @@ def test_prior_dropout_overrides_the_config_it_starts_from(image_folder, tmp_pat
     assert np.array_equal(first, second)
 
 
+def test_prior_conv_kernel_builds_or_grows_the_convolutions(image_folder, tmp_path):
+    """--conv-kernel 3: a new prior has the convolutions, an --init without them grows them (and trains them), the
+    export loads with genlab.load_prior and samples, the card names them, a resume keeps them."""
+    vq_out = tmp_path / "vq"
+    train_main(["vqvae", "--data", str(image_folder), "--out", str(vq_out), "--run-dir", str(tmp_path / "vq-run"),
+                *TINY_VQ, "--steps", "1", "--save-every", "1"])
+    base = ["prior", "--data", str(image_folder), "--vq", str(vq_out), "--batch-size", "4", "--threads", "1", "--cpu",
+            "--log-every", "1", "--sample-every", "1000", "--save-every", "1000", "--hidden-size", "16",
+            "--num-layers", "1", "--num-heads", "2"]
+    kernel = lambda folder: json.loads((folder / "transformer" / "config.json").read_text())["conv_kernel"]
+    plain, new = tmp_path / "plain", tmp_path / "new"
+    train_main(base + ["--out", str(plain), "--run-dir", str(tmp_path / "plain-run"), "--steps", "1"])
+    train_main(base + ["--out", str(new), "--run-dir", str(tmp_path / "new-run"), "--steps", "1", "--conv-kernel", "3"])
+    assert kernel(plain) == 0 and kernel(new) == 3
+    grown_out, run_dir = tmp_path / "grown", tmp_path / "grown-run"
+    train_main(base + ["--out", str(grown_out), "--run-dir", str(run_dir), "--init", str(plain), "--conv-kernel", "3",
+                       "--lr", "1e-2", "--steps", "2", "--save-every", "2"])
+    train_main(base + ["--out", str(grown_out), "--run-dir", str(run_dir), "--steps", "3", "--resume"])
+    assert kernel(grown_out) == 3
+    weights = load_file(str(run_dir / "checkpoint" / "model" / "diffusion_pytorch_model.safetensors"))
+    assert weights["convs.0.weight"].abs().sum() > 0  # trained from zero
+    prior = genlab.load_prior(grown_out, device="cpu")
+    assert prior.sample(seed=0, steps=3, class_label="red").image.size == (24, 24)
+    assert "3x3 depthwise convolution" in (grown_out / "README.md").read_text()
+
+
 def test_shift_images_moves_by_whole_pixels_with_white_fill():
     from genlab.train.prior import shift_images
 
@@ -384,8 +410,13 @@ def test_bad_shift_share_is_refused(capsys, argv, message):
     (["prior", "--dropout", "-0.1"], "--dropout must be in [0, 1), got -0.1"),
     (["ddpm", "--dropout", "0.1"], "--dropout is for prior"),
     (["prior", "--dropout", "0.1", "--distill-from", "{teacher}"], "not with --distill-from"),
+    (["prior", "--conv-kernel", "2"], "--conv-kernel must be 0 or an odd number of tokens, got 2"),
+    (["prior", "--conv-kernel", "-3"], "--conv-kernel must be 0 or an odd number of tokens, got -3"),
+    (["ddpm", "--conv-kernel", "3"], "--conv-kernel is for a new prior"),
+    (["prior", "--conv-kernel", "3", "--distill-from", "{teacher}"], "not with --distill-from or --resume"),
+    (["prior", "--conv-kernel", "3", "--resume"], "not with --distill-from or --resume"),
 ])
-def test_bad_dropout_is_refused(tmp_path, capsys, argv, message):
+def test_bad_transformer_options_are_refused(tmp_path, capsys, argv, message):
     from genlab.train.__main__ import parse_args
 
     (tmp_path / "teacher" / "transformer").mkdir(parents=True)

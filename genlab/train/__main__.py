@@ -136,6 +136,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dropout", type=float, default=None,
                         help="prior: dropout on the transformer's attention and MLP outputs (default 0); with "
                         "--init or --resume, overrides the config it starts from")
+    parser.add_argument("--conv-kernel", type=int, default=None,
+                        help="prior: a residual depthwise k x k convolution over the token grid after each block "
+                        "(odd k; 0: none, the default); with --init, grows it into the starting transformer "
+                        "(zero-initialised, so it starts as that transformer)")
     parser.add_argument("--distill-from", type=Path, default=None,
                         help="prior: guidance-distil this trained prior folder (its transformer is the frozen teacher "
                         "and the student's start; its vqvae/ is the default --vq)")
@@ -195,6 +199,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--dropout is for prior (the masked-token transformer), not with --distill-from")
     if args.dropout is not None and not 0 <= args.dropout < 1:
         parser.error(f"--dropout must be in [0, 1), got {args.dropout}")
+    if args.conv_kernel is not None:
+        if args.kind != "prior" or args.distill_from is not None or args.resume:
+            parser.error("--conv-kernel is for a new prior or one grown from --init (not with --distill-from or "
+                         "--resume: those keep their transformer's layout)")
+        if args.conv_kernel < 0 or args.conv_kernel % 2 == 0 and args.conv_kernel:
+            parser.error(f"--conv-kernel must be 0 or an odd number of tokens, got {args.conv_kernel}")
     if args.shift_share and args.kind != "prior":
         parser.error("--shift-share is for prior (the tokens of moved images)")
     if not 0 <= args.shift_share <= 1:
@@ -743,11 +753,13 @@ def train_prior(args, accelerator: Accelerator, data: common.ImageFolder, state:
     elif teacher is not None:
         model, ema_start = (distillation_student(teacher, args.guidance_max) for _ in range(2))
     elif args.init:
-        model, ema_start = (MaskedTokenTransformer.from_pretrained(init, **dropout) for _ in range(2))
+        model, ema_start = (grown(MaskedTokenTransformer.from_pretrained(init, **dropout), args.conv_kernel)
+                            for _ in range(2))
     else:
         model = MaskedTokenTransformer(codebook_size=vq_model.config.num_vq_embeddings, height=grid[0], width=grid[1],
                                        num_classes=len(classes), hidden_size=args.hidden_size,
-                                       num_layers=args.num_layers, num_heads=args.num_heads, **dropout)
+                                       num_layers=args.num_layers, num_heads=args.num_heads,
+                                       conv_kernel=args.conv_kernel or 0, **dropout)
         ema_start = None
     ema = EMAModel((ema_start or model).parameters(), decay=args.ema_decay, use_ema_warmup=True, power=2 / 3,
                    model_cls=MaskedTokenTransformer, model_config=model.config)
@@ -816,6 +828,23 @@ def train_prior(args, accelerator: Accelerator, data: common.ImageFolder, state:
                                guidance_scale=args.guidance_scale, teacher=teacher)
     save()
     progress.close()
+
+
+def grown(model, conv_kernel: int | None):
+    """`model` (a MaskedTokenTransformer) with `--conv-kernel` convolutions grown in (zero-initialised, so it computes
+    what `model` does); unchanged when the option is left out or matches its config."""
+    from ..token_transformer import MaskedTokenTransformer
+
+    if conv_kernel is None or conv_kernel == model.config.conv_kernel:
+        return model
+    if model.config.conv_kernel:
+        k = model.config.conv_kernel
+        raise SystemExit(f"--conv-kernel {conv_kernel}: the --init transformer has {k} x {k} convolutions already; "
+                         "leave the option out to keep them")
+    bigger = MaskedTokenTransformer.from_config(model.config, conv_kernel=conv_kernel)
+    missing, unexpected = bigger.load_state_dict(model.state_dict(), strict=False)
+    assert not unexpected and all(key.startswith("convs.") for key in missing), (missing, unexpected)
+    return bigger
 
 
 def distillation_student(teacher, guidance_max: float):
@@ -893,6 +922,8 @@ def export_prior(args, model, vq_model: VQModel, scheduler, classes: list[str], 
         f"A bidirectional masked-token transformer (GenLab's `MaskedTokenTransformer`, "
         f"{sum(p.numel() for p in network.parameters()) / 1e6:.2f}M parameters: {config.num_layers} blocks, width "
         f"{config.hidden_size}, {config.num_heads} heads"
+        + (f", a {config.conv_kernel}x{config.conv_kernel} depthwise convolution over the token grid after each "
+           "block" if config.conv_kernel else "")
         + (f", dropout {config.dropout:g}" if config.dropout else "")
         + f") over the {config.height}x{config.width} tokens of the "
         f"{vq_model.config.num_vq_embeddings}-code VQGAN in `vqvae/` (f = {factor}, frozen), MaskGIT-style "
