@@ -35,6 +35,14 @@ GUIDANCE_FEATURES = 64  # sinusoidal features of the guidance scale
 GUIDANCE_FEATURE_SCALE = 100.0  # w in [0, 10] -> [0, 1000], the timestep range of diffusers' sinusoids
 
 
+def check_conv_kernel(conv_kernel) -> int:
+    """`conv_kernel` when it is 0 (no convolution) or an odd number of tokens; else ValueError."""
+    if isinstance(conv_kernel, bool) or not isinstance(conv_kernel, int) or conv_kernel < 0 \
+            or conv_kernel and conv_kernel % 2 == 0:
+        raise ValueError(f"conv_kernel must be 0 or an odd number of tokens, got {conv_kernel!r}")
+    return conv_kernel
+
+
 class MaskedTokenTransformer(ModelMixin, ConfigMixin):
     """tokens (B, h, w) in [0, K] (K = [MASK]) and class labels (B,) -> logits (B, K, h, w) over the K codes.
 
@@ -76,10 +84,7 @@ class MaskedTokenTransformer(ModelMixin, ConfigMixin):
                                   activation_fn="gelu", attention_bias=True)
             for _ in range(num_layers)
         )
-        if conv_kernel:
-            if isinstance(conv_kernel, bool) or not isinstance(conv_kernel, int) or conv_kernel < 0 \
-                    or conv_kernel % 2 == 0:
-                raise ValueError(f"conv_kernel must be 0 or an odd number of tokens, got {conv_kernel!r}")
+        if check_conv_kernel(conv_kernel):
             self.convs = nn.ModuleList(
                 nn.Conv2d(hidden_size, hidden_size, conv_kernel, padding=conv_kernel // 2, groups=hidden_size)
                 for _ in range(num_layers)

@@ -203,8 +203,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         if args.kind != "prior" or args.distill_from is not None or args.resume:
             parser.error("--conv-kernel is for a new prior or one grown from --init (not with --distill-from or "
                          "--resume: those keep their transformer's layout)")
-        if args.conv_kernel < 0 or args.conv_kernel % 2 == 0 and args.conv_kernel:
-            parser.error(f"--conv-kernel must be 0 or an odd number of tokens, got {args.conv_kernel}")
+        from ..token_transformer import check_conv_kernel  # the rule the transformer's config is checked by
+
+        try:
+            check_conv_kernel(args.conv_kernel)
+        except ValueError as error:  # before the tokens are encoded, not after
+            parser.error(f"--{error}".replace("conv_kernel", "conv-kernel", 1))
     if args.shift_share and args.kind != "prior":
         parser.error("--shift-share is for prior (the tokens of moved images)")
     if not 0 <= args.shift_share <= 1:
