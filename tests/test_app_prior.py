@@ -337,7 +337,7 @@ def test_stop_ends_a_streaming_run(app):
     def slow_step(module, inputs, output):
         if isinstance(module, MaskedTokenTransformer):
             calls.append(module)
-            time.sleep(0.05)
+            time.sleep(0.25)  # 16 s for all 64 steps: a loaded machine's cancel latency stays far below it
 
     hook = torch.nn.modules.module.register_module_forward_hook(slow_step)
     try:
@@ -346,6 +346,7 @@ def test_stop_ends_a_streaming_run(app):
         while len(job.outputs()) < 2 and time.monotonic() < deadline:  # the empty grid, then the first frame
             time.sleep(0.02)
         assert job.outputs()[1][3].startswith("step 2 of 64")
+        at_cancel = len(calls)
         job.cancel()
         counted, deadline = -1, time.monotonic() + 30
         while counted != len(calls) and time.monotonic() < deadline:  # until the transformer stays idle
@@ -353,7 +354,7 @@ def test_stop_ends_a_streaming_run(app):
             time.sleep(0.5)
     finally:
         hook.remove()
-    assert 2 <= counted < 16  # a frame or two (2 steps each) after the cancel, not all 64 steps
+    assert 2 <= at_cancel <= counted < 32  # a few frames (2 steps each) after the cancel, not all 64 steps
     assert not any(output[3].startswith("done") for output in job.outputs())
     assert client.predict(*args(label, steps=2, guidance=1.0, class_name=""), api_name="/prior_sample")[3] \
         .startswith("done: 2 steps")
