@@ -354,7 +354,7 @@ def test_stop_ends_a_streaming_run(app):
             time.sleep(0.5)
     finally:
         hook.remove()
-    assert 2 <= at_cancel <= counted < 32  # a few frames (2 steps each) after the cancel, not all 64 steps
+    assert at_cancel >= 2 and counted - at_cancel < 24  # calls after the cancel: a few frames, not the ~62 left
     assert not any(output[3].startswith("done") for output in job.outputs())
     assert client.predict(*args(label, steps=2, guidance=1.0, class_name=""), api_name="/prior_sample")[3] \
         .startswith("done: 2 steps")
