@@ -52,7 +52,7 @@ from . import metrics
 from .data import list_images
 from .images import image_grid, open_image, pil_to_tensor
 from .models import load_autoencoder, load_diffusion, load_prior, load_vq
-from .prior import MAX_REFINE, PROBE_MASKS
+from .prior import MAX_REFINE, PROBE_MASKS, check_choice_temperature
 from .vq import perplexity
 
 
@@ -242,22 +242,25 @@ def to_size(images: torch.Tensor, side: int) -> torch.Tensor:
     return torch.nn.functional.interpolate(images, size=(side, side), mode="area")
 
 
-def emoji_sampler(model: str, steps: int | None, guidance: float | None, refine: int = 0):
+def emoji_sampler(model: str, steps: int | None, guidance: float | None, refine: int = 0,
+                  choice_temperature: float | None = None):
     """(model, sample, how it samples): `sample(seed, class_name, batch)` -> ((B, 3, H, W) in [-1, 1], PIL
-    images) from a diffusion model (DDIM) or a token prior (MaskGIT, confidence order, then `refine` rounds)."""
+    images) from a diffusion model (DDIM) or a token prior (MaskGIT, confidence order at `choice_temperature`,
+    default the prior's own, then `refine` rounds)."""
     if is_token_prior(model):
         prior = load_prior(model, device="cpu")
         steps = steps or PRIOR_STEPS
+        choice = prior.default_choice_temperature if choice_temperature is None else choice_temperature
 
         def sample(seed: int, class_name: str, batch: int):
             run = prior.sample(seed=seed, steps=steps, order="confidence", batch=batch, class_label=class_name,
-                               guidance_scale=guidance, refine=refine)
+                               guidance_scale=guidance, refine=refine, choice_temperature=choice)
             return run.pixels, run.images
 
         rounds = f", then {refine} refine rounds" if refine else ""
-        return prior, sample, f"{steps} MaskGIT steps (confidence order){rounds}"
-    if refine:
-        raise SystemExit("--refine is for token priors (refinement re-masks and resamples tokens)")
+        return prior, sample, f"{steps} MaskGIT steps (confidence order, choice temperature {choice:g}){rounds}"
+    if refine or choice_temperature is not None:
+        raise SystemExit("--refine and --choice-temperature are for token priors (MaskGIT's unmasking)")
     dm = load_diffusion(model, device="cpu")
     steps = steps or DIFFUSION_STEPS
 
@@ -270,12 +273,12 @@ def emoji_sampler(model: str, steps: int | None, guidance: float | None, refine:
 
 
 def eval_emoji(model: str, data: Path, out: Path, per_class: int = 16, steps: int | None = None,
-               guidance: float | None = None, refine: int = 0) -> str:
+               guidance: float | None = None, refine: int = 0, choice_temperature: float | None = None) -> str:
     """Samples per category of a class-conditional diffusion model or token prior, judged against `data`.
     `steps` defaults to 50 DDIM steps (diffusion) or 12 MaskGIT steps (token prior)."""
     from .train.common import ImageFolder
 
-    generator, sample, how = emoji_sampler(model, steps, guidance, refine)
+    generator, sample, how = emoji_sampler(model, steps, guidance, refine, choice_temperature)
     classes = generator.classes
     real = ImageFolder(data)
     real_images = torch.stack([pil_to_tensor(Image.fromarray(a))[0] for a in real.images])
@@ -476,6 +479,9 @@ def main(argv=None) -> None:
     parser.add_argument("--guidance", type=float, default=None)
     parser.add_argument("--per-class", type=int, default=16, help="emoji: samples per category")
     parser.add_argument("--refine", type=int, default=0, help="emoji, token prior: refine rounds after sampling (0-8)")
+    parser.add_argument("--choice-temperature", type=float, default=None,
+                        help="emoji, token prior: start of the confidence order's Gumbel noise (0-20; default: the "
+                        "prior's own)")
     parser.add_argument("--limit", type=int, default=None, help="prior: this many images, drawn at random (seed 0)")
     parser.add_argument("--unconditional", action="store_true",
                         help="prior: also the unconditional chain rule alone (no class named; twice the time)")
@@ -493,6 +499,13 @@ def main(argv=None) -> None:
         parser.error("--refine is for emoji (samples of a token prior)")
     if not 0 <= args.refine <= MAX_REFINE:
         parser.error(f"--refine must be in [0, {MAX_REFINE}], got {args.refine}")
+    if args.choice_temperature is not None:
+        if args.kind != "emoji":
+            parser.error("--choice-temperature is for emoji (samples of a token prior)")
+        try:
+            check_choice_temperature(args.choice_temperature, "--choice-temperature")
+        except ValueError as error:
+            parser.error(str(error))
     torch.manual_seed(0)
     start = time.perf_counter()
     if args.kind == "vq":
@@ -507,7 +520,7 @@ def main(argv=None) -> None:
         text = eval_prior(args.model, args.data, args.limit, args.unconditional)
     else:
         text = eval_emoji(args.model, args.data, args.out, per_class=args.per_class, steps=args.steps,
-                          guidance=args.guidance, refine=args.refine)
+                          guidance=args.guidance, refine=args.refine, choice_temperature=args.choice_temperature)
     print(text)
     print(f"\n({time.perf_counter() - start:.0f} s)")
     if args.card:

@@ -482,16 +482,18 @@ def load_diffusion(source, subfolder: str | None = None, device=None, revision: 
 
 def load_prior(source, subfolder: str | None = None, device=None, revision: str | None = None):
     """A `genlab.prior.TokenPrior`: a pipeline folder (local or Hub) with vqvae/ (VQModel), transformer/
-    (GenLab's `MaskedTokenTransformer` or diffusers' `UVit2DModel`), scheduler/ (`AmusedScheduler`) and,
+    (GenLab's `MaskedTokenTransformer` or `MaskedTokenUNet`, or diffusers' `UVit2DModel`), scheduler/ (`AmusedScheduler`) and,
     for aMUSEd, text_encoder/ + tokenizer/; optionally transformer_distilled/, a guidance-distilled copy
     of GenLab's transformer that guided sampling calls once a step."""
     from diffusers import UVit2DModel
 
     from .prior import TokenPrior
     from .token_transformer import MaskedTokenTransformer
+    from .token_unet import MaskedTokenUNet
 
     device = pick_device(device)
-    transformers = {"MaskedTokenTransformer": MaskedTokenTransformer, "UVit2DModel": UVit2DModel}
+    transformers = {"MaskedTokenTransformer": MaskedTokenTransformer, "MaskedTokenUNet": MaskedTokenUNet,
+                    "UVit2DModel": UVit2DModel}
 
     def build():
         folder = resolve_source(source, subfolder, revision)

@@ -53,7 +53,8 @@ from .images import image_grid, mask_of, open_image, pil_to_tensor, tensor_to_pi
 ORDERS = ("confidence", "raster", "random")
 MAX_STEPS = 64  # confidence and random orders; raster takes one step per token
 MAX_BATCH = 16
-CHOICE_TEMPERATURE = 2.0  # start of the annealed Gumbel temperature (AmusedScheduler's default)
+CHOICE_TEMPERATURE = 2.0  # start of the annealed Gumbel temperature (AmusedScheduler's default): Hub priors
+MASKGIT_CHOICE_TEMPERATURE = 4.5  # MaskGIT's sample_choice_temperature: GenLab's priors (genlab.json) default to it
 UNKNOWN = -1  # masked cells at the public API
 PROBE_MASKS = 4  # seeded half-masks that choose the label of a two-part code (`TokenPrior.coding_label`)
 MAX_REFINE = 8  # refinement rounds after sampling (`refine_rounds`)
@@ -167,6 +168,13 @@ def still_masked(count: int, step: int, steps: int, previous: int) -> int:
     # float32, as the scheduler computes it (cos(pi/3) = 0.49999997 there: floor(64 * it) = 31, not 32)
     ratio = torch.cos(torch.tensor(step + 1) / steps * math.pi / 2)
     return max(1, min(previous - 1, int((count * ratio).floor())))
+
+
+def check_choice_temperature(value, name: str = "choice temperature") -> float:
+    """`value` as a float when it is a number in [0, 20], else ValueError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 20:
+        raise ValueError(f"{name} must be a number in [0, 20], got {value!r}")
+    return float(value)
 
 
 def iterate_unmask(predict, tokens: torch.Tensor, mask_id: int, *, order: str, steps: int, generator: torch.Generator,
@@ -338,8 +346,9 @@ class TokenRun:
 class TokenPrior(ConditionalModel):
     """A token transformer over a `genlab.vq.VQ`'s codes, its conditioning, and GenLab's operations.
 
-    `transformer`: GenLab's `MaskedTokenTransformer` (class labels) or diffusers' `UVit2DModel` (aMUSEd,
-    with `text`, a `genlab.text.TextEncoder`). Either maps (B, h, w) tokens to (B, K, h, w) logits.
+    `transformer`: GenLab's `MaskedTokenTransformer` or `MaskedTokenUNet` (class labels) or diffusers'
+    `UVit2DModel` (aMUSEd, with `text`, a `genlab.text.TextEncoder`). Each maps (B, h, w) tokens to
+    (B, K, h, w) logits.
     `distilled` (optional): a guidance-distilled copy of a class-conditional `transformer`; guided
     sampling at the scales it was distilled for calls it once a step, while the code length, unguided
     sampling and other scales keep to `transformer`, the prior itself.
@@ -383,6 +392,9 @@ class TokenPrior(ConditionalModel):
                                  f"{getattr(distilled.config, 'guidance_embedding', False)}) is no guidance-distilled "
                                  f"copy of the transformer ({theirs})")
         self.default_guidance_scale = float(info.get("default_guidance_scale", 10.0 if text is not None else 1.0))
+        # the confidence order's Gumbel noise: the model's own default (genlab.json), else aMUSEd's
+        self.default_choice_temperature = check_choice_temperature(
+            info.get("default_choice_temperature", CHOICE_TEMPERATURE), "default_choice_temperature in genlab.json")
 
     @property
     def is_conditional(self) -> bool:
@@ -466,18 +478,18 @@ class TokenPrior(ConditionalModel):
         guidance = self.default_guidance_scale if guidance_scale is None else guidance_scale
         if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not 0 <= guidance <= 30:
             raise ValueError(f"guidance scale must be a number in [0, 30], got {guidance!r}")
-        if not isinstance(choice_temperature, (int, float)) or not 0 <= choice_temperature <= 20:
-            raise ValueError(f"choice temperature must be a number in [0, 20], got {choice_temperature!r}")
+        choice = self.default_choice_temperature if choice_temperature is None else choice_temperature
+        check_choice_temperature(choice)
         self._check_int(seed, "seed", 0, 2**63 - 1)
         self._check_int(refine, "refine", 0, MAX_REFINE)
-        return top_k, float(guidance)
+        return top_k, float(guidance), float(choice)
 
     def _stream(self, tokens: torch.Tensor, run: TokenRun, *, steps, class_label, prompt, negative_prompt,
                 temperature, top_k, guidance_scale, choice_temperature, refine=0):
         """Check the settings now, and return the generator of TokenFrames that ends with the TokenRun
         (the unmasking steps, then `refine` rounds of `refine_rounds` over the cells masked at the start)."""
-        top_k, guidance = self._settings(run.order, steps, temperature, top_k, guidance_scale, choice_temperature,
-                                         run.seed, refine)
+        top_k, guidance, choice_temperature = self._settings(run.order, steps, temperature, top_k, guidance_scale,
+                                                             choice_temperature, run.seed, refine)
         batch = tokens.shape[0]
         conditioning, unconditional = self._conditioning(batch, class_label, prompt, negative_prompt, run.notes)
         predict = self._predictor(conditioning, 1.0 if unconditional else guidance, batch)
@@ -515,7 +527,7 @@ class TokenPrior(ConditionalModel):
     def sample_stream(self, seed: int = 0, steps: int = 12, order: str = "confidence", batch: int = 1,
                       class_label=None, temperature: float = 1.0, top_k: int | None = None,
                       guidance_scale: float | None = None, prompt: str | None = None,
-                      negative_prompt: str | None = None, choice_temperature: float = CHOICE_TEMPERATURE,
+                      negative_prompt: str | None = None, choice_temperature: float | None = None,
                       refine: int = 0):
         """Like `sample`, as a generator: a TokenFrame per step, then the TokenRun."""
         batch = self._check_int(batch, "batch", 1, MAX_BATCH)
@@ -534,7 +546,8 @@ class TokenPrior(ConditionalModel):
         tokens) or "random"; steps (1..64), batch (1..16), class_label (name or index; None =
         unconditional) or prompt / negative_prompt (aMUSEd), temperature (divides the logits),
         top_k, guidance_scale (classifier-free, on the logits), choice_temperature (confidence order:
-        start of the annealed Gumbel noise), refine (0..8 rounds of `refine_rounds` after the last step:
+        start of the annealed Gumbel noise on the confidences; None: the model's `default_choice_temperature`,
+        MaskGIT's 4.5 for GenLab's priors, aMUSEd's 2.0 for others), refine (0..8 rounds of `refine_rounds` after the last step:
         the least likely tenth of the tokens re-masked and resampled; `refinement_steps(refine)` more frames).
         """
         return self._last(self.sample_stream(*args, **kwargs))
@@ -566,7 +579,7 @@ class TokenPrior(ConditionalModel):
     def inpaint_stream(self, image, mask, steps: int = 12, seed: int = 0, order: str = "confidence",
                        class_label=None, temperature: float = 1.0, top_k: int | None = None,
                        guidance_scale: float | None = None, prompt: str | None = None,
-                       negative_prompt: str | None = None, choice_temperature: float = CHOICE_TEMPERATURE,
+                       negative_prompt: str | None = None, choice_temperature: float | None = None,
                        refine: int = 0):
         """Like `inpaint`, as a generator: a TokenFrame per step, then the TokenRun."""
         self._settings(order, steps, temperature, top_k, guidance_scale, choice_temperature, seed,

@@ -43,7 +43,27 @@ def check_conv_kernel(conv_kernel) -> int:
     return conv_kernel
 
 
-class MaskedTokenTransformer(ModelMixin, ConfigMixin):
+class MaskedTokenNetwork:
+    """What GenLab's token priors share (`MaskedTokenTransformer`, `genlab.token_unet.MaskedTokenUNet`): config
+    `codebook_size` K (the [MASK] input id), `num_classes` (the null class), `height` x `width` tokens."""
+
+    @property
+    def mask_token_id(self) -> int:
+        return self.config.codebook_size
+
+    @property
+    def null_class(self) -> int:
+        return self.config.num_classes
+
+    def check_grid(self, input_ids: torch.Tensor) -> None:
+        """ValueError unless (B, h, w) `input_ids` is the token grid this network models."""
+        height, width = input_ids.shape[-2:]
+        if (height, width) != (self.config.height, self.config.width):
+            raise ValueError(f"this {type(self).__name__} models {self.config.height}x{self.config.width} token "
+                             f"grids, got {height}x{width}")
+
+
+class MaskedTokenTransformer(MaskedTokenNetwork, ModelMixin, ConfigMixin):
     """tokens (B, h, w) in [0, K] (K = [MASK]) and class labels (B,) -> logits (B, K, h, w) over the K codes.
 
     The output layout is `UVit2DModel`'s (aMUSEd), so one sampling loop serves both.
@@ -98,14 +118,6 @@ class MaskedTokenTransformer(ModelMixin, ConfigMixin):
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         nn.init.normal_(self.class_embedding.weight, std=0.02)
 
-    @property
-    def mask_token_id(self) -> int:
-        return self.config.codebook_size
-
-    @property
-    def null_class(self) -> int:
-        return self.config.num_classes
-
     def distills(self, guidance_scale: float) -> bool:
         """Whether one call gives classifier-free guidance at this scale (a distilled w)."""
         return self.config.guidance_embedding and 1.0 <= guidance_scale <= self.config.guidance_max
@@ -113,10 +125,8 @@ class MaskedTokenTransformer(ModelMixin, ConfigMixin):
     def forward(self, input_ids: torch.LongTensor, class_labels: torch.LongTensor | None = None,
                 guidance: torch.Tensor | None = None) -> torch.Tensor:
         """guidance: (B,) scales w for a guidance-distilled transformer (default 1: the plain conditional)."""
+        self.check_grid(input_ids)
         batch, height, width = input_ids.shape
-        if (height, width) != (self.config.height, self.config.width):
-            raise ValueError(f"this transformer models {self.config.height}x{self.config.width} token grids, "
-                             f"got {height}x{width}")
         if class_labels is None:
             class_labels = torch.full((batch,), self.null_class, dtype=torch.long, device=input_ids.device)
         hidden = self.token_embedding(input_ids.reshape(batch, -1)) + self.position_embedding  # (B, N, D)

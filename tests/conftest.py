@@ -294,6 +294,9 @@ def tiny_cond_dm(tiny_cond_ddpm_dir):
 PRIOR_CODES = 16  # K of the token-prior fixtures' VQ models
 PRIOR_GRID = 8  # tokens a side: 16-pixel images at f = 2
 PRIOR_CLASSES = ["a", "b", "c"]
+TINY_TOKEN_UNET = dict(  # a two-level MaskedTokenUNet over the PRIOR_GRID tokens of PRIOR_CODES codes
+    codebook_size=PRIOR_CODES, height=PRIOR_GRID, width=PRIOR_GRID, num_classes=3, embedding_size=16,
+    block_out_channels=(32, 32), attention=(False, True), layers_per_block=1, attention_head_dim=16, norm_num_groups=8)
 
 
 def build_token_prior(root, seed: int = 0, num_classes: int = 3, **transformer_overrides):
@@ -320,6 +323,20 @@ def build_token_prior(root, seed: int = 0, num_classes: int = 3, **transformer_o
         "transformer": ["genlab", "MaskedTokenTransformer"], "scheduler": ["diffusers", "AmusedScheduler"]}))
     (root / "genlab.json").write_text(json.dumps({"classes": PRIOR_CLASSES[:num_classes], "default_guidance_scale": 2.0}))
     return root
+
+
+@pytest.fixture
+def prior_photo():
+    """A colour gradient with noise at the tiny priors' image size (PRIOR_GRID tokens at f = 2), so fitting it
+    changes nothing."""
+    import numpy as np
+    from PIL import Image
+
+    side = 2 * PRIOR_GRID
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:side, 0:side] / (side - 1)
+    base = np.stack([x, y, 1 - x], axis=-1) * 255
+    return Image.fromarray(np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8))
 
 
 AMUSED_KWARGS = dict(  # UVit2DModel: micro_cond_embed_dim = 5 micro-conditions x micro_cond_encode_dim

@@ -153,10 +153,10 @@ def test_emoji_eval_takes_12_prior_steps_unless_told(tiny_prior_dir):
     expected = prior.sample(seed=1, steps=12, batch=2, class_label="b").pixels  # default guidance
     assert pixels.shape == (2, 3, 16, 16) and len(images) == 2 and torch.equal(pixels, expected)
     _, sample, how = genlab_eval.emoji_sampler(str(tiny_prior_dir), 3, None)
-    assert how == "3 MaskGIT steps (confidence order)"
+    assert how == "3 MaskGIT steps (confidence order, choice temperature 2)"  # no default in its genlab.json
     assert torch.equal(sample(1, "b", 2)[0], prior.sample(seed=1, steps=3, batch=2, class_label="b").pixels)
     _, sample, how = genlab_eval.emoji_sampler(str(tiny_prior_dir), 3, None, refine=2)
-    assert how == "3 MaskGIT steps (confidence order), then 2 refine rounds"
+    assert how == "3 MaskGIT steps (confidence order, choice temperature 2), then 2 refine rounds"
     assert torch.equal(sample(1, "b", 2)[0], prior.sample(seed=1, steps=3, batch=2, class_label="b", refine=2).pixels)
 
 
@@ -170,8 +170,30 @@ def test_bad_refine_rounds_are_refused(tiny_prior_dir, tmp_path, capsys, kind, r
 
 
 def test_refine_rounds_are_for_token_priors(tiny_cond_ddpm_dir):
-    with pytest.raises(SystemExit, match="--refine is for token priors"):
+    with pytest.raises(SystemExit, match="--refine and --choice-temperature are for token priors"):
         genlab_eval.emoji_sampler(str(tiny_cond_ddpm_dir), None, None, refine=1)
+    with pytest.raises(SystemExit, match="--refine and --choice-temperature are for token priors"):
+        genlab_eval.emoji_sampler(str(tiny_cond_ddpm_dir), None, None, choice_temperature=4.5)
+
+
+def test_choice_temperature_samples_at_that_temperature(tiny_prior_dir):
+    prior = genlab.load_prior(tiny_prior_dir, device="cpu")
+    _, sample, how = genlab_eval.emoji_sampler(str(tiny_prior_dir), 4, None, choice_temperature=4.5)
+    assert how == "4 MaskGIT steps (confidence order, choice temperature 4.5)"
+    hot = sample(1, "b", 2)[0]
+    assert torch.equal(hot, prior.sample(seed=1, steps=4, batch=2, class_label="b", choice_temperature=4.5).pixels)
+
+
+@pytest.mark.parametrize("kind, value, message", [
+    ("emoji", "-1", "--choice-temperature must be a number in [0, 20], got -1.0"),
+    ("emoji", "21", "--choice-temperature must be a number in [0, 20], got 21.0"),
+    ("emoji", "hot", "argument --choice-temperature: invalid float value: 'hot'"),
+    ("prior", "4.5", "--choice-temperature is for emoji"),
+])
+def test_bad_choice_temperatures_are_refused(tiny_prior_dir, tmp_path, capsys, kind, value, message):
+    with pytest.raises(SystemExit):
+        genlab_eval.main([kind, "--model", str(tiny_prior_dir), "--data", str(tmp_path), "--choice-temperature", value])
+    assert message in capsys.readouterr().err
 
 
 def test_prior_eval_reports_code_length_against_log2k_over_f2(tiny_prior_dir, tiny_emoji_dir, capsys, monkeypatch):

@@ -27,9 +27,10 @@ from genlab.models import ModelLoadError
 from genlab.prior import (REFINE_SHARE, TokenFrame, TokenPrior, TokenRun, refine_rounds, refinement_steps,
                           remask_least_confident, still_masked)
 from genlab.token_transformer import MaskedTokenTransformer
+from genlab.token_unet import MaskedTokenUNet
 from genlab.train.prior import mask_for_training, masked_token_loss
 
-from conftest import PRIOR_CLASSES, PRIOR_CODES, PRIOR_GRID, optimise
+from conftest import PRIOR_CLASSES, PRIOR_CODES, PRIOR_GRID, TINY_TOKEN_UNET, optimise
 
 K = PRIOR_CODES
 N = PRIOR_GRID * PRIOR_GRID  # tokens per image
@@ -58,12 +59,8 @@ def uncond_prior(prior):
 
 
 @pytest.fixture
-def photo():
-    """A 16x16 colour gradient with noise: the prior's own image size, so fitting it changes nothing."""
-    rng = np.random.default_rng(0)
-    y, x = np.mgrid[0:SIDE, 0:SIDE] / (SIDE - 1)
-    base = np.stack([x, y, 1 - x], axis=-1) * 255
-    return Image.fromarray(np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8))
+def photo(prior_photo):
+    return prior_photo
 
 
 @pytest.fixture
@@ -374,6 +371,33 @@ def test_default_guidance_comes_from_genlab_json(prior, monkeypatch):
     torch.testing.assert_close(seen[0], uncond + 2.0 * (cond - uncond), atol=1e-5, rtol=1e-5)
 
 
+def test_default_choice_temperature_comes_from_genlab_json(tiny_prior_dir, tmp_path):
+    """Without the key a prior samples at aMUSEd's 2.0 (Hub priors); GenLab's priors store MaskGIT's 4.5, which
+    `sample` and `inpaint` then use when no choice temperature is given."""
+    plain = genlab.load_prior(tiny_prior_dir, device="cpu")
+    assert plain.default_choice_temperature == genlab.prior.CHOICE_TEMPERATURE == 2.0
+    folder = shutil.copytree(tiny_prior_dir, tmp_path / "hot")
+    info = json.loads((folder / "genlab.json").read_text())
+    (folder / "genlab.json").write_text(json.dumps({**info, "default_choice_temperature": 4.5}))
+    hot = genlab.load_prior(folder, device="cpu")
+    assert hot.default_choice_temperature == genlab.prior.MASKGIT_CHOICE_TEMPERATURE == 4.5
+    tokens = hot.sample(seed=0, steps=6, batch=4, class_label="a").tokens
+    np.testing.assert_array_equal(tokens, hot.sample(seed=0, steps=6, batch=4, class_label="a",
+                                                     choice_temperature=4.5).tokens)
+    assert (tokens != hot.sample(seed=0, steps=6, batch=4, class_label="a", choice_temperature=2.0).tokens).any()
+    np.testing.assert_array_equal(tokens, plain.sample(seed=0, steps=6, batch=4, class_label="a",
+                                                       choice_temperature=4.5).tokens)
+
+
+@pytest.mark.parametrize("value", [-1, 20.5, "4.5", True, None])
+def test_bad_default_choice_temperature_is_a_load_error(tiny_prior_dir, tmp_path, value):
+    folder = shutil.copytree(tiny_prior_dir, tmp_path / "bad")
+    info = json.loads((folder / "genlab.json").read_text())
+    (folder / "genlab.json").write_text(json.dumps({**info, "default_choice_temperature": value}))
+    with pytest.raises(ModelLoadError, match=r"default_choice_temperature in genlab.json must be a number in \[0, 20\]"):
+        genlab.load_prior(folder, device="cpu")
+
+
 def test_guidance_0_and_no_class_are_the_unconditional_model(prior, uncond_prior):
     unconditional = prior.sample(seed=0, steps=6, class_label=None, guidance_scale=7.0).tokens
     np.testing.assert_array_equal(prior.sample(seed=0, steps=6, class_label="a", guidance_scale=0.0).tokens,
@@ -620,15 +644,19 @@ def test_the_two_part_code_names_the_class_an_image_belongs_to(prior):
         assert code.bits < fresh.token_bits(image, class_label=other).sum()
 
 
-def test_a_trained_prior_codes_its_pattern_in_fewer_bits(prior):
-    """Train a fresh transformer for 60 AdamW steps on one checkerboard image's tokens: its code length falls
-    well below the untrained model's and below log2 K / f^2, the cost of storing the indices."""
+@pytest.mark.parametrize("network", ["transformer", "unet"])
+def test_a_trained_prior_codes_its_pattern_in_fewer_bits(prior, network):
+    """Train a fresh network (GenLab's transformer or UNet) for 60 AdamW steps on one checkerboard image's tokens:
+    its code length falls well below the untrained model's and below log2 K / f^2, the cost of storing the indices."""
     board = np.kron((np.indices((PRIOR_GRID, PRIOR_GRID)).sum(0) % 2), np.ones((2, 2)))[..., None]
     image = Image.fromarray((board * [230, 40, 20] + (1 - board) * [20, 90, 220]).astype(np.uint8))
     tokens = prior.tokens_of(image)  # (1, 8, 8)
     assert len(np.unique(tokens)) >= 2
     torch.manual_seed(0)
-    model = MaskedTokenTransformer.from_config(prior.transformer.config)
+    if network == "transformer":
+        model = MaskedTokenTransformer.from_config(prior.transformer.config)
+    else:
+        model = MaskedTokenUNet(**{**TINY_TOKEN_UNET, "num_classes": 0})
     fresh = TokenPrior(prior.vq, model.eval(), {"mask_token_id": K}, name="fresh")
     untrained = fresh.bits_per_pixel(image)
     model.train()
@@ -659,6 +687,10 @@ def test_a_trained_prior_codes_its_pattern_in_fewer_bits(prior):
     (dict(guidance_scale=-1), r"guidance scale must be a number in \[0, 30\]"),
     (dict(guidance_scale=31), r"guidance scale must be a number in \[0, 30\]"),
     (dict(guidance_scale=float("nan")), r"guidance scale must be a number in \[0, 30\]"),
+    (dict(choice_temperature=-1), r"choice temperature must be a number in \[0, 20\], got -1"),
+    (dict(choice_temperature=21), r"choice temperature must be a number in \[0, 20\], got 21"),
+    (dict(choice_temperature="4.5"), r"choice temperature must be a number in \[0, 20\], got '4.5'"),
+    (dict(choice_temperature=True), r"choice temperature must be a number in \[0, 20\], got True"),
     (dict(batch=0), r"batch must be an integer in \[1, 16\]"),
     (dict(batch=17), r"batch must be an integer in \[1, 16\]"),
     (dict(seed=-1), "seed must be an integer"),

@@ -240,6 +240,7 @@ def test_prior_trains_over_a_vq_model_exports_fp16_and_resumes(image_folder, tmp
     assert {t.dtype for t in weights.values()} == {torch.float16}
     info = json.loads((out / "genlab.json").read_text())
     assert info["classes"] == ["blue", "green", "red"] and info["default_guidance_scale"] == 2.0
+    assert info["default_choice_temperature"] == 4.5
     prior = genlab.load_prior(out, device="cpu")
     assert prior.transformer.dtype == torch.float32  # upcast on CPU
     assert prior.grid == (12, 12) and prior.num_codes == 16  # the 24 px images' tokens
@@ -249,6 +250,43 @@ def test_prior_trains_over_a_vq_model_exports_fp16_and_resumes(image_folder, tmp
     card = (out / "README.md").read_text()
     assert "steps: 5" in card and "--resume" in card and "width 16" in card
     assert "moved by one token in each of 8 directions, white fill, drawn instead of the image 50% of the time" in card
+
+
+def test_prior_unet_backbone_trains_exports_loads_and_resumes(image_folder, tmp_path):
+    """--backbone unet: a MaskedTokenUNet on the same tokens and loss; the export names it in model_index.json and
+    the card, genlab.load_prior samples and measures with it, --resume keeps it, and the transformer's options or a
+    resume as the other backbone are refused."""
+    vq_out = tmp_path / "vq"
+    train_main(["vqvae", "--data", str(image_folder), "--out", str(vq_out), "--run-dir", str(tmp_path / "vq-run"),
+                *TINY_VQ, "--steps", "1", "--save-every", "1"])
+    out, run_dir = tmp_path / "prior", tmp_path / "run"
+    base = ["prior", "--data", str(image_folder), "--vq", str(vq_out), "--out", str(out), "--run-dir", str(run_dir),
+            "--backbone", "unet", "--channels", "32,32", "--attention", "0,1", "--layers-per-block", "1",
+            "--batch-size", "4", "--threads", "1", "--cpu", "--log-every", "1", "--sample-every", "1000",
+            "--guidance-scale", "2.0", "--export-fp16"]
+    train_main(base + ["--steps", "2", "--save-every", "2"])
+    before = load_file(str(run_dir / "checkpoint" / "model" / "diffusion_pytorch_model.safetensors"))
+    train_main(base + ["--steps", "3", "--resume"])
+    assert run_json(run_dir / "checkpoint")["step"] == 3
+    after = load_file(str(run_dir / "checkpoint" / "model" / "diffusion_pytorch_model.safetensors"))
+    assert after.keys() == before.keys() and not all(torch.equal(after[k], before[k]) for k in after)
+    assert json.loads((out / "model_index.json").read_text())["transformer"] == ["genlab", "MaskedTokenUNet"]
+    config = json.loads((out / "transformer" / "config.json").read_text())
+    assert config["block_out_channels"] == [32, 32] and config["attention"] == [False, True]
+    assert config["num_classes"] == 3 and config["embedding_size"] == 32
+    weights = load_file(str(out / "transformer" / "diffusion_pytorch_model.safetensors"))
+    assert {t.dtype for t in weights.values()} == {torch.float16}
+    prior = genlab.load_prior(out, device="cpu")
+    assert type(prior.transformer).__name__ == "MaskedTokenUNet" and prior.transformer.dtype == torch.float32
+    assert prior.default_choice_temperature == 4.5  # MaskGIT's, written into genlab.json by the export
+    assert prior.grid == (12, 12) and prior.classes == ["blue", "green", "red"]
+    run = prior.sample(seed=0, steps=3, class_label="red", guidance_scale=2.0)
+    assert run.image.size == (24, 24) and (run.tokens >= 0).all() and (run.tokens < 16).all()
+    assert 0 < prior.bits_per_pixel(run.image) < 2 * prior.index_bits_per_pixel
+    card = (out / "README.md").read_text()
+    assert "`MaskedTokenUNet`" in card and "32, 32 + attention" in card and "steps: 3" in card
+    with pytest.raises(SystemExit, match="it trains as --backbone unet, not transformer"):
+        train_main(base[:9] + base[17:] + ["--steps", "4", "--resume"])  # the transformer backbone (the default)
 
 
 def test_prior_distill_from_writes_a_guidance_distilled_prior(image_folder, tmp_path):
@@ -424,6 +462,53 @@ def test_bad_transformer_options_are_refused(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit):
         parse_args(argv + ["--data", "d", "--out", "o", "--vq", "v"])
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["prior", "--backbone", "unet", "--hidden-size", "64"], "--hidden-size: not an option of the prior's unet backbone"),
+    (["prior", "--preset", "emoji-prior-unet", "--conv-kernel", "3", "--dropout", "0.1"],
+     "--dropout, --conv-kernel: not an option of the prior's unet backbone"),
+    (["prior", "--channels", "32,32"], "--channels: not an option of the prior's transformer backbone"),
+    (["prior", "--preset", "emoji-prior-unet", "--backbone", "transformer", "--attention", "0,1"],
+     "--attention: not an option of the prior's transformer backbone"),
+    (["ddpm", "--backbone", "unet"], "--backbone is for prior"),
+    (["prior", "--backbone", "cnn"], "invalid choice: 'cnn'"),
+    (["prior", "--backbone", "unet", "--channels", "32,32", "--attention", "0,0", "--norm-groups", "5"],
+     r"must be a multiple of norm_num_groups (5)"),
+    (["prior", "--backbone", "unet", "--channels", "32,48", "--attention", "0,1"],
+     "must be a multiple of attention_head_dim (32)"),
+    (["prior", "--backbone", "unet", "--channels", "32,32", "--attention", "1"], "--attention has 1 entries"),
+    (["prior", "--backbone", "unet", "--channels", "32,32"], "--attention has 3 entries but --channels has 2"),
+    (["prior", "--backbone", "unet", "--distill-from", "{teacher}"], "the unet backbone is not distilled"),
+])
+def test_bad_unet_backbone_options_are_refused(tmp_path, capsys, argv, message):
+    from genlab.train.__main__ import parse_args
+
+    (tmp_path / "teacher" / "transformer").mkdir(parents=True)
+    argv = [a.format(teacher=tmp_path / "teacher") for a in argv]
+    with pytest.raises(SystemExit):
+        parse_args(argv + ["--data", "d", "--out", "o", "--vq", "v"])
+    assert message in capsys.readouterr().err
+
+
+def test_the_unet_backbone_takes_its_architecture_from_its_preset():
+    """--preset emoji-prior-unet is the whole recipe; --backbone unet under the transformer's preset keeps that
+    preset's training settings and takes the UNet's layout from emoji-prior-unet; the transformer's layout
+    options stay unset for the UNet, and the other way round."""
+    from genlab.train.__main__ import parse_args
+
+    common_args = ["--data", "d", "--out", "o", "--vq", "v"]
+    args = parse_args(["prior", "--preset", "emoji-prior-unet", *common_args])
+    assert args.backbone == "unet" and args.channels == (64, 128, 128) and args.attention == (False, False, True)
+    assert args.shift_share == 0.5 and args.hidden_size is None and args.num_layers is None
+    args = parse_args(["prior", "--backbone", "unet", "--channels", "32,32", "--attention", "0,1", *common_args])
+    assert args.channels == (32, 32) and args.attention == (False, True)
+    args = parse_args(["prior", "--backbone", "unet", *common_args])
+    assert args.channels == (64, 128, 128) and args.shift_share == 0.0 and args.raster_share == 0.25
+    args = parse_args(["prior", *common_args])
+    assert args.backbone == "transformer" and args.hidden_size == 128 and args.channels is None
+    args = parse_args(["prior", "--preset", "emoji-prior-unet", "--backbone", "transformer", *common_args])
+    assert args.hidden_size == 128 and args.channels is None and args.shift_share == 0.5
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -55,13 +55,19 @@ PRESETS = {
     # class-conditional masked-token transformer over emoji-vq's 16 x 16 tokens (maskgit-emoji)
     "emoji-prior": dict(hidden_size=128, num_layers=4, num_heads=4, batch_size=32, lr=1e-3, lr_schedule="cosine",
                         warmup_steps=300, label_dropout=0.1, class_power=0.5, raster_share=0.25, weight_decay=0.01),
+    # the same task on a UNet (genlab.token_unet, ldm-emoji's layout), images moved by a token half the time
+    "emoji-prior-unet": dict(backbone="unet", channels="64,128,128", layers_per_block=1, attention="0,0,1",
+                             batch_size=32, lr=1e-3, lr_schedule="cosine", warmup_steps=300, label_dropout=0.1,
+                             class_power=0.5, raster_share=0.25, weight_decay=0.01, shift_share=0.5),
 }
 DEFAULT_PRESET = {"vqvae": "vq-photo", "vqgan": "vq-photo", "ddpm": "emoji", "vae": "emoji-vae", "ldm": "emoji-ldm",
                   "prior": "emoji-prior"}
 
 # options a preset may leave out, and the value that switches each off
 OFF = dict(kl_weight=0.0, min_snr_gamma=0.0, label_dropout=0.0, t_focus_max=0, t_focus_share=0.0, class_power=1.0,
-           lr_schedule="constant", warmup_steps=0, raster_share=0.0, weight_decay=0.0)
+           lr_schedule="constant", warmup_steps=0, raster_share=0.0, weight_decay=0.0, shift_share=0.0)
+UNET_PRIOR_OPTIONS = ("channels", "layers_per_block", "attention")  # the rest are the transformer's
+TRANSFORMER_PRIOR_OPTIONS = ("hidden_size", "num_layers", "num_heads", "dropout", "conv_kernel")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -125,11 +131,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "transformer/; GenLab upcasts them on CPU)")
     # token prior
     parser.add_argument("--vq", type=Path, default=None, help="prior: the trained VQModel folder whose tokens it models (kept frozen)")
+    parser.add_argument("--backbone", choices=["transformer", "unet"], default=None,
+                        help="prior: the network that predicts the masked tokens: GenLab's MaskedTokenTransformer "
+                        "(--hidden-size, --num-layers, --num-heads) or MaskedTokenUNet, diffusers' UNet2DModel over "
+                        "the embedded token grid (--channels, --layers-per-block, --attention); default transformer")
     parser.add_argument("--hidden-size", type=int, help="prior: transformer width")
     parser.add_argument("--num-layers", type=int, help="prior: transformer blocks")
     parser.add_argument("--num-heads", type=int, help="prior: attention heads")
     parser.add_argument("--raster-share", type=float, help="prior: share of masks that hide every token from a raster position on")
-    parser.add_argument("--shift-share", type=float, default=0.0,
+    parser.add_argument("--shift-share", type=float, default=None,
                         help="prior: share of training grids taken from the image moved by one token in one of 8 "
                         "directions (white fill; default 0)")
     parser.add_argument("--weight-decay", type=float, help="AdamW weight decay (prior)")
@@ -158,6 +168,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--ema-decay", type=float, default=0.9999, help="upper bound of the warmed-up EMA decay")
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset or DEFAULT_PRESET[args.kind]]
+    if args.kind == "prior":  # options of the other backbone than the one asked for are an error, not ignored
+        backbone = args.backbone or preset.get("backbone", "transformer")
+        wrong = TRANSFORMER_PRIOR_OPTIONS if backbone == "unet" else UNET_PRIOR_OPTIONS
+        given = [f"--{key.replace('_', '-')}" for key in wrong if getattr(args, key) is not None]
+        if given:
+            parser.error(f"{', '.join(given)}: not an option of the prior's {backbone} backbone")
+        # the backbone's architecture from the preset when it has one, else from the backbone's own preset
+        own, other = ("emoji-prior-unet", TRANSFORMER_PRIOR_OPTIONS) if backbone == "unet" else ("emoji-prior", UNET_PRIOR_OPTIONS)
+        architecture = {key: value for key, value in PRESETS[own].items() if key in UNET_PRIOR_OPTIONS + TRANSFORMER_PRIOR_OPTIONS}
+        preset = {**architecture, **{key: value for key, value in preset.items() if key not in other}}
+        args.backbone = backbone
+    elif args.backbone is not None:
+        parser.error("--backbone is for prior")
     for key, value in preset.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
@@ -169,6 +192,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.attention = tuple(bool(int(a)) for a in str(args.attention).split(","))
         if len(args.attention) != len(args.channels):
             parser.error(f"--attention has {len(args.attention)} entries but --channels has {len(args.channels)}")
+    if args.kind == "prior" and args.backbone == "unet":
+        if args.distill_from is not None:
+            parser.error("--distill-from distils a transformer prior's guidance; the unet backbone is not distilled")
+        from ..token_unet import check_unet_layout  # the rule the UNet's config is checked by
+
+        args.attention = args.attention or (False,) * len(args.channels)
+        try:
+            check_unet_layout(args.channels, args.attention, args.norm_groups or norm_groups(args.channels))
+        except ValueError as error:  # before the tokens are encoded, not after
+            parser.error(str(error))
     background_options = (args.background_code is not None or args.background_tolerance != 8)
     if args.background_margin is None and background_options:
         parser.error("--background-code and --background-tolerance need --background-margin")
@@ -715,12 +748,14 @@ def export_ddpm(args, unet: UNet2DModel, scheduler, classes: list[str], state: c
 
 # ------------------------------------------------------------------------------ token prior
 def train_prior(args, accelerator: Accelerator, data: common.ImageFolder, state: common.RunState) -> None:
-    """A MaskedTokenTransformer on the tokens of a frozen VQModel (`--vq`), with EMA, bf16, resume; with
-    `--distill-from`, the guidance distillation of that prior's transformer (genlab.train.prior)."""
+    """A MaskedTokenTransformer (or, `--backbone unet`, a MaskedTokenUNet) on the tokens of a frozen VQModel
+    (`--vq`), with EMA, bf16, resume; with `--distill-from`, the guidance distillation of that prior's
+    transformer (genlab.train.prior)."""
     from diffusers import AmusedScheduler
 
     from ..models import genlab_info
     from ..token_transformer import MaskedTokenTransformer
+    from ..token_unet import MaskedTokenUNet
     from ..vq import Background
 
     classes = data.classes if data.classes else []
@@ -734,6 +769,7 @@ def train_prior(args, accelerator: Accelerator, data: common.ImageFolder, state:
         if Path(started).resolve() != args.distill_from.resolve():
             raise SystemExit(f"this run distils {started}; resume it with --distill-from {started}")
     if args.distill_from:  # checked before the tokens are encoded
+        prior_network_class(args.distill_from / "transformer", "transformer")  # SystemExit for a UNet prior
         teacher = MaskedTokenTransformer.from_pretrained(args.distill_from / "transformer").float()
         teacher = teacher.to(accelerator.device).eval().requires_grad_(False)
         if teacher.config.num_classes != len(classes) or not classes:
@@ -751,14 +787,24 @@ def train_prior(args, accelerator: Accelerator, data: common.ImageFolder, state:
                       f"{bank.distinct_codes()} of {vq_model.config.num_vq_embeddings} codes in use")
     init = args.init / "transformer" if args.init and (args.init / "transformer").is_dir() else args.init
     dropout = {} if args.dropout is None else {"dropout": args.dropout}  # a config override
+    network_class = prior_network_class(checkpoint / "model" if resuming else init, args.backbone)
     if resuming:
-        model = MaskedTokenTransformer.from_pretrained(checkpoint / "model", **dropout)
-        ema_start = MaskedTokenTransformer.from_pretrained(checkpoint / "ema", **dropout)
+        model = network_class.from_pretrained(checkpoint / "model", **dropout)
+        ema_start = network_class.from_pretrained(checkpoint / "ema", **dropout)
     elif teacher is not None:
         model, ema_start = (distillation_student(teacher, args.guidance_max) for _ in range(2))
+    elif args.init and network_class is MaskedTokenUNet:
+        model, ema_start = (MaskedTokenUNet.from_pretrained(init) for _ in range(2))
     elif args.init:
         model, ema_start = (grown(MaskedTokenTransformer.from_pretrained(init, **dropout), args.conv_kernel)
                             for _ in range(2))
+    elif network_class is MaskedTokenUNet:
+        model = MaskedTokenUNet(codebook_size=vq_model.config.num_vq_embeddings, height=grid[0], width=grid[1],
+                                num_classes=len(classes), block_out_channels=args.channels, attention=args.attention,
+                                layers_per_block=args.layers_per_block,
+                                norm_num_groups=args.norm_groups or norm_groups(args.channels),
+                                embedding_size=args.channels[0])
+        ema_start = None
     else:
         model = MaskedTokenTransformer(codebook_size=vq_model.config.num_vq_embeddings, height=grid[0], width=grid[1],
                                        num_classes=len(classes), hidden_size=args.hidden_size,
@@ -766,7 +812,7 @@ def train_prior(args, accelerator: Accelerator, data: common.ImageFolder, state:
                                        conv_kernel=args.conv_kernel or 0, **dropout)
         ema_start = None
     ema = EMAModel((ema_start or model).parameters(), decay=args.ema_decay, use_ema_warmup=True, power=2 / 3,
-                   model_cls=MaskedTokenTransformer, model_config=model.config)
+                   model_cls=network_class, model_config=model.config)
     ema.optimization_step = state.step
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay)
     if resuming:
@@ -776,7 +822,7 @@ def train_prior(args, accelerator: Accelerator, data: common.ImageFolder, state:
     ema.to(accelerator.device)
     scheduler = AmusedScheduler(mask_token_id=vq_model.config.num_vq_embeddings)
     null_class = len(classes) if classes else None
-    if teacher is None and accelerator.unwrap_model(model).config.guidance_embedding:
+    if teacher is None and getattr(accelerator.unwrap_model(model).config, "guidance_embedding", False):
         raise SystemExit("the transformer to train is a guidance-distillation student: "
                          "train (or resume) it with --distill-from")
     generator = torch.Generator().manual_seed(args.seed + state.step)
@@ -786,8 +832,8 @@ def train_prior(args, accelerator: Accelerator, data: common.ImageFolder, state:
                     desc="prior (distillation)" if teacher else "prior")
     running = None
 
-    def ema_copy() -> MaskedTokenTransformer:
-        ema_model = MaskedTokenTransformer.from_config(accelerator.unwrap_model(model).config)
+    def ema_copy():
+        ema_model = network_class.from_config(accelerator.unwrap_model(model).config)
         ema.copy_to(ema_model.parameters())
         return ema_model.eval()
 
@@ -834,6 +880,26 @@ def train_prior(args, accelerator: Accelerator, data: common.ImageFolder, state:
     progress.close()
 
 
+def prior_network_class(folder: Path | None, backbone: str):
+    """The class of the prior network saved in `folder` (a checkpoint or --init), else the one `backbone` names;
+    SystemExit when `folder` holds another kind of network than the backbone asked for."""
+    from ..models import read_config
+    from ..token_transformer import MaskedTokenTransformer
+    from ..token_unet import MaskedTokenUNet
+
+    classes = {"transformer": MaskedTokenTransformer, "unet": MaskedTokenUNet}
+    if folder is None:
+        return classes[backbone]
+    kind = read_config(folder).get("_class_name")
+    found = {cls.__name__: cls for cls in classes.values()}.get(kind)
+    if found is None:
+        raise SystemExit(f"{folder} holds a {kind}, not a token prior network ({', '.join(sorted(c.__name__ for c in classes.values()))})")
+    if found is not classes[backbone]:
+        raise SystemExit(f"{folder} holds a {kind}; it trains as --backbone {[k for k, c in classes.items() if c is found][0]}, "
+                         f"not {backbone}")
+    return found
+
+
 def grown(model, conv_kernel: int | None):
     """`model` (a MaskedTokenTransformer) with `--conv-kernel` convolutions grown in (zero-initialised, so it computes
     what `model` does); unchanged when the option is left out or matches its config."""
@@ -870,12 +936,13 @@ def save_prior_samples(model, vq_model: VQModel, scheduler, classes: list[str], 
                        count: int = 16, steps: int = 12, teacher=None) -> None:
     """16 samples, 12 confidence-order steps, seed 0, classes in order (with a teacher: the prior of the
     teacher and `model`, its guidance-distilled copy, as `export_prior` writes it)."""
-    from ..prior import TokenPrior
+    from ..prior import MASKGIT_CHOICE_TEMPERATURE, TokenPrior
     from ..vq import VQ
 
     network, distilled = (model, None) if teacher is None else (teacher, model.to(teacher.device).eval())
     prior = TokenPrior(VQ(vq_model.eval()), network.eval(), dict(scheduler.config),
-                       {"classes": classes, "default_guidance_scale": guidance_scale}, distilled=distilled)
+                       {"classes": classes, "default_guidance_scale": guidance_scale,
+                        "default_choice_temperature": MASKGIT_CHOICE_TEMPERATURE}, distilled=distilled)
     if classes:
         images = [prior.sample(seed=0, steps=steps, batch=1 + (count - 1 - c) // len(classes), class_label=c).pixels
                   for c in range(min(count, len(classes)))]
@@ -903,12 +970,14 @@ def export_prior(args, model, vq_model: VQModel, scheduler, classes: list[str], 
     if (args.out / "vqvae").resolve() != Path(args.vq).resolve():
         latent.save_autoencoder(vq_model, args.vq, args.out / "vqvae")
     index = {"_class_name": "GenLabTokenPriorPipeline", "_diffusers_version": diffusers.__version__,
-             "vqvae": ["diffusers", "VQModel"], "transformer": ["genlab", "MaskedTokenTransformer"],
+             "vqvae": ["diffusers", "VQModel"], "transformer": ["genlab", type(network).__name__],
              "scheduler": ["diffusers", "AmusedScheduler"]}
     if teacher is not None:
         index[DISTILLED] = ["genlab", "MaskedTokenTransformer"]
     (args.out / "model_index.json").write_text(json.dumps(index, indent=2))
-    info = {"kind": "prior", "title": args.out.name}
+    from ..prior import MASKGIT_CHOICE_TEMPERATURE
+
+    info = {"kind": "prior", "title": args.out.name, "default_choice_temperature": MASKGIT_CHOICE_TEMPERATURE}
     if classes:
         info.update(classes=classes, default_guidance_scale=args.guidance_scale)
     (args.out / "genlab.json").write_text(json.dumps(info, indent=1))
@@ -916,20 +985,17 @@ def export_prior(args, model, vq_model: VQModel, scheduler, classes: list[str], 
     save_prior_samples(model, vq_model, scheduler, classes, args.out / "samples.png",
                        guidance_scale=args.guidance_scale, teacher=teacher)
     config = network.config
+    is_unet = type(network).__name__ == "MaskedTokenUNet"
     factor = 2 ** (len(vq_model.config.block_out_channels) - 1)
-    conditional = (f"Class-conditional on {len(classes)} classes ({', '.join(classes)}) by a prepended class token, "
+    conditional = (f"Class-conditional on {len(classes)} classes ({', '.join(classes)}) by "
+                   + ("the UNet's class embedding" if is_unet else "a prepended class token") + ", "
                    f"with label dropout {args.label_dropout}, so classifier-free guidance works (class {len(classes)} "
                    "= no label). " if classes else "")
     vq_card = first_stage_card(args.out, "vqvae", "The tokenizer")
     common.write_model_card(
         args.out, f"GenLab {args.out.name}",
-        f"A bidirectional masked-token transformer (GenLab's `MaskedTokenTransformer`, "
-        f"{sum(p.numel() for p in network.parameters()) / 1e6:.2f}M parameters: {config.num_layers} blocks, width "
-        f"{config.hidden_size}, {config.num_heads} heads"
-        + (f", a {config.conv_kernel}x{config.conv_kernel} depthwise convolution over the token grid after each "
-           "block" if config.conv_kernel else "")
-        + (f", dropout {config.dropout:g}" if config.dropout else "")
-        + f") over the {config.height}x{config.width} tokens of the "
+        network_text(network)
+        + f" over the {config.height}x{config.width} tokens of the "
         f"{vq_model.config.num_vq_embeddings}-code VQGAN in `vqvae/` (f = {factor}, frozen), MaskGIT-style "
         f"(arXiv:2202.04200): cosine-schedule masks, and {args.raster_share:.0%} of masks hide every token from a "
         f"random raster position on. {conditional}{distilled_text(args, model.config)}Sampling: MaskGIT's "
@@ -942,13 +1008,29 @@ def export_prior(args, model, vq_model: VQModel, scheduler, classes: list[str], 
         + (f", AdamW weight decay {args.weight_decay:g}" if args.weight_decay else "")
         + (f"; class c drawn with probability proportional to n_c^{args.class_power:g}" if classes and args.class_power != 1 else "")
         + ".",
-        state, "`samples.png`: 16 samples, 12 confidence-order steps, seed 0"
+        state, f"`samples.png`: 16 samples, 12 confidence-order steps (choice temperature {MASKGIT_CHOICE_TEMPERATURE:g}), seed 0"
         + (f", guidance {args.guidance_scale:g}, classes in order" if classes else "") + ".\n\n" + vq_card,
     )
 
 
+def network_text(network) -> str:
+    """The prior network in words, for the model card."""
+    config, millions = network.config, sum(p.numel() for p in network.parameters()) / 1e6
+    if type(network).__name__ == "MaskedTokenUNet":
+        levels = ", ".join(f"{c}{' + attention' if a else ''}" for c, a in zip(config.block_out_channels, config.attention))
+        return (f"A masked-token UNet (GenLab's `MaskedTokenUNet`, {millions:.2f}M parameters: diffusers' `UNet2DModel` "
+                f"with levels {levels}, {config.layers_per_block} layer(s) per block, over a {config.embedding_size}-"
+                "channel embedding of the token ids, the masked share as its timestep (absorbing-state diffusion, "
+                "arXiv:2107.03006), a 1x1 convolution to the code logits)")
+    return (f"A bidirectional masked-token transformer (GenLab's `MaskedTokenTransformer`, {millions:.2f}M parameters: "
+            f"{config.num_layers} blocks, width {config.hidden_size}, {config.num_heads} heads"
+            + (f", a {config.conv_kernel}x{config.conv_kernel} depthwise convolution over the token grid after each "
+               "block" if config.conv_kernel else "")
+            + (f", dropout {config.dropout:g}" if config.dropout else "") + ")")
+
+
 def distilled_text(args, config) -> str:
-    if not config.guidance_embedding:
+    if not getattr(config, "guidance_embedding", False):
         return ""
     return (f"`transformer/` is the transformer of `{args.distill_from}` (the prior: code length, unguided sampling); "
             "`transformer_distilled/` is its guidance-distilled copy (Meng et al., arXiv:2210.03142): told the scale "
