@@ -128,7 +128,7 @@ def test_emoji_eval_samples_a_token_prior_per_category_and_writes_its_card(tiny_
                       "--per-class", "2", "--guidance", "1.5", "--card", "--section", "emoji"])
     printed = capsys.readouterr().out
     assert "| category | a | b | c |" in printed
-    assert "2 samples per category (3 categories), 12 MaskGIT steps (confidence order), guidance 1.5" in printed
+    assert "2 samples per category (3 categories), 12 MaskGIT steps (confidence order, choice temperature 2), guidance 1.5" in printed
     assert f"{PRIOR_GRID * PRIOR_F} px samples area-averaged to {DATA_SIDE} px" in printed
 
     # Row i of the grid is class i sampled with seed i, as the diffusion path seeds its rows.
@@ -148,7 +148,7 @@ def test_emoji_eval_samples_a_token_prior_per_category_and_writes_its_card(tiny_
 
 def test_emoji_eval_takes_12_prior_steps_unless_told(tiny_prior_dir):
     prior, sample, how = genlab_eval.emoji_sampler(str(tiny_prior_dir), None, None)
-    assert how == "12 MaskGIT steps (confidence order)"
+    assert how == "12 MaskGIT steps (confidence order, choice temperature 2)"
     pixels, images = sample(1, "b", 2)
     expected = prior.sample(seed=1, steps=12, batch=2, class_label="b").pixels  # default guidance
     assert pixels.shape == (2, 3, 16, 16) and len(images) == 2 and torch.equal(pixels, expected)
