@@ -96,10 +96,10 @@ class MaskedTokenUNet(MaskedTokenNetwork, ModelMixin, ConfigMixin):
         batch = input_ids.shape[0]
         if guidance is not None:
             raise ValueError("this UNet is not guidance-distilled: it takes no guidance scale")
-        if self.config.num_classes and class_labels is None:
-            class_labels = torch.full((batch,), self.null_class, dtype=torch.long, device=input_ids.device)
         if not self.config.num_classes:
-            class_labels = None
+            class_labels = None  # an unconditional UNet has no class embedding
+        elif class_labels is None:
+            class_labels = torch.full((batch,), self.null_class, dtype=torch.long, device=input_ids.device)
         masked = (input_ids == self.mask_token_id).flatten(1).float().mean(1) * TIMESTEPS  # (B,)
         grid = self.token_embedding(input_ids).permute(0, 3, 1, 2)  # (B, E, h, w)
         hidden = self.unet(grid, masked, class_labels=class_labels).sample  # (B, E, h, w)

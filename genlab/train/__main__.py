@@ -174,10 +174,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         given = [f"--{key.replace('_', '-')}" for key in wrong if getattr(args, key) is not None]
         if given:
             parser.error(f"{', '.join(given)}: not an option of the prior's {backbone} backbone")
-        # the backbone's architecture from the preset when it has one, else from the backbone's own preset
-        own, other = ("emoji-prior-unet", TRANSFORMER_PRIOR_OPTIONS) if backbone == "unet" else ("emoji-prior", UNET_PRIOR_OPTIONS)
-        architecture = {key: value for key, value in PRESETS[own].items() if key in UNET_PRIOR_OPTIONS + TRANSFORMER_PRIOR_OPTIONS}
-        preset = {**architecture, **{key: value for key, value in preset.items() if key not in other}}
+        # the backbone's layout from the preset when it has one, else from the backbone's own preset
+        own = PRESETS["emoji-prior-unet" if backbone == "unet" else "emoji-prior"]
+        layout = {key: value for key, value in own.items() if key in UNET_PRIOR_OPTIONS + TRANSFORMER_PRIOR_OPTIONS}
+        preset = {**layout, **{key: value for key, value in preset.items() if key not in wrong}}
         args.backbone = backbone
     elif args.backbone is not None:
         parser.error("--backbone is for prior")
@@ -199,7 +199,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
         args.attention = args.attention or (False,) * len(args.channels)
         try:
-            check_unet_layout(args.channels, args.attention, args.norm_groups or norm_groups(args.channels))
+            args.norm_groups = args.norm_groups or norm_groups(args.channels)
+            check_unet_layout(args.channels, args.attention, args.norm_groups)
         except ValueError as error:  # before the tokens are encoded, not after
             parser.error(str(error))
     background_options = (args.background_code is not None or args.background_tolerance != 8)
@@ -801,8 +802,7 @@ def train_prior(args, accelerator: Accelerator, data: common.ImageFolder, state:
     elif network_class is MaskedTokenUNet:
         model = MaskedTokenUNet(codebook_size=vq_model.config.num_vq_embeddings, height=grid[0], width=grid[1],
                                 num_classes=len(classes), block_out_channels=args.channels, attention=args.attention,
-                                layers_per_block=args.layers_per_block,
-                                norm_num_groups=args.norm_groups or norm_groups(args.channels),
+                                layers_per_block=args.layers_per_block, norm_num_groups=args.norm_groups,
                                 embedding_size=args.channels[0])
         ema_start = None
     else:
@@ -891,13 +891,12 @@ def prior_network_class(folder: Path | None, backbone: str):
     if folder is None:
         return classes[backbone]
     kind = read_config(folder).get("_class_name")
-    found = {cls.__name__: cls for cls in classes.values()}.get(kind)
-    if found is None:
-        raise SystemExit(f"{folder} holds a {kind}, not a token prior network ({', '.join(sorted(c.__name__ for c in classes.values()))})")
-    if found is not classes[backbone]:
-        raise SystemExit(f"{folder} holds a {kind}; it trains as --backbone {[k for k, c in classes.items() if c is found][0]}, "
-                         f"not {backbone}")
-    return found
+    backbones = {cls.__name__: name for name, cls in classes.items()}
+    if kind not in backbones:
+        raise SystemExit(f"{folder} holds a {kind}, not a token prior network ({', '.join(sorted(backbones))})")
+    if backbones[kind] != backbone:
+        raise SystemExit(f"{folder} holds a {kind}; it trains as --backbone {backbones[kind]}, not {backbone}")
+    return classes[backbone]
 
 
 def grown(model, conv_kernel: int | None):
@@ -960,6 +959,8 @@ def export_prior(args, model, vq_model: VQModel, scheduler, classes: list[str], 
     import diffusers
 
     from ..models import DISTILLED
+    from ..prior import MASKGIT_CHOICE_TEMPERATURE
+    from ..token_unet import MaskedTokenUNet
 
     args.out.mkdir(parents=True, exist_ok=True)
     network = model if teacher is None else teacher  # the prior
@@ -975,8 +976,6 @@ def export_prior(args, model, vq_model: VQModel, scheduler, classes: list[str], 
     if teacher is not None:
         index[DISTILLED] = ["genlab", "MaskedTokenTransformer"]
     (args.out / "model_index.json").write_text(json.dumps(index, indent=2))
-    from ..prior import MASKGIT_CHOICE_TEMPERATURE
-
     info = {"kind": "prior", "title": args.out.name, "default_choice_temperature": MASKGIT_CHOICE_TEMPERATURE}
     if classes:
         info.update(classes=classes, default_guidance_scale=args.guidance_scale)
@@ -985,10 +984,9 @@ def export_prior(args, model, vq_model: VQModel, scheduler, classes: list[str], 
     save_prior_samples(model, vq_model, scheduler, classes, args.out / "samples.png",
                        guidance_scale=args.guidance_scale, teacher=teacher)
     config = network.config
-    is_unet = type(network).__name__ == "MaskedTokenUNet"
     factor = 2 ** (len(vq_model.config.block_out_channels) - 1)
     conditional = (f"Class-conditional on {len(classes)} classes ({', '.join(classes)}) by "
-                   + ("the UNet's class embedding" if is_unet else "a prepended class token") + ", "
+                   + ("the UNet's class embedding" if isinstance(network, MaskedTokenUNet) else "a prepended class token") + ", "
                    f"with label dropout {args.label_dropout}, so classifier-free guidance works (class {len(classes)} "
                    "= no label). " if classes else "")
     vq_card = first_stage_card(args.out, "vqvae", "The tokenizer")
@@ -1015,8 +1013,10 @@ def export_prior(args, model, vq_model: VQModel, scheduler, classes: list[str], 
 
 def network_text(network) -> str:
     """The prior network in words, for the model card."""
+    from ..token_unet import MaskedTokenUNet
+
     config, millions = network.config, sum(p.numel() for p in network.parameters()) / 1e6
-    if type(network).__name__ == "MaskedTokenUNet":
+    if isinstance(network, MaskedTokenUNet):
         levels = ", ".join(f"{c}{' + attention' if a else ''}" for c, a in zip(config.block_out_channels, config.attention))
         return (f"A masked-token UNet (GenLab's `MaskedTokenUNet`, {millions:.2f}M parameters: diffusers' `UNet2DModel` "
                 f"with levels {levels}, {config.layers_per_block} layer(s) per block, over a {config.embedding_size}-"
