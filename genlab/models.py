@@ -484,7 +484,7 @@ def load_prior(source, subfolder: str | None = None, device=None, revision: str 
     """A `genlab.prior.TokenPrior`: a pipeline folder (local or Hub) with vqvae/ (VQModel), transformer/
     (GenLab's `MaskedTokenTransformer` or `MaskedTokenUNet`, or diffusers' `UVit2DModel`), scheduler/ (`AmusedScheduler`) and,
     for aMUSEd, text_encoder/ + tokenizer/; optionally transformer_distilled/, a guidance-distilled copy
-    of GenLab's transformer that guided sampling calls once a step."""
+    of GenLab's network that guided sampling calls once a step."""
     from diffusers import UVit2DModel
 
     from .prior import TokenPrior
@@ -515,7 +515,11 @@ def load_prior(source, subfolder: str | None = None, device=None, revision: str 
         transformer = place(load_diffusers_model(transformers[kind], folder / "transformer"), device)
         distilled = None
         if (folder / DISTILLED).is_dir():
-            distilled = place(load_diffusers_model(MaskedTokenTransformer, folder / DISTILLED), device)
+            distilled_kind = read_config(folder / DISTILLED).get("_class_name")
+            if distilled_kind != kind:
+                raise ModelLoadError(f"{str(folder / DISTILLED)!r} holds a {distilled_kind}; the guidance-distilled "
+                                     f"copy of a {kind} is a {kind}")
+            distilled = place(load_diffusers_model(transformers[kind], folder / DISTILLED), device)
         text = _text_encoder(folder, device) if (folder / "text_encoder").is_dir() else None
         info = genlab_info(folder)
         try:

@@ -45,7 +45,40 @@ def check_conv_kernel(conv_kernel) -> int:
 
 class MaskedTokenNetwork:
     """What GenLab's token priors share (`MaskedTokenTransformer`, `genlab.token_unet.MaskedTokenUNet`): config
-    `codebook_size` K (the [MASK] input id), `num_classes` (the null class), `height` x `width` tokens."""
+    `codebook_size` K (the [MASK] input id), `num_classes` (the null class), `height` x `width` tokens, and
+    the optional guidance embedding of a guidance-distilled copy (`guidance_embedding`, `guidance_max`)."""
+
+    def add_guidance_embedding(self, width: int) -> None:
+        """Sinusoidal features of 100 w through an MLP to `width` channels, added to the class embedding;
+        zero-initialised, so a student copied from its teacher starts as the undistilled network."""
+        if not self.config.num_classes:
+            raise ValueError("guidance_embedding needs a class-conditional network (num_classes > 0)")
+        if not self.config.guidance_max > 1:
+            raise ValueError(f"guidance_max must be above 1, got {self.config.guidance_max}")
+        self.guidance_proj = Timesteps(GUIDANCE_FEATURES, flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.guidance_embedder = TimestepEmbedding(GUIDANCE_FEATURES, width)
+        nn.init.zeros_(self.guidance_embedder.linear_2.weight)
+        nn.init.zeros_(self.guidance_embedder.linear_2.bias)
+
+    def embed_guidance(self, guidance: torch.Tensor | None, batch: int, like: torch.Tensor) -> torch.Tensor | None:
+        """(B,) guidance scales w (default 1: the plain conditional) -> (B, width) embedding in `like`'s dtype;
+        None for a network that is not guidance-distilled (ValueError when it is given a scale anyway)."""
+        if not self.config.guidance_embedding:
+            if guidance is not None:
+                raise ValueError(f"this {type(self).__name__} is not guidance-distilled: it takes no guidance scale")
+            return None
+        guidance = torch.ones(batch, device=like.device) if guidance is None else guidance
+        features = self.guidance_proj(GUIDANCE_FEATURE_SCALE * guidance.float().expand(batch))  # (B, F)
+        return self.guidance_embedder(features.to(like.dtype))
+
+    def distills(self, guidance_scale: float) -> bool:
+        """Whether one call gives classifier-free guidance at this scale (a distilled w)."""
+        return bool(self.config.guidance_embedding) and 1.0 <= guidance_scale <= self.config.guidance_max
+
+    def teacher_state_dict(self) -> dict:
+        """This network's weights named as its guidance-distilled student (same config plus
+        `guidance_embedding`) names them; the student's own guidance embedding is the only key they lack."""
+        return self.state_dict()
 
     @property
     def mask_token_id(self) -> int:
@@ -91,14 +124,7 @@ class MaskedTokenTransformer(MaskedTokenNetwork, ModelMixin, ConfigMixin):
         self.position_embedding = nn.Parameter(torch.zeros(1, height * width, hidden_size))
         self.class_embedding = nn.Embedding(num_classes + 1, hidden_size)  # + 1: the null class
         if guidance_embedding:
-            if not num_classes:
-                raise ValueError("guidance_embedding needs a class-conditional transformer (num_classes > 0)")
-            if not guidance_max > 1:
-                raise ValueError(f"guidance_max must be above 1, got {guidance_max}")
-            self.guidance_proj = Timesteps(GUIDANCE_FEATURES, flip_sin_to_cos=True, downscale_freq_shift=0)
-            self.guidance_embedder = TimestepEmbedding(GUIDANCE_FEATURES, hidden_size)
-            nn.init.zeros_(self.guidance_embedder.linear_2.weight)  # starts as the undistilled network
-            nn.init.zeros_(self.guidance_embedder.linear_2.bias)
+            self.add_guidance_embedding(hidden_size)
         self.blocks = nn.ModuleList(
             BasicTransformerBlock(hidden_size, num_heads, hidden_size // num_heads, dropout=dropout,
                                   activation_fn="gelu", attention_bias=True)
@@ -118,10 +144,6 @@ class MaskedTokenTransformer(MaskedTokenNetwork, ModelMixin, ConfigMixin):
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         nn.init.normal_(self.class_embedding.weight, std=0.02)
 
-    def distills(self, guidance_scale: float) -> bool:
-        """Whether one call gives classifier-free guidance at this scale (a distilled w)."""
-        return self.config.guidance_embedding and 1.0 <= guidance_scale <= self.config.guidance_max
-
     def forward(self, input_ids: torch.LongTensor, class_labels: torch.LongTensor | None = None,
                 guidance: torch.Tensor | None = None) -> torch.Tensor:
         """guidance: (B,) scales w for a guidance-distilled transformer (default 1: the plain conditional)."""
@@ -131,12 +153,8 @@ class MaskedTokenTransformer(MaskedTokenNetwork, ModelMixin, ConfigMixin):
             class_labels = torch.full((batch,), self.null_class, dtype=torch.long, device=input_ids.device)
         hidden = self.token_embedding(input_ids.reshape(batch, -1)) + self.position_embedding  # (B, N, D)
         label = self.class_embedding(class_labels)  # (B, D)
-        if guidance is not None and not self.config.guidance_embedding:
-            raise ValueError("this transformer is not guidance-distilled: it takes no guidance scale")
-        if self.config.guidance_embedding:
-            guidance = torch.ones(batch, device=input_ids.device) if guidance is None else guidance
-            features = self.guidance_proj(GUIDANCE_FEATURE_SCALE * guidance.float().expand(batch))  # (B, F)
-            label = label + self.guidance_embedder(features.to(label.dtype))
+        scale = self.embed_guidance(guidance, batch, label)  # (B, D) or None
+        label = label if scale is None else label + scale
         hidden = torch.cat([label[:, None], hidden], dim=1)  # (B, 1 + N, D)
         for index, block in enumerate(self.blocks):
             hidden = block(hidden)

@@ -12,7 +12,12 @@ arXiv:2207.12598), and a 1 x 1 convolution maps its output to K logits per cell.
 Against the transformer of the same budget it has the locality prior of convolutions (neighbouring codes
 are drawn together, as in the pixel UNets of ddpm-emoji / ldm-emoji) and runs more steps a minute on
 the CPU. Saved with diffusers' `ModelMixin`/`ConfigMixin`: `save_pretrained` / `from_pretrained` in
-safetensors. Not guidance-distilled: guided sampling calls it twice a step (conditional and not).
+safetensors.
+
+Guidance-distilled (optional, `guidance_embedding=True`, Meng et al., arXiv:2210.03142, as
+`MaskedTokenTransformer`): the class embedding moves out of the UNet (`class_embed_type="identity"`) so the
+guidance scale's embedding can join it; one call then gives the teacher's classifier-free guided logits.
+Otherwise guided sampling calls it twice a step (conditional and not).
 """
 
 from __future__ import annotations
@@ -65,6 +70,8 @@ class MaskedTokenUNet(MaskedTokenNetwork, ModelMixin, ConfigMixin):
         layers_per_block: int = 1,
         attention_head_dim: int = 32,
         norm_num_groups: int = 16,
+        guidance_embedding: bool = False,  # guidance-distilled: forward takes the guidance scale w
+        guidance_max: float = 8.0,  # w in [1, guidance_max] was distilled; outside it, two calls (plain CFG)
     ):
         super().__init__()
         check_unet_layout(block_out_channels, attention, norm_num_groups, attention_head_dim)
@@ -76,31 +83,41 @@ class MaskedTokenUNet(MaskedTokenNetwork, ModelMixin, ConfigMixin):
             raise ValueError(f"embedding_size ({embedding_size}) must be a multiple of norm_num_groups "
                              f"({norm_num_groups})")
         self.token_embedding = nn.Embedding(codebook_size + 1, embedding_size)  # + 1: [MASK]
+        classes = num_classes + 1 if num_classes else None  # + 1: the null class
         self.unet = UNet2DModel(
             sample_size=(height, width), in_channels=embedding_size, out_channels=embedding_size,
             block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block,
             down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attention),
             up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)),
             attention_head_dim=attention_head_dim, norm_num_groups=norm_num_groups,
-            num_class_embeds=num_classes + 1 if num_classes else None,  # + 1: the null class
+            num_class_embeds=None if guidance_embedding else classes,
+            class_embed_type="identity" if guidance_embedding else None,  # distilled: class + guidance, given
         )
+        if guidance_embedding:
+            width = block_out_channels[0] * 4  # the UNet's time (and class) embedding width
+            self.add_guidance_embedding(width)  # ValueError for an unconditional UNet
+            self.class_embedding = nn.Embedding(classes, width)  # `unet.class_embedding` of the teacher
         self.head = nn.Conv2d(embedding_size, codebook_size, 1)
 
-    def distills(self, guidance_scale: float) -> bool:
-        """Never: this network is not guidance-distilled (guided sampling calls it twice a step)."""
-        return False
+    def teacher_state_dict(self) -> dict:
+        """The weights named as the guidance-distilled student names them: its class embedding is outside the UNet."""
+        state = self.state_dict()
+        if "unet.class_embedding.weight" in state:
+            state["class_embedding.weight"] = state.pop("unet.class_embedding.weight")
+        return state
 
     def forward(self, input_ids: torch.LongTensor, class_labels: torch.LongTensor | None = None,
                 guidance: torch.Tensor | None = None) -> torch.Tensor:
         self.check_grid(input_ids)
         batch = input_ids.shape[0]
-        if guidance is not None:
-            raise ValueError("this UNet is not guidance-distilled: it takes no guidance scale")
+        grid = self.token_embedding(input_ids).permute(0, 3, 1, 2)  # (B, E, h, w)
+        scale = self.embed_guidance(guidance, batch, grid)  # (B, 4 C0) or None
         if not self.config.num_classes:
             class_labels = None  # an unconditional UNet has no class embedding
         elif class_labels is None:
             class_labels = torch.full((batch,), self.null_class, dtype=torch.long, device=input_ids.device)
+        if scale is not None:  # distilled: the UNet takes the summed embedding (class_embed_type "identity")
+            class_labels = self.class_embedding(class_labels) + scale  # (B, 4 C0)
         masked = (input_ids == self.mask_token_id).flatten(1).float().mean(1) * TIMESTEPS  # (B,)
-        grid = self.token_embedding(input_ids).permute(0, 3, 1, 2)  # (B, E, h, w)
         hidden = self.unet(grid, masked, class_labels=class_labels).sample  # (B, E, h, w)
         return self.head(hidden)  # (B, K, h, w)

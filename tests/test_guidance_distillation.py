@@ -1,32 +1,55 @@
-"""Guidance-distilled token priors (Meng et al., arXiv:2210.03142): the transformer's guidance input
-(genlab.token_transformer), the prior's one call per guided step (genlab.prior), and the distillation
-loss and student (genlab.train.prior, genlab.train.__main__). The CLI's --distill-from is in test_train.py.
+"""Guidance-distilled token priors (Meng et al., arXiv:2210.03142): the guidance input of both networks
+(genlab.token_transformer, genlab.token_unet), the prior's one call per guided step (genlab.prior), and the
+distillation loss and student (genlab.train.prior, genlab.train.__main__). The CLI's --distill-from is in
+test_train.py.
 """
 
 from __future__ import annotations
+
+import json
+import shutil
 
 import pytest
 import torch
 
 import genlab
 from genlab.token_transformer import MaskedTokenTransformer
+from genlab.token_unet import MaskedTokenUNet
 from genlab.train.__main__ import distillation_student
 from genlab.train.prior import guidance_distillation_loss
 
-from conftest import PRIOR_CODES, PRIOR_GRID, build_token_prior, optimise
+from conftest import PRIOR_CODES, PRIOR_GRID, TINY_TOKEN_UNET, build_token_prior, optimise
 
 K = PRIOR_CODES
 NULL = 3  # the tiny priors have classes a, b, c
 
 
-def tiny_transformer(**overrides) -> MaskedTokenTransformer:
+NETWORKS = {
+    "transformer": (MaskedTokenTransformer, dict(codebook_size=K, height=PRIOR_GRID, width=PRIOR_GRID, num_classes=3,
+                                                 hidden_size=32, num_layers=1, num_heads=2)),
+    "unet": (MaskedTokenUNet, TINY_TOKEN_UNET),
+}
+
+
+def tiny_network(kind: str = "transformer", **overrides):
+    """A tiny MaskedTokenTransformer or MaskedTokenUNet (3 classes) with spread embeddings, so that classes and
+    tokens change the logits."""
+    network_class, config = NETWORKS[kind]
     torch.manual_seed(0)
-    model = MaskedTokenTransformer(**{"codebook_size": K, "height": PRIOR_GRID, "width": PRIOR_GRID, "num_classes": 3,
-                                      "hidden_size": 32, "num_layers": 1, "num_heads": 2, **overrides})
-    with torch.no_grad():  # spread the embeddings so that classes and tokens change the logits
-        model.class_embedding.weight.normal_()
+    model = network_class(**{**config, **overrides})
+    classes = model.class_embedding if hasattr(model, "class_embedding") else model.unet.class_embedding
+    with torch.no_grad():
+        if classes is not None:
+            classes.weight.normal_()
         model.token_embedding.weight.normal_()
     return model.eval()
+
+
+def load_network(folder):
+    """The saved network in `folder`, of the class its config names."""
+
+    kind = json.loads((folder / "config.json").read_text())["_class_name"]
+    return {cls.__name__: cls for cls, _ in NETWORKS.values()}[kind].from_pretrained(folder).eval()
 
 
 def some_tokens(batch: int = 4, seed: int = 0) -> torch.Tensor:
@@ -42,29 +65,31 @@ def class_patterns(batch: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     return (rows + 2 * cols + 5 * labels[:, None, None]) % K, labels
 
 
-def trained_teacher() -> MaskedTokenTransformer:
-    """A tiny transformer trained a little on class patterns, with labels dropped a quarter of the time: its
+def trained_teacher(kind: str):
+    """A tiny network trained a little on class patterns, with labels dropped a quarter of the time: its
     conditional and unconditional predictions differ, so guidance changes them (a random one hardly)."""
     from genlab.train.prior import masked_token_loss
 
-    model = tiny_transformer().train()
+    model = tiny_network(kind).train()
     tokens, labels = class_patterns()
     optimise(model, lambda generator: masked_token_loss(model, tokens, labels, generator), steps=40)
     return model.eval()
 
 
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("teacher")
-    trained_teacher().save_pretrained(folder)
+@pytest.fixture(scope="module", params=sorted(NETWORKS))
+def teacher_dir(tmp_path_factory, request):
+    """A trained tiny teacher of each kind, saved."""
+    folder = tmp_path_factory.mktemp(f"teacher-{request.param}")
+    trained_teacher(request.param).save_pretrained(folder)
     return folder
 
 
 # --------------------------------------------------------------------------------- the network
 def test_a_fresh_student_is_its_teacher_at_every_scale_and_round_trips(teacher_dir, tmp_path):
-    teacher = MaskedTokenTransformer.from_pretrained(teacher_dir).eval()
+    teacher = load_network(teacher_dir)
     student = distillation_student(teacher, guidance_max=6.0).eval()
     assert student.config.guidance_embedding and student.config.guidance_max == 6.0
+    assert type(student) is type(teacher)
     tokens, labels = some_tokens(), torch.tensor([0, 1, 2, NULL])
     with torch.no_grad():
         expected = teacher(tokens, class_labels=labels)
@@ -75,27 +100,37 @@ def test_a_fresh_student_is_its_teacher_at_every_scale_and_round_trips(teacher_d
         assert not torch.allclose(student(tokens, class_labels=labels, guidance=torch.full((4,), 3.0)),
                                   student(tokens, class_labels=labels, guidance=torch.full((4,), 5.0)))
     student.save_pretrained(tmp_path / "student")
-    again = MaskedTokenTransformer.from_pretrained(tmp_path / "student").eval()
+    again = load_network(tmp_path / "student")
     assert again.config.guidance_embedding and again.config.guidance_max == 6.0
     with torch.no_grad():
         torch.testing.assert_close(again(tokens, class_labels=labels, guidance=torch.full((4,), 3.0)),
                                    student(tokens, class_labels=labels, guidance=torch.full((4,), 3.0)))
 
 
-def test_guidance_settings_are_checked():
-    with pytest.raises(ValueError, match="not guidance-distilled"):
-        tiny_transformer()(some_tokens(), class_labels=torch.zeros(4, dtype=torch.long), guidance=torch.ones(4))
-    with pytest.raises(ValueError, match="needs a class-conditional transformer"):
-        tiny_transformer(num_classes=0, guidance_embedding=True)
+@pytest.mark.parametrize("kind", sorted(NETWORKS))
+def test_guidance_settings_are_checked(kind):
+    with pytest.raises(ValueError, match="is not guidance-distilled: it takes no guidance scale"):
+        tiny_network(kind)(some_tokens(), class_labels=torch.zeros(4, dtype=torch.long), guidance=torch.ones(4))
+    with pytest.raises(ValueError, match="needs a class-conditional network"):
+        tiny_network(kind, num_classes=0, guidance_embedding=True)
     with pytest.raises(ValueError, match="guidance_max must be above 1"):
-        tiny_transformer(guidance_embedding=True, guidance_max=1.0)
-    student = tiny_transformer(guidance_embedding=True, guidance_max=5.0)
+        tiny_network(kind, guidance_embedding=True, guidance_max=1.0)
+    student = tiny_network(kind, guidance_embedding=True, guidance_max=5.0)
     assert [student.distills(w) for w in (0.5, 1.0, 4.0, 5.0, 5.5)] == [False, True, True, True, False]
-    assert not tiny_transformer().distills(4.0)
+    assert not tiny_network(kind).distills(4.0)
+    labels = torch.tensor([0, 1, 2, NULL])
+    with torch.no_grad():  # the scale of each row is its own
+        logits = student(some_tokens(), class_labels=labels, guidance=torch.tensor([1.0, 2.0, 3.0, 4.0]))
+        student.guidance_embedder.linear_2.weight.normal_(std=0.5)
+        moved = student(some_tokens(), class_labels=labels, guidance=torch.tensor([1.0, 2.0, 3.5, 4.0]))
+        same = student(some_tokens(), class_labels=labels, guidance=torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    assert logits.shape == (4, K, PRIOR_GRID, PRIOR_GRID)
+    changed = (moved - same).abs().flatten(1).amax(1) > 1e-6
+    assert changed.tolist() == [False, False, True, False]
 
 
 def test_a_distilled_teacher_is_refused(teacher_dir):
-    student = distillation_student(MaskedTokenTransformer.from_pretrained(teacher_dir), 4.0)
+    student = distillation_student(load_network(teacher_dir), 4.0)
     with pytest.raises(SystemExit, match="already guidance-distilled"):
         distillation_student(student, 4.0)
 
@@ -161,7 +196,7 @@ def test_a_distilled_prior_is_seeded_and_its_scale_matters(distilled, monkeypatc
 def test_the_loss_is_zero_where_the_student_already_is_the_teacher(teacher_dir):
     """A fresh student is the teacher's conditional network: on dropped labels (the teacher's unconditional
     target) the KL is 0; on labelled rows the target is guided (w > 1), so it is not."""
-    teacher = MaskedTokenTransformer.from_pretrained(teacher_dir).eval()
+    teacher = load_network(teacher_dir)
     student = distillation_student(teacher, 8.0)
     tokens, _ = class_patterns()
     with torch.no_grad():
@@ -173,7 +208,7 @@ def test_the_loss_is_zero_where_the_student_already_is_the_teacher(teacher_dir):
 
 
 def test_distillation_brings_the_student_to_the_teachers_guided_logits(teacher_dir):
-    teacher = MaskedTokenTransformer.from_pretrained(teacher_dir).eval()
+    teacher = load_network(teacher_dir)
     student = distillation_student(teacher, 6.0)
     tokens, labels = class_patterns()
     inputs = tokens.clone()
@@ -195,28 +230,38 @@ def test_distillation_brings_the_student_to_the_teachers_guided_logits(teacher_d
 
 # ------------------------------------------- the prior beside its distilled copy (what --distill-from writes)
 def add_distilled(folder, guidance_max: float = 5.0, **overrides):
-    """Write transformer_distilled/: a guidance-distilled copy of folder's transformer (a trained-looking
+    """Write transformer_distilled/: a guidance-distilled copy of folder's network (a trained-looking
     guidance embedding), listed in model_index.json."""
-    import json
 
-    teacher = MaskedTokenTransformer.from_pretrained(folder / "transformer")
-    student = MaskedTokenTransformer.from_config(teacher.config, guidance_embedding=True, guidance_max=guidance_max,
-                                                 **overrides)
+    teacher = load_network(folder / "transformer")
+    student = type(teacher).from_config(teacher.config, guidance_embedding=True, guidance_max=guidance_max, **overrides)
     if not overrides:
-        student.load_state_dict(teacher.state_dict(), strict=False)
+        student.load_state_dict(teacher.teacher_state_dict(), strict=False)
     torch.manual_seed(3)
     with torch.no_grad():
         student.guidance_embedder.linear_2.weight.normal_(std=0.5)
     student.save_pretrained(folder / "transformer_distilled")
     index = json.loads((folder / "model_index.json").read_text())
-    index["transformer_distilled"] = ["genlab", "MaskedTokenTransformer"]
+    index["transformer_distilled"] = ["genlab", type(student).__name__]
     (folder / "model_index.json").write_text(json.dumps(index))
     return folder
 
 
-@pytest.fixture
-def paired(tmp_path):
-    return genlab.load_prior(add_distilled(build_token_prior(tmp_path / "paired")), device="cpu")
+def build_prior(folder, kind: str):
+    """A tiny prior pipeline folder (conftest's build_token_prior) whose transformer/ is a network of this kind."""
+
+    build_token_prior(folder)
+    if kind == "unet":
+        shutil.rmtree(folder / "transformer")
+        tiny_network("unet").save_pretrained(folder / "transformer")
+        index = json.loads((folder / "model_index.json").read_text())
+        (folder / "model_index.json").write_text(json.dumps({**index, "transformer": ["genlab", "MaskedTokenUNet"]}))
+    return folder
+
+
+@pytest.fixture(params=sorted(NETWORKS))
+def paired(tmp_path, request):
+    return genlab.load_prior(add_distilled(build_prior(tmp_path / "paired", request.param)), device="cpu")
 
 
 def test_guided_sampling_calls_the_distilled_copy_once_a_step(paired, monkeypatch):
@@ -260,3 +305,12 @@ def test_an_undistilled_transformer_in_the_distilled_folder_is_refused(tmp_path)
     MaskedTokenTransformer.from_pretrained(folder / "transformer").save_pretrained(folder / "transformer_distilled")
     with pytest.raises(genlab.models.ModelLoadError, match="guidance-distilled: False"):
         genlab.load_prior(folder, device="cpu")
+
+
+def test_a_distilled_copy_of_another_kind_of_network_is_refused(tmp_path):
+    """A UNet prior's distilled copy is a UNet: a distilled transformer beside it is a load error."""
+    unet, transformer = build_prior(tmp_path / "unet", "unet"), add_distilled(build_prior(tmp_path / "t", "transformer"))
+    shutil.copytree(transformer / "transformer_distilled", unet / "transformer_distilled")
+    with pytest.raises(genlab.models.ModelLoadError, match="holds a MaskedTokenTransformer; the guidance-distilled "
+                                                            "copy of a MaskedTokenUNet is a MaskedTokenUNet"):
+        genlab.load_prior(unet, device="cpu")

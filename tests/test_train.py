@@ -289,18 +289,22 @@ def test_prior_unet_backbone_trains_exports_loads_and_resumes(image_folder, tmp_
         train_main(base[:9] + base[17:] + ["--steps", "4", "--resume"])  # the transformer backbone (the default)
 
 
-def test_prior_distill_from_writes_a_guidance_distilled_prior(image_folder, tmp_path):
-    """--distill-from: the teacher's vqvae/ and transformer/ are the defaults; the export keeps the teacher as
-    transformer/ and adds the student, which takes the guidance scale, as transformer_distilled/; genlab.load_prior
-    samples guided with the student in one call a step; the card says so; a resume must name the same teacher."""
+@pytest.mark.parametrize("layout, network", [
+    (["--hidden-size", "16", "--num-layers", "1", "--num-heads", "2"], "MaskedTokenTransformer"),
+    (["--backbone", "unet", "--channels", "32,32", "--attention", "0,1", "--layers-per-block", "1"], "MaskedTokenUNet"),
+])
+def test_prior_distill_from_writes_a_guidance_distilled_prior(image_folder, tmp_path, layout, network):
+    """--distill-from (a transformer or a UNet teacher): the teacher's vqvae/ and network are the defaults; the
+    export keeps the teacher as transformer/ and adds the student, the same kind of network taking the guidance
+    scale, as transformer_distilled/; genlab.load_prior samples guided with the student in one call a step; the
+    card says so; a resume must name the same teacher."""
     vq_out, teacher = tmp_path / "vq", tmp_path / "teacher"
     train_main(["vqvae", "--data", str(image_folder), "--out", str(vq_out), "--run-dir", str(tmp_path / "vq-run"),
                 *TINY_VQ, "--steps", "1", "--save-every", "1"])
     tiny = ["--batch-size", "4", "--threads", "1", "--cpu", "--log-every", "1", "--sample-every", "1000",
             "--guidance-scale", "2.0"]
     train_main(["prior", "--data", str(image_folder), "--vq", str(vq_out), "--out", str(teacher), "--run-dir",
-                str(tmp_path / "teacher-run"), "--hidden-size", "16", "--num-layers", "1", "--num-heads", "2",
-                "--steps", "2", "--save-every", "2", *tiny])
+                str(tmp_path / "teacher-run"), *layout, "--steps", "2", "--save-every", "2", *tiny])
     out = tmp_path / "student"
     student = ["prior", "--data", str(image_folder), "--out", str(out), "--run-dir", str(tmp_path / "student-run"),
                "--guidance-max", "5", *tiny]
@@ -318,19 +322,24 @@ def test_prior_distill_from_writes_a_guidance_distilled_prior(image_folder, tmp_
         train_main(["prior", "--data", str(unlabelled), "--distill-from", str(teacher), "--out", str(tmp_path / "x"),
                     "--steps", "1", *tiny])
     config = json.loads((out / "transformer_distilled" / "config.json").read_text())
-    assert config["guidance_embedding"] is True and config["guidance_max"] == 5.0 and config["hidden_size"] == 16
-    assert json.loads((out / "model_index.json").read_text())["transformer_distilled"] == ["genlab",
-                                                                                          "MaskedTokenTransformer"]
+    assert config["guidance_embedding"] is True and config["guidance_max"] == 5.0 and config["_class_name"] == network
+    config.pop("_name_or_path", None)  # where the student was loaded from before its export
+    assert config == {**json.loads((teacher / "transformer" / "config.json").read_text()),
+                      "guidance_embedding": True, "guidance_max": 5.0}  # the teacher's layout
+    assert json.loads((out / "model_index.json").read_text())["transformer_distilled"] == ["genlab", network]
     taught = load_file(str(teacher / "transformer" / "diffusion_pytorch_model.safetensors"))
     kept = load_file(str(out / "transformer" / "diffusion_pytorch_model.safetensors"))  # the prior itself
     assert kept.keys() == taught.keys() and all(torch.equal(kept[k], taught[k]) for k in kept)
     prior = genlab.load_prior(out, device="cpu")
+    assert type(prior.transformer).__name__ == type(prior.distilled).__name__ == network
     assert not prior.transformer.config.guidance_embedding
     assert prior.distilled.distills(2.0) and not prior.distilled.distills(6.0)
     assert prior.distilled_for(2.0) is prior.distilled and prior.distilled_for(6.0) is None
     assert prior.sample(seed=0, steps=2, class_label="red").image.size == (24, 24)
     card = (out / "README.md").read_text()
     assert "guidance-distilled copy" in card and str(teacher) in card
+    assert "## The teacher (`transformer/`)\nTrained first, by GenLab's CLI (2 steps" in card
+    assert f"--out {teacher} --run-dir" in card  # the teacher's own command
 
 
 def test_prior_dropout_overrides_the_config_it_starts_from(image_folder, tmp_path):
@@ -457,7 +466,7 @@ def test_bad_shift_share_is_refused(capsys, argv, message):
 def test_bad_transformer_options_are_refused(tmp_path, capsys, argv, message):
     from genlab.train.__main__ import parse_args
 
-    (tmp_path / "teacher" / "transformer").mkdir(parents=True)
+    fake_teacher(tmp_path / "teacher")
     argv = [a.format(teacher=tmp_path / "teacher") for a in argv]
     with pytest.raises(SystemExit):
         parse_args(argv + ["--data", "d", "--out", "o", "--vq", "v"])
@@ -479,16 +488,17 @@ def test_bad_transformer_options_are_refused(tmp_path, capsys, argv, message):
      "must be a multiple of attention_head_dim (32)"),
     (["prior", "--backbone", "unet", "--channels", "32,32", "--attention", "1"], "--attention has 1 entries"),
     (["prior", "--backbone", "unet", "--channels", "32,32"], "--attention has 3 entries but --channels has 2"),
-    (["prior", "--backbone", "unet", "--distill-from", "{teacher}"], "the unet backbone is not distilled"),
+    (["prior", "--backbone", "unet", "--distill-from", "{teacher}"],
+     "--backbone unet: the prior in {teacher} has a transformer backbone, and its distilled copy has the same"),
 ])
 def test_bad_unet_backbone_options_are_refused(tmp_path, capsys, argv, message):
     from genlab.train.__main__ import parse_args
 
-    (tmp_path / "teacher" / "transformer").mkdir(parents=True)
+    fake_teacher(tmp_path / "teacher")
     argv = [a.format(teacher=tmp_path / "teacher") for a in argv]
     with pytest.raises(SystemExit):
         parse_args(argv + ["--data", "d", "--out", "o", "--vq", "v"])
-    assert message in capsys.readouterr().err
+    assert message.format(teacher=tmp_path / "teacher") in capsys.readouterr().err
 
 
 def test_the_unet_backbone_takes_its_architecture_from_its_preset():
@@ -511,16 +521,44 @@ def test_the_unet_backbone_takes_its_architecture_from_its_preset():
     assert args.hidden_size == 128 and args.channels is None and args.shift_share == 0.5
 
 
+def fake_teacher(folder, kind: str = "MaskedTokenTransformer"):
+    """A prior folder as far as parse_args reads it: transformer/config.json naming the network's class."""
+    (folder / "transformer").mkdir(parents=True)
+    (folder / "transformer" / "config.json").write_text(json.dumps({"_class_name": kind}))
+    return folder
+
+
+def test_distill_from_takes_the_teachers_backbone(tmp_path, capsys):
+    """The student is the teacher's kind of network whatever the preset says; --backbone may only repeat it."""
+    from genlab.train.__main__ import parse_args
+
+    unet = fake_teacher(tmp_path / "unet-teacher", "MaskedTokenUNet")
+    common_args = ["--data", "d", "--out", "o"]
+    assert parse_args(["prior", "--distill-from", str(unet), *common_args]).backbone == "unet"
+    assert parse_args(["prior", "--distill-from", str(unet), "--backbone", "unet", *common_args]).backbone == "unet"
+    transformer = fake_teacher(tmp_path / "transformer-teacher")
+    args = parse_args(["prior", "--preset", "emoji-prior-unet", "--distill-from", str(transformer), *common_args])
+    assert args.backbone == "transformer" and args.vq == transformer / "vqvae"
+    with pytest.raises(SystemExit):
+        parse_args(["prior", "--distill-from", str(unet), "--backbone", "transformer", *common_args])
+    assert "has a unet backbone" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--distill-from", "{missing}"], "not a prior folder"),
+    (["--distill-from", "{vq_teacher}"], "transformer/ holds no token prior network (MaskedTokenTransformer, MaskedTokenUNet)"),
+    (["--distill-from", "{no_config}"], "config.json"),
     (["--distill-from", "{teacher}", "--guidance-max", "1"], "--guidance-max must be above 1"),
     (["--distill-from", "{teacher}", "--init", "{teacher}"], "leave out --init"),
 ])
 def test_bad_distillation_options_are_refused(tmp_path, capsys, extra, message):
     from genlab.train.__main__ import parse_args
 
-    (tmp_path / "teacher" / "transformer").mkdir(parents=True)
-    extra = [e.format(missing=tmp_path / "nothing", teacher=tmp_path / "teacher") for e in extra]
+    fake_teacher(tmp_path / "teacher")
+    fake_teacher(tmp_path / "vq-teacher", "VQModel")
+    (tmp_path / "no-config" / "transformer").mkdir(parents=True)
+    extra = [e.format(missing=tmp_path / "nothing", teacher=tmp_path / "teacher", vq_teacher=tmp_path / "vq-teacher",
+                      no_config=tmp_path / "no-config") for e in extra]
     with pytest.raises(SystemExit):
         parse_args(["prior", "--data", "d", "--out", "o", *extra])
     assert message in capsys.readouterr().err

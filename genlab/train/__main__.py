@@ -151,8 +151,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "(odd k; 0: none, the default); with --init, grows it into the starting transformer "
                         "(zero-initialised, so it starts as that transformer)")
     parser.add_argument("--distill-from", type=Path, default=None,
-                        help="prior: guidance-distil this trained prior folder (its transformer is the frozen teacher "
-                        "and the student's start; its vqvae/ is the default --vq)")
+                        help="prior: guidance-distil this trained prior folder (its network, a transformer or a UNet, "
+                        "is the frozen teacher and the student's start; its vqvae/ is the default --vq)")
     parser.add_argument("--guidance-max", type=float, default=8.0,
                         help="prior with --distill-from: distil guidance scales w in [1, this]")
     # diffusion
@@ -170,6 +170,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     preset = PRESETS[args.preset or DEFAULT_PRESET[args.kind]]
     if args.kind == "prior":  # options of the other backbone than the one asked for are an error, not ignored
         backbone = args.backbone or preset.get("backbone", "transformer")
+        if args.distill_from is not None and (args.distill_from / "transformer").is_dir():
+            from ..models import ModelLoadError
+
+            try:  # the student is the teacher's kind of network
+                taught = saved_prior_backbone(args.distill_from / "transformer")
+            except ModelLoadError as error:
+                parser.error(f"--distill-from {args.distill_from}: {error}")
+            if taught is None:
+                parser.error(f"--distill-from {args.distill_from}: transformer/ holds no token prior network "
+                             f"({', '.join(cls.__name__ for cls in prior_backbones().values())})")
+            if args.backbone not in (None, taught):
+                parser.error(f"--backbone {args.backbone}: the prior in {args.distill_from} has a {taught} backbone, "
+                             "and its distilled copy has the same")
+            backbone = taught
         wrong = TRANSFORMER_PRIOR_OPTIONS if backbone == "unet" else UNET_PRIOR_OPTIONS
         given = [f"--{key.replace('_', '-')}" for key in wrong if getattr(args, key) is not None]
         if given:
@@ -192,9 +206,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.attention = tuple(bool(int(a)) for a in str(args.attention).split(","))
         if len(args.attention) != len(args.channels):
             parser.error(f"--attention has {len(args.attention)} entries but --channels has {len(args.channels)}")
-    if args.kind == "prior" and args.backbone == "unet":
-        if args.distill_from is not None:
-            parser.error("--distill-from distils a transformer prior's guidance; the unet backbone is not distilled")
+    if args.kind == "prior" and args.backbone == "unet" and args.distill_from is None:  # a student copies its teacher
         from ..token_unet import check_unet_layout  # the rule the UNet's config is checked by
 
         args.attention = args.attention or (False,) * len(args.channels)
@@ -751,10 +763,10 @@ def export_ddpm(args, unet: UNet2DModel, scheduler, classes: list[str], state: c
 def train_prior(args, accelerator: Accelerator, data: common.ImageFolder, state: common.RunState) -> None:
     """A MaskedTokenTransformer (or, `--backbone unet`, a MaskedTokenUNet) on the tokens of a frozen VQModel
     (`--vq`), with EMA, bf16, resume; with `--distill-from`, the guidance distillation of that prior's
-    transformer (genlab.train.prior)."""
+    network, into a student of the same kind (genlab.train.prior)."""
     from diffusers import AmusedScheduler
 
-    from ..models import genlab_info
+    from ..models import genlab_info, read_config
     from ..token_transformer import MaskedTokenTransformer
     from ..token_unet import MaskedTokenUNet
     from ..vq import Background
@@ -769,9 +781,13 @@ def train_prior(args, accelerator: Accelerator, data: common.ImageFolder, state:
         started = json.loads(record.read_text())["distill_from"]
         if Path(started).resolve() != args.distill_from.resolve():
             raise SystemExit(f"this run distils {started}; resume it with --distill-from {started}")
+    init = args.init / "transformer" if args.init and (args.init / "transformer").is_dir() else args.init
+    start = checkpoint / "model" if resuming else init  # the saved network training starts from, if any
+    if start is not None and not args.distill_from and read_config(start).get("guidance_embedding"):
+        raise SystemExit(f"{start} is a guidance-distillation student: train (or resume) it with --distill-from")
     if args.distill_from:  # checked before the tokens are encoded
-        prior_network_class(args.distill_from / "transformer", "transformer")  # SystemExit for a UNet prior
-        teacher = MaskedTokenTransformer.from_pretrained(args.distill_from / "transformer").float()
+        teacher_class = prior_network_class(args.distill_from / "transformer", args.backbone)
+        teacher = teacher_class.from_pretrained(args.distill_from / "transformer").float()
         teacher = teacher.to(accelerator.device).eval().requires_grad_(False)
         if teacher.config.num_classes != len(classes) or not classes:
             raise SystemExit(f"--distill-from: the teacher has {teacher.config.num_classes} classes, "
@@ -786,9 +802,8 @@ def train_prior(args, accelerator: Accelerator, data: common.ImageFolder, state:
     accelerator.print(f"tokens: {len(bank.tokens)} images x {bank.tokens.shape[1]} (mirrored, moved), "
                       f"{grid[0]}x{grid[1]} each, "
                       f"{bank.distinct_codes()} of {vq_model.config.num_vq_embeddings} codes in use")
-    init = args.init / "transformer" if args.init and (args.init / "transformer").is_dir() else args.init
     dropout = {} if args.dropout is None else {"dropout": args.dropout}  # a config override
-    network_class = prior_network_class(checkpoint / "model" if resuming else init, args.backbone)
+    network_class = prior_network_class(start, args.backbone)
     if resuming:
         model = network_class.from_pretrained(checkpoint / "model", **dropout)
         ema_start = network_class.from_pretrained(checkpoint / "ema", **dropout)
@@ -822,9 +837,6 @@ def train_prior(args, accelerator: Accelerator, data: common.ImageFolder, state:
     ema.to(accelerator.device)
     scheduler = AmusedScheduler(mask_token_id=vq_model.config.num_vq_embeddings)
     null_class = len(classes) if classes else None
-    if teacher is None and getattr(accelerator.unwrap_model(model).config, "guidance_embedding", False):
-        raise SystemExit("the transformer to train is a guidance-distillation student: "
-                         "train (or resume) it with --distill-from")
     generator = torch.Generator().manual_seed(args.seed + state.step)
     batches = iter(bank)
     timer = common.Timer(state.wall_seconds)
@@ -880,23 +892,36 @@ def train_prior(args, accelerator: Accelerator, data: common.ImageFolder, state:
     progress.close()
 
 
-def prior_network_class(folder: Path | None, backbone: str):
-    """The class of the prior network saved in `folder` (a checkpoint or --init), else the one `backbone` names;
-    SystemExit when `folder` holds another kind of network than the backbone asked for."""
-    from ..models import read_config
+def prior_backbones() -> dict:
+    """--backbone name -> the prior network class."""
     from ..token_transformer import MaskedTokenTransformer
     from ..token_unet import MaskedTokenUNet
 
-    classes = {"transformer": MaskedTokenTransformer, "unet": MaskedTokenUNet}
-    if folder is None:
-        return classes[backbone]
-    kind = read_config(folder).get("_class_name")
-    backbones = {cls.__name__: name for name, cls in classes.items()}
-    if kind not in backbones:
-        raise SystemExit(f"{folder} holds a {kind}, not a token prior network ({', '.join(sorted(backbones))})")
-    if backbones[kind] != backbone:
-        raise SystemExit(f"{folder} holds a {kind}; it trains as --backbone {backbones[kind]}, not {backbone}")
-    return classes[backbone]
+    return {"transformer": MaskedTokenTransformer, "unet": MaskedTokenUNet}
+
+
+def saved_prior_backbone(folder: Path) -> str | None:
+    """The --backbone of the prior network saved in `folder`, None when it holds another kind of model
+    (ModelLoadError when it has no readable config.json)."""
+    from ..models import read_config
+
+    backbones = {cls.__name__: name for name, cls in prior_backbones().items()}
+    return backbones.get(read_config(folder).get("_class_name"))
+
+
+def prior_network_class(folder: Path | None, backbone: str):
+    """The class of the prior network saved in `folder` (a checkpoint, --init or the teacher), else the one
+    `backbone` names; SystemExit when `folder` holds another kind of network than the backbone asked for."""
+    saved = backbone if folder is None else saved_prior_backbone(folder)
+    if saved is None:
+        from ..models import read_config
+
+        names = ", ".join(cls.__name__ for cls in prior_backbones().values())
+        raise SystemExit(f"{folder} holds a {read_config(folder).get('_class_name')}, not a token prior network ({names})")
+    if saved != backbone:
+        raise SystemExit(f"{folder} holds a {prior_backbones()[saved].__name__}; it trains as --backbone {saved}, "
+                         f"not {backbone}")
+    return prior_backbones()[backbone]
 
 
 def grown(model, conv_kernel: int | None):
@@ -917,14 +942,12 @@ def grown(model, conv_kernel: int | None):
 
 
 def distillation_student(teacher, guidance_max: float):
-    """A CPU copy of the teacher (a MaskedTokenTransformer) with a zero-initialised guidance embedding: at the
-    start it is the teacher."""
-    from ..token_transformer import MaskedTokenTransformer
-
-    if teacher.config.guidance_embedding:
-        raise SystemExit("--distill-from: that transformer is already guidance-distilled")
-    student = MaskedTokenTransformer.from_config(teacher.config, guidance_embedding=True, guidance_max=guidance_max)
-    missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
+    """A CPU copy of the teacher (a MaskedTokenTransformer or MaskedTokenUNet) with a zero-initialised guidance
+    embedding: at the start it is the teacher."""
+    if getattr(teacher.config, "guidance_embedding", False):
+        raise SystemExit(f"--distill-from: that {type(teacher).__name__} is already guidance-distilled")
+    student = type(teacher).from_config(teacher.config, guidance_embedding=True, guidance_max=guidance_max)
+    missing, unexpected = student.load_state_dict(teacher.teacher_state_dict(), strict=False)
     if unexpected or not all(key.startswith("guidance_") for key in missing):
         raise SystemExit(f"--distill-from: the teacher's weights do not fit its config "
                          f"(missing {missing}, unexpected {unexpected})")
@@ -974,7 +997,7 @@ def export_prior(args, model, vq_model: VQModel, scheduler, classes: list[str], 
              "vqvae": ["diffusers", "VQModel"], "transformer": ["genlab", type(network).__name__],
              "scheduler": ["diffusers", "AmusedScheduler"]}
     if teacher is not None:
-        index[DISTILLED] = ["genlab", "MaskedTokenTransformer"]
+        index[DISTILLED] = ["genlab", type(model).__name__]
     (args.out / "model_index.json").write_text(json.dumps(index, indent=2))
     info = {"kind": "prior", "title": args.out.name, "default_choice_temperature": MASKGIT_CHOICE_TEMPERATURE}
     if classes:
@@ -990,6 +1013,9 @@ def export_prior(args, model, vq_model: VQModel, scheduler, classes: list[str], 
                    f"with label dropout {args.label_dropout}, so classifier-free guidance works (class {len(classes)} "
                    "= no label). " if classes else "")
     vq_card = first_stage_card(args.out, "vqvae", "The tokenizer")
+    if teacher is not None:  # the distillation's own run is this card's; the teacher's comes from its folder
+        vq_card = trained_first_card(args.distill_from, "The teacher (`transformer/`)",
+                                     f"`{args.distill_from / 'README.md'}`") + vq_card
     common.write_model_card(
         args.out, f"GenLab {args.out.name}",
         network_text(network)
@@ -1032,7 +1058,7 @@ def network_text(network) -> str:
 def distilled_text(args, config) -> str:
     if not getattr(config, "guidance_embedding", False):
         return ""
-    return (f"`transformer/` is the transformer of `{args.distill_from}` (the prior: code length, unguided sampling); "
+    return (f"`transformer/` is the network of `{args.distill_from}` (the prior: code length, unguided sampling); "
             "`transformer_distilled/` is its guidance-distilled copy (Meng et al., arXiv:2210.03142): told the scale "
             f"w, one call gives the prior's classifier-free guided logits for w in [1, {config.guidance_max:g}] "
             "(trained on KL to its guided distribution at the masked tokens; dropped labels match its "
@@ -1042,12 +1068,18 @@ def distilled_text(args, config) -> str:
 def first_stage_card(out: Path, part: str, title: str) -> str:
     """A pipeline card's section on its frozen first stage (`out/part`, with its run.json): steps, wall
     time, hardware and the commands that trained it; "" when it has no run record."""
-    if not (out / part / "run.json").is_file():
+    return trained_first_card(out / part, f"{title} (`{part}/`)", f"`{part}/README.md`")
+
+
+def trained_first_card(folder: Path, heading: str, card: str) -> str:
+    """A card section on a model trained before this one and kept frozen (its run.json in `folder`): steps,
+    wall time, hardware and the commands that trained it; "" when it has no run record."""
+    if not (folder / "run.json").is_file():
         return ""
-    run = common.RunState.load(out / part)
+    run = common.RunState.load(folder)
     commands = "\n".join(run.commands)
-    return (f"## {title} (`{part}/`)\nTrained first, by GenLab's CLI ({run.step} steps, {run.wall_seconds / 60:.1f} min "
-            f"on {', '.join(sorted(set(run.hardware)))}); its own card is `{part}/README.md`:\n\n```\n{commands}\n```\n\n")
+    return (f"## {heading}\nTrained first, by GenLab's CLI ({run.step} steps, {run.wall_seconds / 60:.1f} min "
+            f"on {', '.join(sorted(set(run.hardware)))}); its own card is {card}:\n\n```\n{commands}\n```\n\n")
 
 
 def main(argv=None) -> None:

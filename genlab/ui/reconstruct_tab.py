@@ -10,8 +10,8 @@ pixel under its token prior": the code length of the image's tokens, -log2 p(tok
 over the pixels (genlab.prior.TokenPrior.code_length; for a class-conditional prior a two-part code that
 first names a class in log2(C + 1) bits, and the note says which), i.e. what an entropy coder driven by
 the prior would spend, against the log2(K) / f^2 of storing each index as it is. That takes one
-transformer call per token (about 2.5 s on maskgit-emoji), so a follow-up event fills the row after the
-panels are shown.
+network call per token (batched; about 1 s on maskgit-emoji with 2 threads), so a follow-up event fills the
+row after the panels are shown.
 
 Speed: each panel is encoded once, as a PNG with zlib's run-length strategy, and handed to gradio as
 a file. gradio's own encoder uses Pillow's defaults (zlib level 6, default strategy): on 256² photos
@@ -285,7 +285,7 @@ def build(registry: Registry, demo: gr.Blocks) -> None:
     def prior_rows(original_path, table, note):
         """The follow-up of /reconstruct: fills the "bits per pixel under its token prior" row for the models (the
         table's columns) that have a token prior, from the reconstructed input (the "original" panel). One
-        transformer call per token takes about 2.5 s on maskgit-emoji, so the panels do not wait for it."""
+        network call per token takes about 1 s on maskgit-emoji, so the panels do not wait for it."""
         rows = table.values.tolist() if isinstance(table, pd.DataFrame) else []
         row = next((row for row in rows if row and row[0] == PRIOR_ROW), None)
         if row is None or PENDING not in row:
