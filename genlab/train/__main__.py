@@ -785,9 +785,9 @@ def train_prior(args, accelerator: Accelerator, data: common.ImageFolder, state:
     start = checkpoint / "model" if resuming else init  # the saved network training starts from, if any
     if start is not None and not args.distill_from and read_config(start).get("guidance_embedding"):
         raise SystemExit(f"{start} is a guidance-distillation student: train (or resume) it with --distill-from")
-    if args.distill_from:  # checked before the tokens are encoded
-        teacher_class = prior_network_class(args.distill_from / "transformer", args.backbone)
-        teacher = teacher_class.from_pretrained(args.distill_from / "transformer").float()
+    network_class = prior_network_class(start, args.backbone)  # checked before the tokens are encoded
+    if args.distill_from:  # parse_args took --backbone from the teacher's config
+        teacher = network_class.from_pretrained(args.distill_from / "transformer").float()
         teacher = teacher.to(accelerator.device).eval().requires_grad_(False)
         if teacher.config.num_classes != len(classes) or not classes:
             raise SystemExit(f"--distill-from: the teacher has {teacher.config.num_classes} classes, "
@@ -803,7 +803,6 @@ def train_prior(args, accelerator: Accelerator, data: common.ImageFolder, state:
                       f"{grid[0]}x{grid[1]} each, "
                       f"{bank.distinct_codes()} of {vq_model.config.num_vq_embeddings} codes in use")
     dropout = {} if args.dropout is None else {"dropout": args.dropout}  # a config override
-    network_class = prior_network_class(start, args.backbone)
     if resuming:
         model = network_class.from_pretrained(checkpoint / "model", **dropout)
         ema_start = network_class.from_pretrained(checkpoint / "ema", **dropout)
@@ -1012,10 +1011,10 @@ def export_prior(args, model, vq_model: VQModel, scheduler, classes: list[str], 
                    + ("the UNet's class embedding" if isinstance(network, MaskedTokenUNet) else "a prepended class token") + ", "
                    f"with label dropout {args.label_dropout}, so classifier-free guidance works (class {len(classes)} "
                    "= no label). " if classes else "")
-    vq_card = first_stage_card(args.out, "vqvae", "The tokenizer")
+    stage_cards = first_stage_card(args.out, "vqvae", "The tokenizer")
     if teacher is not None:  # the distillation's own run is this card's; the teacher's comes from its folder
-        vq_card = trained_first_card(args.distill_from, "The teacher (`transformer/`)",
-                                     f"`{args.distill_from / 'README.md'}`") + vq_card
+        stage_cards = trained_first_card(args.distill_from, "The teacher (`transformer/`)",
+                                         f"`{args.distill_from / 'README.md'}`") + stage_cards
     common.write_model_card(
         args.out, f"GenLab {args.out.name}",
         network_text(network)
@@ -1033,7 +1032,7 @@ def export_prior(args, model, vq_model: VQModel, scheduler, classes: list[str], 
         + (f"; class c drawn with probability proportional to n_c^{args.class_power:g}" if classes and args.class_power != 1 else "")
         + ".",
         state, f"`samples.png`: 16 samples, 12 confidence-order steps (choice temperature {MASKGIT_CHOICE_TEMPERATURE:g}), seed 0"
-        + (f", guidance {args.guidance_scale:g}, classes in order" if classes else "") + ".\n\n" + vq_card,
+        + (f", guidance {args.guidance_scale:g}, classes in order" if classes else "") + ".\n\n" + stage_cards,
     )
 
 
