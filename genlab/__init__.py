@@ -13,13 +13,12 @@
 Nothing here imports gradio: the UI lives in `genlab.ui`.
 """
 
-from .autoencoder import KLAutoencoder, KLReconstruction, LatentCodec
+from .autoencoders import VQ, KLAutoencoder, KLReconstruction, LatentCodec, Reconstruction, perplexity
 from .diffusion import SCHEDULERS, DiffusionModel, DiffusionRun
-from .images import InputError, open_image
-from .models import (ModelLoadError, ModelSpec, embedded_status, load_autoencoder, load_diffusion, load_prior,
-                     load_vq)
-from .prior import CodeLength, TokenPrior, TokenRun
-from .vq import VQ, Reconstruction, perplexity
+from .imaging import InputError, open_image
+from .loading import (ModelLoadError, ModelSpec, embedded_status, load_autoencoder, load_diffusion, load_prior,
+                      load_vq)
+from .priors import CodeLength, TokenPrior, TokenRun
 
 __version__ = "0.1.0"
 __all__ = [

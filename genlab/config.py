@@ -18,7 +18,8 @@ import argparse
 import os
 from dataclasses import dataclass, field
 
-from .models import EMBEDDED, EMBEDDED_AUTOENCODERS, WEIGHTS_DIR, ModelSpec
+from .loading.loaders import ModelSpec
+from .loading.registry import EMBEDDED, EMBEDDED_AUTOENCODERS, WEIGHTS_DIR
 
 KINDS = ("vq", "diffusion", "prior")
 

@@ -41,7 +41,7 @@ os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="genlab-test-gradio-")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-import genlab.models  # noqa: E402
+import genlab.loading.loaders  # noqa: E402
 
 VQ_KWARGS = dict(
     in_channels=3,
@@ -185,9 +185,9 @@ def build_unet(folder, seed: int = 0, **overrides):
 @pytest.fixture(autouse=True)
 def _fresh_model_cache():
     """Each test loads through GenLab's loader, not an object a previous test left in the cache."""
-    genlab.models.clear_cache()
+    genlab.loading.loaders.clear_cache()
     yield
-    genlab.models.clear_cache()
+    genlab.loading.loaders.clear_cache()
 
 
 @pytest.fixture(scope="session")
@@ -278,17 +278,17 @@ def vq_copy(tiny_vq_dir, tmp_path):
 
 @pytest.fixture
 def tiny_vq(tiny_vq_dir):
-    return genlab.models.load_vq(tiny_vq_dir, device="cpu")
+    return genlab.loading.loaders.load_vq(tiny_vq_dir, device="cpu")
 
 
 @pytest.fixture
 def tiny_dm(tiny_ddpm_dir):
-    return genlab.models.load_diffusion(tiny_ddpm_dir, device="cpu")
+    return genlab.loading.loaders.load_diffusion(tiny_ddpm_dir, device="cpu")
 
 
 @pytest.fixture
 def tiny_cond_dm(tiny_cond_ddpm_dir):
-    return genlab.models.load_diffusion(tiny_cond_ddpm_dir, device="cpu")
+    return genlab.loading.loaders.load_diffusion(tiny_cond_ddpm_dir, device="cpu")
 
 
 PRIOR_CODES = 16  # K of the token-prior fixtures' VQ models
@@ -304,7 +304,7 @@ def build_token_prior(root, seed: int = 0, num_classes: int = 3, **transformer_o
     transformer/ (MaskedTokenTransformer), scheduler/ (AmusedScheduler), model_index.json, genlab.json."""
     from diffusers import AmusedScheduler
 
-    from genlab.token_transformer import MaskedTokenTransformer
+    from genlab.priors.transformer import MaskedTokenTransformer
 
     build_vq(root / "vqvae", seed, num_vq_embeddings=PRIOR_CODES)
     torch.manual_seed(seed)

@@ -12,9 +12,9 @@ from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 import genlab
-from genlab import metrics
-from genlab.diffusion import _seed_noise
-from genlab.images import pil_to_tensor
+from genlab.imaging import metrics
+from genlab.diffusion.pipeline import _seed_noise
+from genlab.imaging.io import pil_to_tensor
 
 from conftest import DOWNSAMPLE, NUM_CODES
 

@@ -15,7 +15,7 @@ from PIL import Image
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 
-from genlab.bench import free_port  # noqa: E402
+from genlab.tools.bench import free_port  # noqa: E402
 from genlab.config import parse_args  # noqa: E402
 from genlab.ui import build_app  # noqa: E402
 from genlab.ui.common import OUTPUT_DIR  # noqa: E402

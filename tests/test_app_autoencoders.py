@@ -17,10 +17,10 @@ from skimage.metrics import structural_similarity
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 
-from genlab.bench import free_port  # noqa: E402
+from genlab.tools.bench import free_port  # noqa: E402
 from genlab.config import parse_args  # noqa: E402
-from genlab.images import open_image  # noqa: E402
-from genlab.models import load_autoencoder  # noqa: E402
+from genlab.imaging.io import open_image  # noqa: E402
+from genlab.loading.loaders import load_autoencoder  # noqa: E402
 from genlab.ui import build_app  # noqa: E402
 from genlab.ui.common import OUTPUT_DIR  # noqa: E402
 from genlab.ui.reconstruct_tab import COMPARE_LABELS, METRIC_ROWS, PANEL_LABELS, std_image  # noqa: E402
@@ -138,7 +138,7 @@ def test_compare_a_sibling_decoder_on_the_same_tokens(app, photo_path, tiny_vq_s
     """A compare model with the first's encoder and codebook decodes the first's tokens, encoded once, and its
     row and the JPEG column are what each model alone gives (the lanes run on one core each, so floats may round
     otherwise than on the handler's threads: see same_up_to_rounding)."""
-    from genlab.vq import VQ
+    from genlab.autoencoders.vq import VQ
 
     client, _, vq_label = app
     sibling = str(tiny_vq_sibling_dir)

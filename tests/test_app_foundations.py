@@ -17,7 +17,7 @@ gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client  # noqa: E402
 
 from genlab import toy  # noqa: E402
-from genlab.bench import free_port  # noqa: E402
+from genlab.tools.bench import free_port  # noqa: E402
 from genlab.config import parse_args  # noqa: E402
 from genlab.ui import build_app, foundations_tab  # noqa: E402
 from genlab.ui.common import OUTPUT_DIR  # noqa: E402
@@ -163,7 +163,7 @@ def test_the_first_view_arrives_with_the_page_load(app):
     the bench also waits on) brings it: the status of the 500 steps and its three plots."""
     import httpx
 
-    from genlab.bench import api_index, await_first_view, join_event
+    from genlab.tools.bench import api_index, await_first_view, join_event
 
     await_first_view(app)
     base = app.rstrip("/")
@@ -179,7 +179,7 @@ def test_a_first_view_that_fails_leaves_the_tab_serving(monkeypatch):
     import gradio as gr
     import httpx
 
-    from genlab.bench import api_index, join_event
+    from genlab.tools.bench import api_index, join_event
 
     def broken():
         raise RuntimeError("no moons today")

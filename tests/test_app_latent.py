@@ -10,7 +10,7 @@ pytest.importorskip("gradio")
 from gradio_client import Client, handle_file  # noqa: E402
 
 import genlab  # noqa: E402
-from genlab.bench import free_port  # noqa: E402
+from genlab.tools.bench import free_port  # noqa: E402
 from genlab.config import parse_args  # noqa: E402
 from genlab.ui import build_app, diffusion_tab  # noqa: E402
 from genlab.ui.common import OUTPUT_DIR  # noqa: E402

@@ -21,14 +21,14 @@ from gradio_client import Client, handle_file  # noqa: E402
 
 import genlab  # noqa: E402
 import genlab.config  # noqa: E402
-from genlab.bench import free_port  # noqa: E402
+from genlab.tools.bench import free_port  # noqa: E402
 from genlab.config import parse_args  # noqa: E402
-from genlab.models import ModelSpec  # noqa: E402
-from genlab.prior import refinement_steps  # noqa: E402
-from genlab.token_transformer import MaskedTokenTransformer  # noqa: E402
+from genlab.loading.loaders import ModelSpec  # noqa: E402
+from genlab.priors.pipeline import refinement_steps  # noqa: E402
+from genlab.priors.transformer import MaskedTokenTransformer  # noqa: E402
 from genlab.ui import build_app, codebook_tab  # noqa: E402
 from genlab.ui.common import OUTPUT_DIR, SafeImageEditor  # noqa: E402
-from genlab.vq import index_colors  # noqa: E402
+from genlab.autoencoders.vq import index_colors  # noqa: E402
 
 from conftest import PRIOR_CODES, PRIOR_GRID, build_token_prior  # noqa: E402
 from test_app import REFUSED, hostile_files  # noqa: E402

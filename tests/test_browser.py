@@ -33,8 +33,9 @@ else:
 import torch  # noqa: E402
 
 import genlab.config  # noqa: E402
-import genlab.models  # noqa: E402
-from genlab.bench import free_port, serving_app  # noqa: E402
+import genlab.loading.loaders  # noqa: E402
+import genlab.loading.registry  # noqa: E402
+from genlab.tools.bench import free_port, serving_app  # noqa: E402
 from genlab.config import parse_args  # noqa: E402
 from genlab.ui import build_app  # noqa: E402
 from genlab.ui.common import OUTPUT_DIR  # noqa: E402
@@ -75,7 +76,7 @@ def app(tiny_vq_dir, tiny_vq_lookup_dir, tiny_cond_ddpm_dir, tiny_prior_dir, tmp
     with pytest.MonkeyPatch.context() as patch:
         # Whatever weights/ holds on this machine, the embedded models read as untrained, so the
         # dropdowns default to the tiny models and no test runs a real network on the CPU.
-        patch.setattr(genlab.models, "WEIGHTS_DIR", empty_weights)
+        patch.setattr(genlab.loading.registry, "WEIGHTS_DIR", empty_weights)
         patch.setattr(genlab.config, "WEIGHTS_DIR", empty_weights)
         port = free_port()
         config = parse_args(["--model", f"vq={tiny_vq_dir}", "--model", f"vq={tiny_vq_lookup_dir}",
@@ -444,8 +445,8 @@ def test_diffusion_compare_samplers(page, shots):
 def embedded_app():
     """`python app.py` as a user starts it (the bench's launcher): the models committed in weights/."""
     with pytest.MonkeyPatch.context() as patch:  # REPO/weights: the `app` fixture patches WEIGHTS_DIR
-        patch.setattr(genlab.models, "WEIGHTS_DIR", REPO / "weights")
-        missing = [name for name, status in genlab.models.embedded_status().items() if status != "trained"]
+        patch.setattr(genlab.loading.registry, "WEIGHTS_DIR", REPO / "weights")
+        missing = [name for name, status in genlab.loading.registry.embedded_status().items() if status != "trained"]
     assert not missing, f"weights/ lacks the embedded models {missing}"
     with serving_app(torch.device("cpu"), timeout_s=LOAD_MS / 1000) as (url, _):
         yield url

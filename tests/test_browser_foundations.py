@@ -12,8 +12,9 @@ import re
 import pytest
 
 import genlab.config
-import genlab.models
-from genlab.bench import free_port
+import genlab.loading.loaders
+import genlab.loading.registry
+from genlab.tools.bench import free_port
 from genlab.config import parse_args
 from genlab.ui import build_app
 from genlab.ui.common import OUTPUT_DIR
@@ -31,7 +32,7 @@ def app_url(tmp_path_factory):
     empty_weights = tmp_path_factory.mktemp("no-weights")
     with pytest.MonkeyPatch.context() as patch:
         # The other tabs load their default model when the page opens; with no weights they load none.
-        patch.setattr(genlab.models, "WEIGHTS_DIR", empty_weights)
+        patch.setattr(genlab.loading.registry, "WEIGHTS_DIR", empty_weights)
         patch.setattr(genlab.config, "WEIGHTS_DIR", empty_weights)
         port = free_port()
         demo = build_app(parse_args(["--port", str(port)], environ={}))

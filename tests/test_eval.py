@@ -1,4 +1,4 @@
-"""The evaluation command's scores (genlab.eval): the pieces that judge the embedded models, and its
+"""The evaluation command's scores (genlab.tools.eval): the pieces that judge the embedded models, and its
 token-prior paths (`emoji` on a prior folder, `prior`) on a tiny random prior."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import torch
 from PIL import Image
 
 import genlab
-from genlab import eval as genlab_eval
-from genlab.data import list_images
-from genlab.eval import balanced_accuracy, emoji_stats, held_out_subset, is_token_prior, psnr_float
-from genlab.images import image_grid, open_image
+from genlab.tools import eval as genlab_eval
+from genlab.tools.data import list_images
+from genlab.tools.eval import balanced_accuracy, emoji_stats, held_out_subset, is_token_prior, psnr_float
+from genlab.imaging.io import image_grid, open_image
 
 CLASSES = ["a", "b", "c"]
 PRIOR_CODES, PRIOR_GRID, PRIOR_F = 16, 4, 4  # K, tokens per side, downsample factor: 16 px samples
@@ -55,7 +55,7 @@ def tiny_prior_dir(tmp_path_factory):
     with mask_token_id = K), model_index.json, genlab.json and a model card."""
     from diffusers import AmusedScheduler, VQModel
 
-    from genlab.token_transformer import MaskedTokenTransformer
+    from genlab.priors.transformer import MaskedTokenTransformer
 
     root = tmp_path_factory.mktemp("tiny-prior")
     torch.manual_seed(0)
@@ -80,7 +80,7 @@ def tiny_prior_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_emoji_dir(tmp_path_factory):
-    """Four labelled 8 px images per class (labels.json + classes.json, as genlab.data writes them)."""
+    """Four labelled 8 px images per class (labels.json + classes.json, as genlab.tools.data writes them)."""
     root = tmp_path_factory.mktemp("tiny-emoji")
     rng = np.random.default_rng(0)
     labels = {}
@@ -123,7 +123,7 @@ def test_emoji_eval_samples_a_token_prior_per_category_and_writes_its_card(tiny_
                                                                           capsys, monkeypatch):
     out = tmp_path / "out"
     monkeypatch.setattr(genlab_eval, "train_classifier", fast_judge(genlab_eval.train_classifier))
-    monkeypatch.setattr("sys.argv", ["genlab.eval", "emoji", "--model", str(tiny_prior_dir), "--card"])
+    monkeypatch.setattr("sys.argv", ["genlab.tools.eval", "emoji", "--model", str(tiny_prior_dir), "--card"])
     genlab_eval.main(["emoji", "--model", str(tiny_prior_dir), "--data", str(tiny_emoji_dir), "--out", str(out),
                       "--per-class", "2", "--guidance", "1.5", "--card", "--section", "emoji"])
     printed = capsys.readouterr().out
@@ -197,7 +197,7 @@ def test_bad_choice_temperatures_are_refused(tiny_prior_dir, tmp_path, capsys, k
 
 
 def test_prior_eval_reports_code_length_against_log2k_over_f2(tiny_prior_dir, tiny_emoji_dir, capsys, monkeypatch):
-    monkeypatch.setattr("sys.argv", ["genlab.eval", "prior"])
+    monkeypatch.setattr("sys.argv", ["genlab.tools.eval", "prior"])
     genlab_eval.main(["prior", "--model", str(tiny_prior_dir), "--data", str(tiny_emoji_dir), "--limit", "3",
                       "--unconditional"])
     printed = capsys.readouterr().out
@@ -307,7 +307,7 @@ def test_prior_eval_reports_the_reserved_background_code(tiny_prior_dir, tiny_em
     cells = [line.strip("| ").split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     values = {name: value for name, value in cells}
     prior = genlab.load_prior(folder, device="cpu")
-    assert prior.vq.background == genlab.vq.Background(code=3, margin=0)
+    assert prior.vq.background == genlab.autoencoders.vq.Background(code=3, margin=0)
     images = [prior.fit(open_image(path)) for path in held_out_subset(tiny_emoji_dir, 3)]
     codes = [prior.code_length(image) for image in images]
     def white_patches(image):  # (h, w): patches whose every pixel is within 8 levels of white (margin 0)

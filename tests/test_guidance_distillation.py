@@ -1,5 +1,5 @@
 """Guidance-distilled token priors (Meng et al., arXiv:2210.03142): the guidance input of both networks
-(genlab.token_transformer, genlab.token_unet), the prior's one call per guided step (genlab.prior), and the
+(genlab.priors.transformer, genlab.priors.unet), the prior's one call per guided step (genlab.priors.pipeline), and the
 distillation loss and student (genlab.train.prior, genlab.train.__main__). The CLI's --distill-from is in
 test_train.py.
 """
@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import genlab
-from genlab.token_transformer import MaskedTokenTransformer
-from genlab.token_unet import MaskedTokenUNet
+from genlab.priors.transformer import MaskedTokenTransformer
+from genlab.priors.unet import MaskedTokenUNet
 from genlab.train.__main__ import distillation_student
 from genlab.train.prior import guidance_distillation_loss
 
@@ -296,14 +296,14 @@ def test_a_distilled_copy_must_match_the_prior(tmp_path, overrides, message):
     if message is None:
         assert genlab.load_prior(folder, device="cpu").distilled.config.hidden_size == 16
         return
-    with pytest.raises(genlab.models.ModelLoadError, match=message):
+    with pytest.raises(genlab.loading.loaders.ModelLoadError, match=message):
         genlab.load_prior(folder, device="cpu")
 
 
 def test_an_undistilled_transformer_in_the_distilled_folder_is_refused(tmp_path):
     folder = build_token_prior(tmp_path / "p")
     MaskedTokenTransformer.from_pretrained(folder / "transformer").save_pretrained(folder / "transformer_distilled")
-    with pytest.raises(genlab.models.ModelLoadError, match="guidance-distilled: False"):
+    with pytest.raises(genlab.loading.loaders.ModelLoadError, match="guidance-distilled: False"):
         genlab.load_prior(folder, device="cpu")
 
 
@@ -311,6 +311,6 @@ def test_a_distilled_copy_of_another_kind_of_network_is_refused(tmp_path):
     """A UNet prior's distilled copy is a UNet: a distilled transformer beside it is a load error."""
     unet, transformer = build_prior(tmp_path / "unet", "unet"), add_distilled(build_prior(tmp_path / "t", "transformer"))
     shutil.copytree(transformer / "transformer_distilled", unet / "transformer_distilled")
-    with pytest.raises(genlab.models.ModelLoadError, match="holds a MaskedTokenTransformer; the guidance-distilled "
+    with pytest.raises(genlab.loading.loaders.ModelLoadError, match="holds a MaskedTokenTransformer; the guidance-distilled "
                                                             "copy of a MaskedTokenUNet is a MaskedTokenUNet"):
         genlab.load_prior(unet, device="cpu")

@@ -1,4 +1,4 @@
-"""genlab.images: open_image on bad, odd and ordinary inputs; padding and downscaling helpers."""
+"""genlab.imaging.io: open_image on bad, odd and ordinary inputs; padding and downscaling helpers."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 import genlab
-import genlab.images
-from genlab.images import limit_side, pad_to_multiple, pil_to_tensor, tensor_to_uint8
+import genlab.imaging.io
+from genlab.imaging.io import limit_side, pad_to_multiple, pil_to_tensor, tensor_to_uint8
 
 
 def encode(image: Image.Image, fmt: str, **save_kwargs) -> bytes:
@@ -126,7 +126,7 @@ def test_real_bomb_png_refused():
 
 
 def test_pixel_limit_applies_to_decoded_images(monkeypatch):
-    monkeypatch.setattr(genlab.images, "MAX_PIXELS", 100)
+    monkeypatch.setattr(genlab.imaging.io, "MAX_PIXELS", 100)
     with pytest.raises(genlab.InputError, match="megapixels"):
         genlab.open_image(encode(noise_image(20, 20), "PNG"))
     assert genlab.open_image(encode(noise_image(10, 10), "PNG")).size == (10, 10)
@@ -141,7 +141,7 @@ def test_file_over_size_limit_refused(tmp_path, monkeypatch):
         genlab.open_image(path, max_bytes=limit)
     with pytest.raises(genlab.InputError, match="MB"):
         genlab.open_image(data, max_bytes=limit)
-    monkeypatch.setattr(genlab.images, "MAX_FILE_BYTES", limit)
+    monkeypatch.setattr(genlab.imaging.io, "MAX_FILE_BYTES", limit)
     with pytest.raises(genlab.InputError, match="MB"):
         genlab.open_image(path)
     with pytest.raises(genlab.InputError, match="MB"):

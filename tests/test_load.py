@@ -22,8 +22,8 @@ psutil = pytest.importorskip("psutil")
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.utils import QueueError, Status  # noqa: E402
 
-import genlab.models  # noqa: E402
-from genlab.bench import free_port  # noqa: E402
+import genlab.loading.loaders  # noqa: E402
+from genlab.tools.bench import free_port  # noqa: E402
 from genlab.config import parse_args  # noqa: E402
 from genlab.ui import build_app, common  # noqa: E402
 from genlab.ui.diffusion_tab import upscale  # noqa: E402
@@ -101,7 +101,7 @@ def test_concurrent_visitors_each_get_their_own_right_sized_results(app, tmp_pat
     assert not errors
     assert not any(thread.is_alive() for thread in threads)
 
-    dm = genlab.models.load_diffusion(dm_label, device="cpu")
+    dm = genlab.loading.loaders.load_diffusion(dm_label, device="cpu")
     for i, width in enumerate(widths):
         expected = np.asarray(upscale(dm.sample(seed=i, steps=3, scheduler="ddim", batch=1, class_label="a",
                                                 guidance_scale=2.0, eta=0.0).image), dtype=np.int16)

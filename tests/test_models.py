@@ -1,4 +1,4 @@
-"""genlab.models: loading tiny diffusers checkpoints, refusing bad ones, devices and the cache."""
+"""genlab.loading.loaders: loading tiny diffusers checkpoints, refusing bad ones, devices and the cache."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import genlab
-import genlab.models
-from genlab.images import pil_to_tensor, tensor_to_uint8
+import genlab.loading.loaders
+from genlab.imaging.io import pil_to_tensor, tensor_to_uint8
 
 from conftest import DOWNSAMPLE, NUM_CODES
 
@@ -224,13 +224,13 @@ def test_cuda_without_cuda_refused(tiny_vq_dir, monkeypatch):
     with pytest.raises(genlab.ModelLoadError, match="no CUDA"):
         genlab.load_vq(tiny_vq_dir, device="cuda")
     with pytest.raises(genlab.ModelLoadError, match="no CUDA"):
-        genlab.models.pick_device("cuda:0")
-    assert genlab.models.pick_device(None).type == "cpu"
+        genlab.loading.loaders.pick_device("cuda:0")
+    assert genlab.loading.loaders.pick_device(None).type == "cpu"
 
 
 def test_unsupported_device_refused():
     with pytest.raises(genlab.ModelLoadError, match="unsupported device"):
-        genlab.models.pick_device("meta")
+        genlab.loading.loaders.pick_device("meta")
 
 
 # -------------------------------------------------------------------------------- cache
@@ -238,20 +238,20 @@ def test_cache_returns_the_same_object(tiny_vq_dir, tiny_ddpm_dir):
     first = genlab.load_vq(tiny_vq_dir, device="cpu")
     assert genlab.load_vq(tiny_vq_dir, device="cpu") is first
     assert genlab.load_diffusion(tiny_ddpm_dir, device="cpu") is genlab.load_diffusion(tiny_ddpm_dir, device="cpu")
-    genlab.models.clear_cache()
+    genlab.loading.loaders.clear_cache()
     assert genlab.load_vq(tiny_vq_dir, device="cpu") is not first
 
 
 def test_cache_builds_once_under_concurrent_calls(tiny_vq_dir, monkeypatch):
     builds = []
-    real_load = genlab.models.load_diffusers_model
+    real_load = genlab.loading.loaders.load_diffusers_model
 
     def slow_load(*args, **kwargs):
         builds.append(threading.get_ident())
         time.sleep(0.2)  # widen the window in which a second thread could start its own build
         return real_load(*args, **kwargs)
 
-    monkeypatch.setattr(genlab.models, "load_diffusers_model", slow_load)
+    monkeypatch.setattr(genlab.loading.loaders, "load_diffusers_model", slow_load)
     barrier = threading.Barrier(6)
     results, errors = [], []
 

@@ -1,4 +1,4 @@
-"""Tiled application (genlab.tiling): exact placement, and VQ models that declare a tile use it."""
+"""Tiled application (genlab.imaging.tiling): exact placement, and VQ models that declare a tile use it."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import genlab
-from genlab.tiling import apply_tiled
+from genlab.imaging.tiling import apply_tiled
 
 
 @pytest.mark.parametrize("margin", [0, 8, 16])

@@ -1,4 +1,4 @@
-"""The convolutional token prior (genlab.token_unet.MaskedTokenUNet) through genlab.load_prior: its layout
+"""The convolutional token prior (genlab.priors.unet.MaskedTokenUNet) through genlab.load_prior: its layout
 round-trips, the masked share is its timestep, the orders, guidance by two calls and inpainting work on it
 as on the transformer, and bad layouts and inputs are refused with a clear message. (A few training steps
 teaching it a pattern: test_prior.py's code-length test, run for both networks.)
@@ -18,8 +18,8 @@ import torch
 from PIL import Image
 
 import genlab
-from genlab.models import ModelLoadError
-from genlab.token_unet import TIMESTEPS, MaskedTokenUNet, check_unet_layout
+from genlab.loading.loaders import ModelLoadError
+from genlab.priors.unet import TIMESTEPS, MaskedTokenUNet, check_unet_layout
 
 from conftest import PRIOR_CLASSES, PRIOR_CODES, PRIOR_GRID, TINY_TOKEN_UNET
 
@@ -141,7 +141,7 @@ def test_bad_inputs_are_refused():
 def test_a_unet_named_in_a_broken_folder_is_a_load_error(unet_dir):
     """A transformer/ config that names MaskedTokenUNet but whose weights are a transformer's fails to load
     with the folder named, not with a traceback from deep inside diffusers."""
-    from genlab.token_transformer import MaskedTokenTransformer
+    from genlab.priors.transformer import MaskedTokenTransformer
 
     shutil.rmtree(unet_dir / "transformer")
     MaskedTokenTransformer(codebook_size=K, height=PRIOR_GRID, width=PRIOR_GRID, num_classes=3, hidden_size=32,

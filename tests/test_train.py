@@ -598,7 +598,7 @@ def test_vq_background_code_is_reserved_in_training_exported_and_used_by_the_ban
     assert entry["margin"] == 1 and entry["tolerance"] == 8 and 0 <= entry["code"] < 16
     assert f"Code {entry['code']} is reserved for plain background" in (out / "README.md").read_text()
     model = genlab.load_vq(out, device="cpu")
-    assert model.background == genlab.vq.Background(**entry)
+    assert model.background == genlab.autoencoders.vq.Background(**entry)
     data = common.ImageFolder(image_folder)
     pixels = torch.from_numpy(np.stack(data.images)).permute(0, 3, 1, 2).float() / 127.5 - 1  # (12, 3, 24, 24)
     quiet = model.background.mask(pixels, model.downsample_factor)  # (12, 12, 12)
@@ -615,7 +615,7 @@ def test_vq_background_code_is_reserved_in_training_exported_and_used_by_the_ban
     assert torch.equal(indices, model.encode(crops))  # training quantizes as VQ.encode does
     assert (indices[model.background.mask(crops, 2)] == entry["code"]).all()
     bank = TokenBank(model.model, data, batch_size=4, seed=0, background=model.background)
-    whole = genlab.vq.VQ(model.model, background=model.background).encode(pixels)  # the bank does not tile
+    whole = genlab.autoencoders.vq.VQ(model.model, background=model.background).encode(pixels)  # the bank does not tile
     assert torch.equal(bank.tokens[:, 0], whole) and (bank.tokens[:, 1][quiet.flip(-1)] == entry["code"]).all()
 
     train_main(base + ["--steps", "3", "--resume", "--background-margin", "1", "--background-code", "0"])

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 import genlab
-from genlab.vq import ATLAS_PAGE_SIZE, VQ, index_colors, index_map_image
+from genlab.autoencoders.vq import ATLAS_PAGE_SIZE, VQ, index_colors, index_map_image
 
 from conftest import build_vq
 
@@ -65,7 +65,7 @@ def test_a_sibling_decoder_decodes_the_same_tokens(tiny_vq_dir, tiny_vq_sibling_
 def test_the_encoder_key_follows_the_codebook_and_the_tiling(tiny_vq_dir):
     from diffusers import VQModel
 
-    def private():  # its own weights, outside genlab.models' cache, which other tests share
+    def private():  # its own weights, outside genlab.loading.loaders' cache, which other tests share
         return VQ(VQModel.from_pretrained(tiny_vq_dir).eval())
 
     first, same, moved, tiled = private(), private(), private(), private()
@@ -180,7 +180,7 @@ def _white_with_dot(side: int = 16, dot=(5, 5), level: int = 0) -> torch.Tensor:
 
 
 def test_background_mask_takes_tokens_whose_neighbourhood_is_white():
-    from genlab.vq import Background
+    from genlab.autoencoders.vq import Background
 
     pixels = _white_with_dot()  # f = 4: the dot is in token (1, 1) of a 4 x 4 grid
     expected_0 = np.ones((4, 4), bool)
@@ -210,7 +210,7 @@ def test_background_mask_takes_tokens_whose_neighbourhood_is_white():
     ([1, 2], "background must be"),
 ])
 def test_bad_background_entries_are_refused(info, message):
-    from genlab.vq import Background
+    from genlab.autoencoders.vq import Background
 
     with pytest.raises(ValueError) as error:
         Background.from_info(info, num_codes=16)
@@ -222,20 +222,20 @@ def test_a_vq_with_a_background_code_writes_it_on_white_neighbourhoods_only(vq_c
     """VQ.encode: the background tokens take the reserved code, every other token is the encoder's nearest code;
     the loader reads the entry from genlab.json, and refuses a bad one with the file named."""
     info = {"kind": "vq", "background": {"code": 7, "margin": 1, "tolerance": 8}}
-    plain = genlab.models.load_vq(vq_copy, device="cpu")
+    plain = genlab.loading.loaders.load_vq(vq_copy, device="cpu")
     (vq_copy / "genlab.json").write_text(json.dumps(info))
-    genlab.models.clear_cache()
-    model = genlab.models.load_vq(vq_copy, device="cpu")
-    assert model.background == genlab.vq.Background(code=7, margin=1, tolerance=8)
+    genlab.loading.loaders.clear_cache()
+    model = genlab.loading.loaders.load_vq(vq_copy, device="cpu")
+    assert model.background == genlab.autoencoders.vq.Background(code=7, margin=1, tolerance=8)
     f = model.downsample_factor
     pixels = torch.ones(1, 3, 8 * f, 8 * f)
     pixels[:, :, 2 * f:3 * f, 2 * f:4 * f] = -1.0  # a black bar over tokens (2, 2) and (2, 3)
     mine, theirs = model.encode(pixels)[0], plain.encode(pixels)[0]  # (8, 8)
-    quiet = genlab.vq.Background(code=7, margin=1).mask(pixels, f)[0]
+    quiet = genlab.autoencoders.vq.Background(code=7, margin=1).mask(pixels, f)[0]
     assert quiet.sum() == 64 - 4 * 3 and not quiet[1:4, 1:5].any()
     assert (mine[quiet] == 7).all() and torch.equal(mine[~quiet], theirs[~quiet])
     assert (model.indices_of(Image.new("RGB", (8 * f, 8 * f), "white")) == 7).all()
     (vq_copy / "genlab.json").write_text(json.dumps({"kind": "vq", "background": {"code": 99}}))
-    genlab.models.clear_cache()
-    with pytest.raises(genlab.models.ModelLoadError, match="genlab.json: background code must be in"):
-        genlab.models.load_vq(vq_copy, device="cpu")
+    genlab.loading.loaders.clear_cache()
+    with pytest.raises(genlab.loading.loaders.ModelLoadError, match="genlab.json: background code must be in"):
+        genlab.loading.loaders.load_vq(vq_copy, device="cpu")

@@ -13,9 +13,8 @@ import torch
 from PIL import Image
 
 import genlab
-from genlab.metrics import psnr
-from genlab.models import WEIGHTS_DIR
-from genlab.ui.common import EXAMPLES_DIR
+from genlab.imaging.metrics import psnr
+from genlab.loading.registry import EXAMPLES_DIR, WEIGHTS_DIR
 
 
 def shipped(name: str):
@@ -89,8 +88,8 @@ def test_photo_denoiser_beats_non_local_means_on_a_held_out_photo(rocket):
     """The σ = 25 bar of ddpm-photo's card, on one held-out photo (skimage's rocket, never trained on)."""
     import torch
 
-    from genlab.eval import psnr_float
-    from genlab.metrics import non_local_means
+    from genlab.tools.eval import psnr_float
+    from genlab.imaging.metrics import non_local_means
 
     dm = genlab.load_diffusion(shipped("ddpm-photo"), device="cpu")
     clean = np.asarray(rocket, np.float64) / 255.0  # (256, 256, 3)

@@ -15,7 +15,7 @@ import math
 import numpy as np
 import torch
 
-from ..images import InputError
+from ..imaging.io import InputError
 
 MIN_POINTS = 16  # fewer cannot describe a distribution (and a batch of 256 would repeat them endlessly)
 MAX_POINTS = 100_000  # a memory bound: 100k points are 1.6 MB, and every view subsamples anyway

@@ -30,7 +30,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DModel, VQModel
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from ..diffusion import make_scheduler, reverse_process
+from ..diffusion.pipeline import make_scheduler, reverse_process
 from . import common, ddpm, latent, vq
 from . import prior as prior_training
 
@@ -55,7 +55,7 @@ PRESETS = {
     # class-conditional masked-token transformer over emoji-vq's 16 x 16 tokens (maskgit-emoji)
     "emoji-prior": dict(hidden_size=128, num_layers=4, num_heads=4, batch_size=32, lr=1e-3, lr_schedule="cosine",
                         warmup_steps=300, label_dropout=0.1, class_power=0.5, raster_share=0.25, weight_decay=0.01),
-    # the same task on a UNet (genlab.token_unet, ldm-emoji's layout), images moved by a token half the time
+    # the same task on a UNet (genlab.priors.unet, ldm-emoji's layout), images moved by a token half the time
     "emoji-prior-unet": dict(backbone="unet", channels="64,128,128", layers_per_block=1, attention="0,0,1",
                              batch_size=32, lr=1e-3, lr_schedule="cosine", warmup_steps=300, label_dropout=0.1,
                              class_power=0.5, raster_share=0.25, weight_decay=0.01, shift_share=0.5),
@@ -116,7 +116,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--freeze-encoder", action="store_true", help="VQGAN: keep encoder and codebook of --init")
     parser.add_argument("--background-margin", type=int, default=None,
                         help="VQ: reserve one code for plain white background: every token whose patch and neighbours "
-                        "within this many tokens are white takes it (genlab.vq.Background; off by default)")
+                        "within this many tokens are white takes it (genlab.autoencoders.vq.Background; off by default)")
     parser.add_argument("--background-tolerance", type=int, default=8,
                         help="VQ: levels (of 255) below white that still count as white for --background-margin")
     parser.add_argument("--background-code", type=int, default=None,
@@ -171,7 +171,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.kind == "prior":  # options of the other backbone than the one asked for are an error, not ignored
         backbone = args.backbone or preset.get("backbone", "transformer")
         if args.distill_from is not None and (args.distill_from / "transformer").is_dir():
-            from ..models import ModelLoadError
+            from ..loading.loaders import ModelLoadError
 
             try:  # the student is the teacher's kind of network
                 taught = saved_prior_backbone(args.distill_from / "transformer")
@@ -207,7 +207,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         if len(args.attention) != len(args.channels):
             parser.error(f"--attention has {len(args.attention)} entries but --channels has {len(args.channels)}")
     if args.kind == "prior" and args.backbone == "unet" and args.distill_from is None:  # a student copies its teacher
-        from ..token_unet import check_unet_layout  # the rule the UNet's config is checked by
+        from ..priors.unet import check_unet_layout  # the rule the UNet's config is checked by
 
         args.attention = args.attention or (False,) * len(args.channels)
         try:
@@ -249,7 +249,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         if args.kind != "prior" or args.distill_from is not None or args.resume:
             parser.error("--conv-kernel is for a new prior or one grown from --init (not with --distill-from or "
                          "--resume: those keep their transformer's layout)")
-        from ..token_transformer import check_conv_kernel  # the rule the transformer's config is checked by
+        from ..priors.transformer import check_conv_kernel  # the rule the transformer's config is checked by
 
         try:
             check_conv_kernel(args.conv_kernel)
@@ -411,9 +411,9 @@ def save_vq_samples(model: VQModel, pixels: torch.Tensor, path: Path) -> None:
 
 
 def vq_background(args, model: VQModel, data: common.ImageFolder, checkpoint: Path):
-    """The `genlab.vq.Background` of --background-margin (None without it): the code of a resumed run, else
+    """The `genlab.autoencoders.vq.Background` of --background-margin (None without it): the code of a resumed run, else
     --background-code, else the commonest nearest code on the background tokens of 256 training crops."""
-    from ..vq import VQ, Background
+    from ..autoencoders.vq import VQ, Background
 
     if args.background_margin is None:
         return None
@@ -443,9 +443,9 @@ def vq_background(args, model: VQModel, data: common.ImageFolder, checkpoint: Pa
 def export_vq(args, model: VQModel, state: common.RunState, fixed: torch.Tensor, background=None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(args.out, safe_serialization=True)
-    info = {"kind": "vq", "title": args.out.name, "tile": args.crop}  # tile: see genlab.tiling
+    info = {"kind": "vq", "title": args.out.name, "tile": args.crop}  # tile: see genlab.imaging.tiling
     if background is not None:
-        info["background"] = background.as_info()  # genlab.vq.Background: VQ.encode applies it
+        info["background"] = background.as_info()  # genlab.autoencoders.vq.Background: VQ.encode applies it
     (args.out / "genlab.json").write_text(json.dumps(info, indent=1))
     state.save(args.out)
     save_vq_samples(model, fixed, args.out / "samples.png")
@@ -459,7 +459,7 @@ def export_vq(args, model: VQModel, state: common.RunState, fixed: torch.Tensor,
         f"commitment (beta {args.beta}), EMA codebook with dead-code restarts"
         + (f", PatchGAN hinge loss with the adaptive weight (scale {args.disc_weight}); no perceptual (LPIPS) term, "
            "since no pretrained network can be downloaded here" if args.kind == "vqgan" else "") + "."
-        + (f" Code {background.code} is reserved for plain background (`genlab.vq.Background`, genlab.json): every "
+        + (f" Code {background.code} is reserved for plain background (`genlab.autoencoders.vq.Background`, genlab.json): every "
            f"token whose {factor}x{factor} patch and neighbours within {background.margin} tokens are white (within "
            f"{background.tolerance} levels) takes it, in training and in `VQ.encode`." if background else ""),
         f"`{args.data}`, random {args.crop}x{args.crop} crops, batch {args.batch_size}, {lr_text(args)}.",
@@ -766,10 +766,10 @@ def train_prior(args, accelerator: Accelerator, data: common.ImageFolder, state:
     network, into a student of the same kind (genlab.train.prior)."""
     from diffusers import AmusedScheduler
 
-    from ..models import genlab_info, read_config
-    from ..token_transformer import MaskedTokenTransformer
-    from ..token_unet import MaskedTokenUNet
-    from ..vq import Background
+    from ..loading.loaders import genlab_info, read_config
+    from ..priors.transformer import MaskedTokenTransformer
+    from ..priors.unet import MaskedTokenUNet
+    from ..autoencoders.vq import Background
 
     classes = data.classes if data.classes else []
     checkpoint = args.run_dir / "checkpoint"
@@ -893,8 +893,8 @@ def train_prior(args, accelerator: Accelerator, data: common.ImageFolder, state:
 
 def prior_backbones() -> dict:
     """--backbone name -> the prior network class."""
-    from ..token_transformer import MaskedTokenTransformer
-    from ..token_unet import MaskedTokenUNet
+    from ..priors.transformer import MaskedTokenTransformer
+    from ..priors.unet import MaskedTokenUNet
 
     return {"transformer": MaskedTokenTransformer, "unet": MaskedTokenUNet}
 
@@ -902,7 +902,7 @@ def prior_backbones() -> dict:
 def saved_prior_backbone(folder: Path) -> str | None:
     """The --backbone of the prior network saved in `folder`, None when it holds another kind of model
     (ModelLoadError when it has no readable config.json)."""
-    from ..models import read_config
+    from ..loading.loaders import read_config
 
     backbones = {cls.__name__: name for name, cls in prior_backbones().items()}
     return backbones.get(read_config(folder).get("_class_name"))
@@ -913,7 +913,7 @@ def prior_network_class(folder: Path | None, backbone: str):
     `backbone` names; SystemExit when `folder` holds another kind of network than the backbone asked for."""
     saved = backbone if folder is None else saved_prior_backbone(folder)
     if saved is None:
-        from ..models import read_config
+        from ..loading.loaders import read_config
 
         names = ", ".join(cls.__name__ for cls in prior_backbones().values())
         raise SystemExit(f"{folder} holds a {read_config(folder).get('_class_name')}, not a token prior network ({names})")
@@ -926,7 +926,7 @@ def prior_network_class(folder: Path | None, backbone: str):
 def grown(model, conv_kernel: int | None):
     """`model` (a MaskedTokenTransformer) with `--conv-kernel` convolutions grown in (zero-initialised, so it computes
     what `model` does); unchanged when the option is left out or matches its config."""
-    from ..token_transformer import MaskedTokenTransformer
+    from ..priors.transformer import MaskedTokenTransformer
 
     if conv_kernel is None or conv_kernel == model.config.conv_kernel:
         return model
@@ -957,8 +957,8 @@ def save_prior_samples(model, vq_model: VQModel, scheduler, classes: list[str], 
                        count: int = 16, steps: int = 12, teacher=None) -> None:
     """16 samples, 12 confidence-order steps, seed 0, classes in order (with a teacher: the prior of the
     teacher and `model`, its guidance-distilled copy, as `export_prior` writes it)."""
-    from ..prior import MASKGIT_CHOICE_TEMPERATURE, TokenPrior
-    from ..vq import VQ
+    from ..priors.pipeline import MASKGIT_CHOICE_TEMPERATURE, TokenPrior
+    from ..autoencoders.vq import VQ
 
     network, distilled = (model, None) if teacher is None else (teacher, model.to(teacher.device).eval())
     prior = TokenPrior(VQ(vq_model.eval()), network.eval(), dict(scheduler.config),
@@ -980,9 +980,9 @@ def export_prior(args, model, vq_model: VQModel, scheduler, classes: list[str], 
     prior itself, and transformer_distilled/ the student `model`."""
     import diffusers
 
-    from ..models import DISTILLED
-    from ..prior import MASKGIT_CHOICE_TEMPERATURE
-    from ..token_unet import MaskedTokenUNet
+    from ..loading.loaders import DISTILLED
+    from ..priors.pipeline import MASKGIT_CHOICE_TEMPERATURE
+    from ..priors.unet import MaskedTokenUNet
 
     args.out.mkdir(parents=True, exist_ok=True)
     network = model if teacher is None else teacher  # the prior
@@ -1038,7 +1038,7 @@ def export_prior(args, model, vq_model: VQModel, scheduler, classes: list[str], 
 
 def network_text(network) -> str:
     """The prior network in words, for the model card."""
-    from ..token_unet import MaskedTokenUNet
+    from ..priors.unet import MaskedTokenUNet
 
     config, millions = network.config, sum(p.numel() for p in network.parameters()) / 1e6
     if isinstance(network, MaskedTokenUNet):

@@ -21,8 +21,8 @@ from diffusers.optimization import get_scheduler
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from ..data import list_images
-from ..images import image_grid, open_image, tensor_to_pil
+from ..tools.data import list_images
+from ..imaging.io import image_grid, open_image, tensor_to_pil
 
 
 # --------------------------------------------------------------------------------- data

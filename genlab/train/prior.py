@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..vq import VQ
+from ..autoencoders.vq import VQ
 from . import common
 from .latent import EncodedBank, images_to_tensor
 

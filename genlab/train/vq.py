@@ -14,7 +14,7 @@ VQGAN: Esser et al., "Taming Transformers for High-Resolution Image Synthesis" (
 
 The trained weights are a plain `VQModel`: diffusers' own `VectorQuantizer` (nearest code by
 `cdist`) reproduces the training-time quantization exactly; with a reserved background code
-(`genlab.vq.Background`), GenLab's `VQ.encode` applies the same override after it.
+(`genlab.autoencoders.vq.Background`), GenLab's `VQ.encode` applies the same override after it.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ class VQAutoencoderForTraining(nn.Module):
     """Wraps a diffusers VQModel so one forward() does encode -> EMA quantize -> decode (DDP-friendly)."""
 
     def __init__(self, vq_model, decay: float = 0.99, dead_threshold: float = 0.03, background=None):
-        """`background`: a `genlab.vq.Background` whose tokens take its code in training as in `VQ.encode`."""
+        """`background`: a `genlab.autoencoders.vq.Background` whose tokens take its code in training as in `VQ.encode`."""
         super().__init__()
         self.vq = vq_model
         self.quantizer = EMAVectorQuantizer(vq_model.quantize.embedding.weight, decay, dead_threshold)

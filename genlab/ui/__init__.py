@@ -1,4 +1,4 @@
-"""GenLab's gradio app: four tabs over the ops in genlab.vq, genlab.autoencoder, genlab.prior, genlab.diffusion
+"""GenLab's gradio app: four tabs over the ops in genlab.autoencoders.vq, genlab.autoencoders.kl, genlab.priors.pipeline, genlab.diffusion.pipeline
 and genlab.toy.
 
 Each tab module turns UI values into calls of the ops and the ops' results into UI values;
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from .. import models
+from ..loading import loaders as models
 from ..config import AppConfig
 from . import codebook_tab, diffusion_tab, foundations_tab, reconstruct_tab
 from .common import OUTPUT_DIR, Registry, install_atomic_image_cache

@@ -1,7 +1,7 @@
 """VQGAN codebook tab: generate and inpaint in token space with a token prior, and explore the codebook
 (atlas, usage statistics, PCA map, image <-> codes, token editing on a painted region, interpolation).
 
-Token priors (genlab.prior: MaskGIT's confidence order, Taming Transformers' raster order, aMUSEd) stream a
+Token priors (genlab.priors.pipeline: MaskGIT's confidence order, Taming Transformers' raster order, aMUSEd) stream a
 frame per unmasking step: the token grid as it fills in (masked cells grey, the tokens fixed in this step
 outlined), the tokens decoded so far, and the decoded full prediction x̂0. A raster run takes one step
 per token (256 on a 16x16 grid), so only every k-th step is streamed (at most MAX_LIVE_FRAMES); the
@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from ..images import mask_of, open_image
-from ..models import ModelSpec
-from ..prior import MAX_REFINE, MAX_STEPS, TokenFrame, TokenPrior, TokenRun, TokenStep, refinement_steps
-from ..vq import VQ, index_colors, index_map_image, perplexity
+from ..imaging.io import mask_of, open_image
+from ..loading.loaders import ModelSpec
+from ..priors.pipeline import MAX_REFINE, MAX_STEPS, TokenFrame, TokenPrior, TokenRun, TokenStep, refinement_steps
+from ..autoencoders.vq import VQ, index_colors, index_map_image, perplexity
 from .common import (DISPLAY_SIDE, NOT_TRAINED, OUTPUT_HEIGHT, Registry, SafeImage, example_images, mask_editor,
                      mask_from_editor, on_model_thread, upscale, user_errors)
 from .plots import pca_figure, usage_figure

@@ -17,20 +17,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .. import models
+from ..loading import loaders as models
+from ..loading.registry import EXAMPLES_DIR, embedded_status, example_images  # noqa: F401  (the tabs import them here)
 from ..config import AppConfig, prior_autoencoder
-from ..images import InputError, open_image
-from ..models import ModelLoadError, ModelSpec
+from ..imaging.io import InputError, open_image
+from ..loading.loaders import ModelLoadError, ModelSpec
 
 log = logging.getLogger("genlab")
 OUTPUT_HEIGHT = 256  # output images get a fixed height so small results are not squashed under their labels
-EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "examples"
 NOT_TRAINED = "not trained yet"
 DISPLAY_SIDE = 256
-
-
-def example_images() -> list[str]:
-    return sorted(str(p) for p in EXAMPLES_DIR.glob("*.png"))
 
 
 def upscale(image: Image.Image) -> Image.Image:
@@ -265,13 +261,13 @@ def run_pair(first, second, parallel: bool = True):
 
 
 class Registry:
-    """Labels shown in the dropdowns -> loaded models (shared through genlab.models' cache).
+    """Labels shown in the dropdowns -> loaded models (shared through genlab.loading.loaders' cache).
 
     Kinds: "vq" (any autoencoder), "diffusion" and "prior" (token priors over a VQ model's codes)."""
 
     def __init__(self, config: AppConfig):
         self.config = config
-        self.status = models.embedded_status()
+        self.status = embedded_status()
         for vq_label, prior_label in self._prior_autoencoders().items():  # a prior's vqvae/ is as trained as the prior
             if prior_label in self.status:
                 self.status.setdefault(vq_label, self.status[prior_label])
@@ -297,7 +293,7 @@ class Registry:
         return models.load_vq(spec.source, spec.subfolder, device=self.config.device, revision=spec.revision)
 
     def autoencoder(self, label: str):
-        """A VQ model or a KL autoencoder (genlab.vq.VQ or genlab.autoencoder.KLAutoencoder)."""
+        """A VQ model or a KL autoencoder (genlab.autoencoders.vq.VQ or genlab.autoencoders.kl.KLAutoencoder)."""
         spec = self._spec(self.config.vq_models, label, "autoencoder")
         return models.load_autoencoder(spec.source, spec.subfolder, device=self.config.device, revision=spec.revision)
 
@@ -306,7 +302,7 @@ class Registry:
         return models.load_diffusion(spec.source, spec.subfolder, device=self.config.device, revision=spec.revision)
 
     def prior(self, label: str):
-        """A genlab.prior.TokenPrior."""
+        """A genlab.priors.pipeline.TokenPrior."""
         spec = self._spec(self.config.prior_models, label, "token prior")
         return models.load_prior(spec.source, spec.subfolder, device=self.config.device, revision=spec.revision)
 

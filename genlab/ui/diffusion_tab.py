@@ -13,10 +13,10 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from ..autoencoder import channels_image
-from ..diffusion import DiffusionModel, DiffusionRun, Frame, Step, as_image, estimate_sigma, noise_as_image
-from ..images import InputError, image_grid, open_image
-from ..metrics import non_local_means, psnr
+from ..autoencoders.kl import channels_image
+from ..diffusion.pipeline import DiffusionModel, DiffusionRun, Frame, Step, as_image, estimate_sigma, noise_as_image
+from ..imaging.io import InputError, image_grid, open_image
+from ..imaging.metrics import non_local_means, psnr
 from .common import (DISPLAY_SIDE, OUTPUT_HEIGHT, Registry, SafeImage, example_images, file_stem, mask_editor,
                      mask_from_editor, on_model_thread, save_output, upscale, user_errors)
 from .plots import schedule_figure

@@ -3,11 +3,11 @@ same bit rate, compare two models.
 
 A VQ model's row shows its reconstruction, the absolute error and the token map; a KL autoencoder's
 row shows the decode of the posterior mean, the decode of one posterior sample and the posterior std
-(see genlab.autoencoder). The "bits per pixel" row is the model's rate either way: log2(K) / f^2 for
+(see genlab.autoencoders.kl). The "bits per pixel" row is the model's rate either way: log2(K) / f^2 for
 VQ, the KL term in bits over the pixels for KL; the "distinct codes used" row gives a KL model's
 latent shape instead. A VQ model with a token prior (a prior pipeline's vqvae/) adds the row "bits per
 pixel under its token prior": the code length of the image's tokens, -log2 p(tokens) under the prior
-over the pixels (genlab.prior.TokenPrior.code_length; for a class-conditional prior a two-part code that
+over the pixels (genlab.priors.pipeline.TokenPrior.code_length; for a class-conditional prior a two-part code that
 first names a class in log2(C + 1) bits, and the note says which), i.e. what an entropy coder driven by
 the prior would spend, against the log2(K) / f^2 of storing each index as it is. That takes one
 network call per token (batched; about 1 s on maskgit-emoji with 2 threads), so a follow-up event fills the
@@ -45,15 +45,15 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from .. import metrics
-from ..autoencoder import KLAutoencoder, KLReconstruction
-from ..images import limit_side, open_image
-from ..prior import PROBE_MASKS
-from ..vq import VQ, heatmap_image, index_map_image
+from ..imaging import metrics
+from ..loading.registry import EXAMPLE_PHOTO
+from ..autoencoders.kl import KLAutoencoder, KLReconstruction
+from ..imaging.io import limit_side, open_image
+from ..priors.pipeline import PROBE_MASKS
+from ..autoencoders.vq import VQ, heatmap_image, index_map_image
 from .common import (OUTPUT_HEIGHT, Registry, SafeImage, example_images, file_stem, on_model_thread, run_pair,
                      save_output, user_errors)
 
-EXAMPLE_PHOTO = str(Path(__file__).resolve().parent.parent / "assets" / "examples" / "rocket.png")  # held out
 METRIC_ROWS = ("PSNR (dB)", "SSIM", "bits per pixel", "compression vs 24-bit RGB",
                "distinct codes used (JPEG: quality)", "latency (ms)")
 PRIOR_ROW = "bits per pixel under its token prior"
@@ -319,7 +319,7 @@ def build(registry: Registry, demo: gr.Blocks) -> None:
     )
     with gr.Row():
         with gr.Column(scale=1):
-            image = SafeImage(EXAMPLE_PHOTO if registry.choices("vq") else None, type="filepath", height=256,
+            image = SafeImage(str(EXAMPLE_PHOTO) if registry.choices("vq") else None, type="filepath", height=256,
                               label="Image (PNG, JPEG, WebP, BMP, GIF, TIFF)")
             gr.Examples(example_images(), inputs=image, label="Examples (held-out photos and Noto Emoji; see assets/CREDITS.md)")
         with gr.Column(scale=1):

@@ -13,7 +13,7 @@ SDEdit: Meng et al. (arXiv:2108.01073): noise an image to t with q(x_t | x_0), t
   the t with (1 - abar_t) / abar_t = (2 sigma)^2.
 
 Latent diffusion: Rombach et al. (arXiv:2112.10752). The same loop runs on the scaled latents of an
-  autoencoder (`genlab.autoencoder.LatentCodec`): pixels -> encode -> reverse process -> decode.
+  autoencoder (`genlab.autoencoders.kl.LatentCodec`): pixels -> encode -> reverse process -> decode.
   Pixel models use the identity codec, so nothing in the loop knows which space it runs in.
 Inpainting by replacement: at every step the known region is re-imposed from q(x_{t-1} | x_0) and
   only the masked region keeps the model's sample (the conditioning step of RePaint, Lugmayr et al.,
@@ -35,9 +35,9 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
-from .autoencoder import PixelCodec, channels_image
-from .conditioning import Conditioning, ConditionalModel
-from .images import mask_of
+from ..autoencoders.kl import PixelCodec, channels_image
+from ..conditioning.guidance import Conditioning, ConditionalModel
+from ..imaging.io import mask_of
 
 SCHEDULERS: dict[str, tuple[type, dict]] = {
     "ddpm": (DDPMScheduler, {}),
@@ -335,7 +335,7 @@ def noise_as_image(noise: torch.Tensor):
 
 def as_image(tensor: torch.Tensor):
     """(B, 3, H, W) in [-1, 1] -> one PIL image at native resolution (a grid of 4 columns for B > 1)."""
-    from .images import image_grid, tensor_to_pil
+    from ..imaging.io import image_grid, tensor_to_pil
 
     images = [tensor_to_pil(t) for t in tensor]
     return images[0] if len(images) == 1 else image_grid(images, columns=min(4, len(images)))
@@ -376,7 +376,7 @@ class DiffusionRun:
 
     @property
     def images(self):
-        from .images import tensor_to_pil
+        from ..imaging.io import tensor_to_pil
 
         return [tensor_to_pil(t) for t in self.final_pixels]
 
@@ -387,7 +387,7 @@ class DiffusionRun:
     @property
     def psnr(self) -> float | None:
         """PSNR of the result against the clean input (denoise from t), else None."""
-        from .metrics import psnr
+        from ..imaging.metrics import psnr
 
         return None if self.reference is None else psnr(self.reference, self.image)
 
@@ -397,7 +397,7 @@ class DiffusionModel(ConditionalModel):
     GenLab's operations.
 
     `codec`: `PixelCodec` (pixel models) or `LatentCodec` (latent models; `autoencoder` is then the
-    loaded KL or VQ autoencoder). `text`: a `genlab.text.TextEncoder` for text-conditioned UNets
+    loaded KL or VQ autoencoder). `text`: a `genlab.conditioning.text.TextEncoder` for text-conditioned UNets
     (`UNet2DConditionModel`), else None. Sizes given to the methods are in pixels.
     """
 
@@ -540,7 +540,7 @@ class DiffusionModel(ConditionalModel):
     def _prepare(self, image, max_side: int):
         """(PIL image, padded (1, 3, H', W') pixels, (H, W)); a (1, 3, H, W) float tensor in [-1, 1]
         is taken as is (no 8-bit rounding, e.g. exactly Gaussian-noised evaluation inputs)."""
-        from .images import limit_side, open_image, pad_to_multiple, pil_to_tensor, tensor_to_pil
+        from ..imaging.io import limit_side, open_image, pad_to_multiple, pil_to_tensor, tensor_to_pil
 
         if isinstance(image, torch.Tensor):
             if image.ndim != 4 or image.shape[:2] != (1, 3):
@@ -561,7 +561,7 @@ class DiffusionModel(ConditionalModel):
     def forward_noise(self, image, t: int, seed: int = 0, max_side: int = MAX_SIDE):
         """x_t ~ q(x_t | x_0) for an uploaded image as a PIL image (latent models: noised in the latent
         space, then decoded)."""
-        from .images import tensor_to_pil
+        from ..imaging.io import tensor_to_pil
 
         t = self.check_timestep(t)
         image, pixels, (height, width) = self._prepare(image, max_side)
@@ -574,7 +574,7 @@ class DiffusionModel(ConditionalModel):
                        eta: float = 0.0, max_side: int = MAX_SIDE, record: bool = True, prompt: str | None = None,
                        negative_prompt: str | None = None):
         """Like `denoise`, as a generator: one Step per reverse step, then the DiffusionRun."""
-        from .images import tensor_to_pil
+        from ..imaging.io import tensor_to_pil
 
         if (t is None) == (sigma is None):
             raise ValueError("give exactly one of t (clean image, noise it to t) or sigma (image already noisy)")

@@ -47,8 +47,8 @@ from diffusers import AmusedScheduler
 from diffusers.schedulers.scheduling_amused import gumbel_noise
 from PIL import Image, ImageOps
 
-from .conditioning import ConditionalModel, Conditioning
-from .images import image_grid, mask_of, open_image, pil_to_tensor, tensor_to_pil
+from ..conditioning.guidance import ConditionalModel, Conditioning
+from ..imaging.io import image_grid, mask_of, open_image, pil_to_tensor, tensor_to_pil
 
 ORDERS = ("confidence", "raster", "random")
 MAX_STEPS = 64  # confidence and random orders; raster takes one step per token
@@ -344,10 +344,10 @@ class TokenRun:
 
 
 class TokenPrior(ConditionalModel):
-    """A token transformer over a `genlab.vq.VQ`'s codes, its conditioning, and GenLab's operations.
+    """A token transformer over a `genlab.autoencoders.vq.VQ`'s codes, its conditioning, and GenLab's operations.
 
     `transformer`: GenLab's `MaskedTokenTransformer` or `MaskedTokenUNet` (class labels) or diffusers'
-    `UVit2DModel` (aMUSEd, with `text`, a `genlab.text.TextEncoder`). Each maps (B, h, w) tokens to
+    `UVit2DModel` (aMUSEd, with `text`, a `genlab.conditioning.text.TextEncoder`). Each maps (B, h, w) tokens to
     (B, K, h, w) logits.
     `distilled` (optional): a guidance-distilled copy of a class-conditional `transformer`; guided
     sampling at the scales it was distilled for calls it once a step, while the code length, unguided

@@ -52,7 +52,7 @@ def check_prompt(prompt, what: str = "prompt") -> str | None:
 
 class ConditionalModel:
     """Mixin: class labels or a prompt -> `Conditioning`. The class sets `name`, `classes` (names),
-    `null_class` (index of "no class", or None), `is_conditional` and `text` (a `genlab.text.TextEncoder`
+    `null_class` (index of "no class", or None), `is_conditional` and `text` (a `genlab.conditioning.text.TextEncoder`
     or None)."""
 
     name: str

@@ -44,7 +44,7 @@ def check_conv_kernel(conv_kernel) -> int:
 
 
 class MaskedTokenNetwork:
-    """What GenLab's token priors share (`MaskedTokenTransformer`, `genlab.token_unet.MaskedTokenUNet`): config
+    """What GenLab's token priors share (`MaskedTokenTransformer`, `genlab.priors.unet.MaskedTokenUNet`): config
     `codebook_size` K (the [MASK] input id), `num_classes` (the null class), `height` x `width` tokens, and
     the optional guidance embedding of a guidance-distilled copy (`guidance_embedding`, `guidance_max`)."""
 

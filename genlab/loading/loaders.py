@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-WEIGHTS_DIR = Path(os.environ.get("GENLAB_WEIGHTS", Path(__file__).resolve().parent.parent / "weights"))
+
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 DEFAULT_DEVICE: str | None = None  # set by the app's --device
@@ -333,7 +333,7 @@ def _autoencoder_folder(folder: Path) -> Path:
 def _build_vq(folder: Path, device: torch.device, name: str):
     from diffusers import VQModel
 
-    from .vq import VQ, Background
+    from ..autoencoders.vq import VQ, Background
 
     config = read_config(folder)
     if config.get("_class_name", "VQModel") != "VQModel":
@@ -358,21 +358,21 @@ def _build_vq(folder: Path, device: torch.device, name: str):
 def _build_kl(folder: Path, device: torch.device, name: str):
     from diffusers import AutoencoderKL
 
-    from .autoencoder import KLAutoencoder
+    from ..autoencoders.kl import KLAutoencoder
 
     model = place(load_diffusers_model(AutoencoderKL, folder), device)
     return KLAutoencoder(model, name=genlab_info(folder).get("title") or name)
 
 
 def load_vq(source, subfolder: str | None = None, device=None, revision: str | None = None):
-    """A `genlab.vq.VQ` for a diffusers VQModel checkpoint (folder or Hub repo id)."""
+    """A `genlab.autoencoders.vq.VQ` for a diffusers VQModel checkpoint (folder or Hub repo id)."""
     device = pick_device(device)
     return cached(("vq", str(source), subfolder, revision, str(device)),
                   lambda: _build_vq(resolve_source(source, subfolder, revision), device, _label(source, subfolder, revision)))
 
 
 def load_autoencoder(source, subfolder: str | None = None, device=None, revision: str | None = None):
-    """A `genlab.vq.VQ` (VQModel) or a `genlab.autoencoder.KLAutoencoder` (AutoencoderKL); a pipeline
+    """A `genlab.autoencoders.vq.VQ` (VQModel) or a `genlab.autoencoders.kl.KLAutoencoder` (AutoencoderKL); a pipeline
     folder gives its vae/ or vqvae/. Both have `.reconstruct(image)` with psnr, ssim, bits_per_pixel."""
     device = pick_device(device)
 
@@ -399,7 +399,7 @@ def _scheduler_config(folder: Path) -> dict:
 
 def _latent_codec(folder: Path, device: torch.device):
     """(LatentCodec, genlab autoencoder) for a pipeline's vae/ or vqvae/, scaled as its config says."""
-    from .autoencoder import LatentCodec
+    from ..autoencoders.kl import LatentCodec
 
     part = _autoencoder_folder(folder)
     raw = read_config(part)
@@ -418,11 +418,11 @@ def _latent_codec(folder: Path, device: torch.device):
 
 
 def _text_encoder(folder: Path, device: torch.device):
-    """A `genlab.text.TextEncoder` from the pipeline's tokenizer/ and text_encoder/ (safetensors only):
+    """A `genlab.conditioning.text.TextEncoder` from the pipeline's tokenizer/ and text_encoder/ (safetensors only):
     a `CLIPTextModel` (Stable Diffusion) or, where its config says so, a `CLIPTextModelWithProjection` (aMUSEd)."""
     from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
 
-    from .text import TextEncoder
+    from ..conditioning.text import TextEncoder
 
     for part in ("tokenizer", "text_encoder"):
         if not (folder / part).is_dir():
@@ -444,12 +444,12 @@ def _text_encoder(folder: Path, device: torch.device):
 
 
 def load_diffusion(source, subfolder: str | None = None, device=None, revision: str | None = None):
-    """A `genlab.diffusion.DiffusionModel`: a pixel `UNet2DModel` folder with its scheduler config, or a
+    """A `genlab.diffusion.pipeline.DiffusionModel`: a pixel `UNet2DModel` folder with its scheduler config, or a
     diffusers pipeline folder (unet/ over the latents of vae/ or vqvae/, scheduler/, and for Stable
     Diffusion a `UNet2DConditionModel` with text_encoder/ + tokenizer/)."""
     from diffusers import UNet2DConditionModel, UNet2DModel
 
-    from .diffusion import DiffusionModel
+    from ..diffusion.pipeline import DiffusionModel
 
     device = pick_device(device)
 
@@ -481,15 +481,15 @@ def load_diffusion(source, subfolder: str | None = None, device=None, revision: 
 
 
 def load_prior(source, subfolder: str | None = None, device=None, revision: str | None = None):
-    """A `genlab.prior.TokenPrior`: a pipeline folder (local or Hub) with vqvae/ (VQModel), transformer/
+    """A `genlab.priors.pipeline.TokenPrior`: a pipeline folder (local or Hub) with vqvae/ (VQModel), transformer/
     (GenLab's `MaskedTokenTransformer` or `MaskedTokenUNet`, or diffusers' `UVit2DModel`), scheduler/ (`AmusedScheduler`) and,
     for aMUSEd, text_encoder/ + tokenizer/; optionally transformer_distilled/, a guidance-distilled copy
     of GenLab's network that guided sampling calls once a step."""
     from diffusers import UVit2DModel
 
-    from .prior import TokenPrior
-    from .token_transformer import MaskedTokenTransformer
-    from .token_unet import MaskedTokenUNet
+    from ..priors.pipeline import TokenPrior
+    from ..priors.transformer import MaskedTokenTransformer
+    from ..priors.unet import MaskedTokenUNet
 
     device = pick_device(device)
     transformers = {"MaskedTokenTransformer": MaskedTokenTransformer, "MaskedTokenUNet": MaskedTokenUNet,
@@ -540,25 +540,3 @@ def import_model_classes() -> None:
     import accelerate  # noqa: F401
     from diffusers import (AmusedScheduler, AutoencoderKL, DDIMScheduler, DDPMScheduler,  # noqa: F401
                            DPMSolverMultistepScheduler, UNet2DConditionModel, UNet2DModel, UVit2DModel, VQModel)
-
-
-# ---------------------------------------------------------------------- embedded models
-EMBEDDED = {
-    "vqvae-photo": "vq", "vqgan-photo": "vq", "ddpm-emoji": "diffusion", "ddpm-photo": "diffusion",
-    "ldm-emoji": "diffusion", "maskgit-emoji": "prior",
-}
-# autoencoders inside embedded pipelines, listed beside the VQ models: label -> (folder, subfolder)
-EMBEDDED_AUTOENCODERS = {"ldm-emoji-vae": ("ldm-emoji", "vae")}
-
-
-def embedded_status() -> dict[str, str]:
-    """name -> 'trained' when weights/NAME (a pipeline: each of its parts) holds safetensors weights,
-    else 'not trained yet'."""
-    def trained(folder: Path) -> bool:
-        if is_pipeline(folder):
-            return not _missing_weights(folder)
-        return bool(list(folder.glob("*.safetensors")))
-
-    status = {name: trained(WEIGHTS_DIR / name) for name in EMBEDDED}
-    status.update({label: trained(WEIGHTS_DIR / folder / sub) for label, (folder, sub) in EMBEDDED_AUTOENCODERS.items()})
-    return {name: "trained" if ok else "not trained yet" for name, ok in status.items()}

@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from . import metrics
-from .images import prepare_input, tensor_to_uint8
+from ..imaging import metrics
+from ..imaging.io import prepare_input, tensor_to_uint8
 
 LATENT_RANGE = 3.0  # scaled latents are ~N(0, 1): channel images show [-3, 3]
 

@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from . import metrics
-from .tiling import apply_tiled
-from .images import image_grid, prepare_input, tensor_to_pil, tensor_to_uint8
+from ..imaging import metrics
+from ..imaging.tiling import apply_tiled
+from ..imaging.io import image_grid, prepare_input, tensor_to_pil, tensor_to_uint8
 
 ATLAS_PAGE_SIZE = 256  # codes per atlas page; large codebooks (8192) are paged
 ATLAS_COLUMNS = 16
@@ -131,7 +131,7 @@ class VQ:
     def __init__(self, model, name: str = "vq", tile: int | None = None, tile_margin: int = 0,
                  unit_pixels: bool = False, background: Background | None = None):
         """`tile`: the training crop in pixels (genlab.json); larger inputs are encoded and decoded
-        in windows of that size plus `tile_margin` pixels of context (see genlab.tiling).
+        in windows of that size plus `tile_margin` pixels of context (see genlab.imaging.tiling).
         `unit_pixels`: the model reads and writes pixels in [0, 1] (aMUSEd's VQ-GAN: its pipeline's
         VaeImageProcessor(do_normalize=False)), not diffusers' usual [-1, 1]; GenLab's tensors stay [-1, 1].
         `background`: the reserved background code this model was trained with (genlab.json), if any."""

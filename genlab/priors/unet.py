@@ -1,6 +1,6 @@
 """A convolutional masked-token prior: diffusers' `UNet2DModel` over a VQ model's code grid.
 
-The same task as `genlab.token_transformer.MaskedTokenTransformer` (MaskGIT, Chang et al.,
+The same task as `genlab.priors.transformer.MaskedTokenTransformer` (MaskGIT, Chang et al.,
 arXiv:2202.04200: predict every [MASK]ed token of the grid from the visible ones, p(x_i | x_visible, c)),
 read as absorbing-state discrete diffusion (D3PM, Austin et al., arXiv:2107.03006, section 3: the
 forward process replaces tokens by [MASK]; the network predicts x0 at every masked cell). So the
@@ -28,7 +28,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from .token_transformer import MaskedTokenNetwork
+from .transformer import MaskedTokenNetwork
 
 TIMESTEPS = 1000  # the masked share in [0, 1] is the timestep in [0, 1000], the range of diffusers' UNets
 
