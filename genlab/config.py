@@ -36,6 +36,12 @@ class AppConfig:
     max_file_mb: int = 10
     queue_size: int = 32
 
+    def table(self, kind: str) -> dict[str, ModelSpec]:
+        """The models of one kind (KINDS): label -> spec."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown model kind {kind!r}; choose one of {KINDS}")
+        return {"vq": self.vq_models, "diffusion": self.diffusion_models, "prior": self.prior_models}[kind]
+
 
 def parse_model_option(text: str) -> tuple[str, ModelSpec]:
     kind, sep, rest = text.partition("=")
@@ -73,9 +79,8 @@ def parse_args(argv=None, environ=None) -> AppConfig:
                         help="uploads over this size are refused before they reach GenLab")
     args = parser.parse_args(argv)
     config = AppConfig(host=args.host, port=args.port, share=args.share, device=args.device, max_file_mb=args.max_file_mb)
-    tables = {"vq": config.vq_models, "diffusion": config.diffusion_models, "prior": config.prior_models}
     for name, kind in EMBEDDED.items():
-        tables[kind][name] = ModelSpec(str(WEIGHTS_DIR / name))
+        config.table(kind)[name] = ModelSpec(str(WEIGHTS_DIR / name))
     for label, (folder, subfolder) in EMBEDDED_AUTOENCODERS.items():
         config.vq_models[label] = ModelSpec(str(WEIGHTS_DIR / folder), subfolder)
     add_prior_autoencoders(config, dict(config.prior_models), embedded=True)
@@ -86,7 +91,7 @@ def parse_args(argv=None, environ=None) -> AppConfig:
             kind, spec = parse_model_option(option)
         except ValueError as error:
             parser.error(str(error))
-        tables[kind][spec.label] = spec
+        config.table(kind)[spec.label] = spec
         if kind == "prior":
             extra_priors[spec.label] = spec
     add_prior_autoencoders(config, extra_priors, embedded=False)

@@ -185,9 +185,9 @@ def build_unet(folder, seed: int = 0, **overrides):
 @pytest.fixture(autouse=True)
 def _fresh_model_cache():
     """Each test loads through GenLab's loader, not an object a previous test left in the cache."""
-    genlab.loading.loaders.clear_cache()
+    genlab.loading.checkpoints.clear_cache()
     yield
-    genlab.loading.loaders.clear_cache()
+    genlab.loading.checkpoints.clear_cache()
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,7 @@ from genlab.tools.bench import free_port  # noqa: E402
 from genlab.config import parse_args  # noqa: E402
 from genlab.ui import build_app, foundations_tab  # noqa: E402
 from genlab.ui.common import OUTPUT_DIR  # noqa: E402
+from genlab.toy import views  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +81,7 @@ def test_every_family_trains_in_the_app_and_is_deterministic(client):
     for family in toy.FAMILIES:
         status, samples, view, _ = client.predict(*form(family=family, lr=toy.FAMILIES[family].Config().lr), 100,
                                                   api_name="/toy_train")
-        assert f"**{foundations_tab.FAMILY_NAMES[family]}**" in status and step_of(status) == 100
+        assert f"**{views.FAMILY_NAMES[family]}**" in status and step_of(status) == 100
         finals[family] = np.asarray(Image.open(samples))
     # another visitor with the same settings sees the same samples
     other = Client(client.src, verbose=False)
@@ -107,7 +108,7 @@ def test_all_four_reports_each_family(client):
     assert Image.open(plot).size[0] > 600
     rows = table["data"]
     assert [row[0] for row in rows] == ["VAE", "GAN", "Flow", "Diffusion"]
-    assert table["headers"] == foundations_tab.ALL_FOUR_HEADERS
+    assert table["headers"] == views.ALL_FOUR_HEADERS
     for row in rows:
         family, steps, distance, ratio, seconds, speed, _ = row
         assert int(steps) == 100 and float(seconds) > 0 and float(speed) > 0
@@ -146,7 +147,7 @@ def test_all_four_and_step_caps(client):
 
 
 def test_lab_memory_is_bounded_at_the_controls_limits():
-    lab = foundations_tab.Lab(clicked=np.zeros((foundations_tab.MAX_CLICKED, 2), np.float32))
+    lab = views.Lab(clicked=np.zeros((foundations_tab.MAX_CLICKED, 2), np.float32))
     limits = foundations_tab.UI_LIMITS
     for family in toy.FAMILIES:
         settings = foundations_tab.settings_for(family, 1e-3, limits["width"][1], limits["depth"][1],
@@ -163,7 +164,7 @@ def test_the_first_view_arrives_with_the_page_load(app):
     the bench also waits on) brings it: the status of the 500 steps and its three plots."""
     import httpx
 
-    from genlab.tools.bench import api_index, await_first_view, join_event
+    from genlab.tools.bench_app import api_index, await_first_view, join_event
 
     await_first_view(app)
     base = app.rstrip("/")
@@ -179,7 +180,7 @@ def test_a_first_view_that_fails_leaves_the_tab_serving(monkeypatch):
     import gradio as gr
     import httpx
 
-    from genlab.tools.bench import api_index, join_event
+    from genlab.tools.bench_app import api_index, join_event
 
     def broken():
         raise RuntimeError("no moons today")

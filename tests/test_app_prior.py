@@ -24,10 +24,12 @@ import genlab.config  # noqa: E402
 from genlab.tools.bench import free_port  # noqa: E402
 from genlab.config import parse_args  # noqa: E402
 from genlab.loading.loaders import ModelSpec  # noqa: E402
-from genlab.priors.pipeline import refinement_steps  # noqa: E402
+from genlab.priors.sampling import refinement_steps  # noqa: E402
 from genlab.priors.transformer import MaskedTokenTransformer  # noqa: E402
-from genlab.ui import build_app, codebook_tab  # noqa: E402
-from genlab.ui.common import OUTPUT_DIR, SafeImageEditor  # noqa: E402
+from genlab.ui import build_app  # noqa: E402
+from genlab.ui.codebook import generation  # noqa: E402
+from genlab.ui.common import OUTPUT_DIR  # noqa: E402
+from genlab.ui.compat import SafeImageEditor  # noqa: E402
 from genlab.autoencoders.vq import index_colors  # noqa: E402
 
 from conftest import PRIOR_CODES, PRIOR_GRID, build_token_prior  # noqa: E402
@@ -89,7 +91,7 @@ def grid_cells(path) -> np.ndarray:
 
 
 def masked_cells(path) -> int:
-    return int((grid_cells(path) == codebook_tab.MASKED).all(axis=-1).sum())
+    return int((grid_cells(path) == generation.MASKED).all(axis=-1).sum())
 
 
 def args(label, order="confidence", steps=6, temperature=1.0, top_k=0, guidance=2.0, seed=0, class_name="b",
@@ -135,7 +137,7 @@ def test_scrub_replays_any_step_of_the_finished_run(app):
     assert status.startswith("step 2 of 5:") and "done: 5 steps" in status
     run = genlab.load_prior(label, device="cpu").sample(seed=3, steps=5, class_label="b", guidance_scale=2.0)
     frame = run.frames[1]
-    expected = codebook_tab.token_grid_image(frame.tokens, frame.new, PRIOR_CODES, 32)
+    expected = generation.token_grid_image(frame.tokens, frame.new, PRIOR_CODES, 32)
     assert np.array_equal(np.asarray(Image.open(grid).convert("RGB")), np.asarray(expected))
     assert masked_cells(grid) == int((frame.tokens < 0).sum()) > 0
     expected_x0 = frame.x0.resize((256, 256), Image.Resampling.NEAREST)
@@ -150,7 +152,7 @@ def test_raster_order_streams_every_kth_step(app):
     final = job.result()
     outputs = job.outputs()
     assert final[3].startswith("done: 64 steps, raster order") and final[4]["value"] == 64
-    assert 8 <= len(outputs) <= codebook_tab.MAX_LIVE_FRAMES + 2  # the first grid, every k-th step, the last
+    assert 8 <= len(outputs) <= generation.MAX_LIVE_FRAMES + 2  # the first grid, every k-th step, the last
     assert outputs[1][3].startswith("step 2 of 64")  # 64 steps over 32 frames: every second one
     assert client.predict(17, api_name="/prior_scrub")[3].startswith("step 17 of 64")  # every step stays scrubbable
 
@@ -164,7 +166,7 @@ def test_inpaint_resamples_only_the_painted_tokens(app, picture, tmp_path):
     first = job.outputs()[0]
     assert first[3].startswith("9 of 64 tokens masked") and masked_cells(first[0]) == 9
     decoded = np.asarray(Image.open(first[1]).convert("RGB"))  # 16 px enlarged 16x: tokens 2..4 = pixels 64..159
-    assert (decoded[64:160, 64:160] == codebook_tab.MASKED).all() and not (decoded[:64] == codebook_tab.MASKED).all()
+    assert (decoded[64:160, 64:160] == generation.MASKED).all() and not (decoded[:64] == generation.MASKED).all()
     assert final[3].startswith("Resampled 9 of 64 tokens") and "done: 4 steps" in final[3]
     own = genlab.load_prior(label, device="cpu").tokens_of(picture)[0].numpy()
     outside = np.ones((GRID, GRID), bool)

@@ -1,4 +1,4 @@
-"""GenLab in a real browser (issue 7): headless Chromium clicks through every tab of the gradio page.
+"""GenLab in a real browser: headless Chromium clicks through every tab of the gradio page.
 
 The app is launched once on loopback with the tiny random checkpoints of conftest.py (as in
 test_app.py, plus a token prior) and an empty weights folder, so the tiny models are the dropdowns'
@@ -453,7 +453,7 @@ def embedded_app():
 
 
 def test_embedded_models_end_to_end(browser, embedded_app, shots):
-    """Every tab's main action on the shipped weights: the checks of issues 4-6 in a real browser."""
+    """Every tab's main action on the shipped weights: the app tests' checks in a real browser."""
     with opened_page(browser, embedded_app, EMBEDDED_MS) as page:
         click_through_embedded_models(page, shots)
 

@@ -15,8 +15,11 @@ from PIL import Image
 
 import genlab
 from genlab.tools import eval as genlab_eval
+from genlab.tools import eval_emoji, eval_prior
 from genlab.tools.data import list_images
-from genlab.tools.eval import balanced_accuracy, emoji_stats, held_out_subset, is_token_prior, psnr_float
+from genlab.tools.eval import psnr_float
+from genlab.tools.eval_emoji import balanced_accuracy, emoji_stats, is_token_prior
+from genlab.tools.eval_prior import held_out_subset
 from genlab.imaging.io import image_grid, open_image
 
 CLASSES = ["a", "b", "c"]
@@ -122,7 +125,7 @@ def test_held_out_subset_draws_a_seeded_sample_in_name_order(tiny_emoji_dir):
 def test_emoji_eval_samples_a_token_prior_per_category_and_writes_its_card(tiny_prior_dir, tiny_emoji_dir, tmp_path,
                                                                           capsys, monkeypatch):
     out = tmp_path / "out"
-    monkeypatch.setattr(genlab_eval, "train_classifier", fast_judge(genlab_eval.train_classifier))
+    monkeypatch.setattr(eval_emoji, "train_classifier", fast_judge(eval_emoji.train_classifier))
     monkeypatch.setattr("sys.argv", ["genlab.tools.eval", "emoji", "--model", str(tiny_prior_dir), "--card"])
     genlab_eval.main(["emoji", "--model", str(tiny_prior_dir), "--data", str(tiny_emoji_dir), "--out", str(out),
                       "--per-class", "2", "--guidance", "1.5", "--card", "--section", "emoji"])
@@ -147,15 +150,15 @@ def test_emoji_eval_samples_a_token_prior_per_category_and_writes_its_card(tiny_
 
 
 def test_emoji_eval_takes_12_prior_steps_unless_told(tiny_prior_dir):
-    prior, sample, how = genlab_eval.emoji_sampler(str(tiny_prior_dir), None, None)
+    prior, sample, how = eval_emoji.emoji_sampler(str(tiny_prior_dir), None, None)
     assert how == "12 MaskGIT steps (confidence order, choice temperature 2)"
     pixels, images = sample(1, "b", 2)
     expected = prior.sample(seed=1, steps=12, batch=2, class_label="b").pixels  # default guidance
     assert pixels.shape == (2, 3, 16, 16) and len(images) == 2 and torch.equal(pixels, expected)
-    _, sample, how = genlab_eval.emoji_sampler(str(tiny_prior_dir), 3, None)
+    _, sample, how = eval_emoji.emoji_sampler(str(tiny_prior_dir), 3, None)
     assert how == "3 MaskGIT steps (confidence order, choice temperature 2)"  # no default in its genlab.json
     assert torch.equal(sample(1, "b", 2)[0], prior.sample(seed=1, steps=3, batch=2, class_label="b").pixels)
-    _, sample, how = genlab_eval.emoji_sampler(str(tiny_prior_dir), 3, None, refine=2)
+    _, sample, how = eval_emoji.emoji_sampler(str(tiny_prior_dir), 3, None, refine=2)
     assert how == "3 MaskGIT steps (confidence order, choice temperature 2), then 2 refine rounds"
     assert torch.equal(sample(1, "b", 2)[0], prior.sample(seed=1, steps=3, batch=2, class_label="b", refine=2).pixels)
 
@@ -171,14 +174,14 @@ def test_bad_refine_rounds_are_refused(tiny_prior_dir, tmp_path, capsys, kind, r
 
 def test_refine_rounds_are_for_token_priors(tiny_cond_ddpm_dir):
     with pytest.raises(SystemExit, match="--refine and --choice-temperature are for token priors"):
-        genlab_eval.emoji_sampler(str(tiny_cond_ddpm_dir), None, None, refine=1)
+        eval_emoji.emoji_sampler(str(tiny_cond_ddpm_dir), None, None, refine=1)
     with pytest.raises(SystemExit, match="--refine and --choice-temperature are for token priors"):
-        genlab_eval.emoji_sampler(str(tiny_cond_ddpm_dir), None, None, choice_temperature=4.5)
+        eval_emoji.emoji_sampler(str(tiny_cond_ddpm_dir), None, None, choice_temperature=4.5)
 
 
 def test_choice_temperature_samples_at_that_temperature(tiny_prior_dir):
     prior = genlab.load_prior(tiny_prior_dir, device="cpu")
-    _, sample, how = genlab_eval.emoji_sampler(str(tiny_prior_dir), 4, None, choice_temperature=4.5)
+    _, sample, how = eval_emoji.emoji_sampler(str(tiny_prior_dir), 4, None, choice_temperature=4.5)
     assert how == "4 MaskGIT steps (confidence order, choice temperature 4.5)"
     hot = sample(1, "b", 2)[0]
     assert torch.equal(hot, prior.sample(seed=1, steps=4, batch=2, class_label="b", choice_temperature=4.5).pixels)
@@ -231,7 +234,7 @@ def test_prior_eval_reports_code_length_against_log2k_over_f2(tiny_prior_dir, ti
     used = np.unique(np.concatenate([prior.vq.reconstruct(i, max_side=None).indices.ravel() for i in images]))
     assert values["codes used on these images"].startswith(f"{len(used)} of {PRIOR_CODES}")
     assert "3 drawn at random (seed 0)" in printed
-    flat = [genlab_eval.flat_patches(image, PRIOR_F) for image in images]
+    flat = [eval_prior.flat_patches(image, PRIOR_F) for image in images]
     token_bits = [code.token_bits for code in codes]
     on_flat = np.concatenate([b[m] for b, m in zip(token_bits, flat)])
     rest = np.concatenate([b[~m] for b, m in zip(token_bits, flat)])
@@ -249,9 +252,9 @@ def test_flat_patches_are_the_plain_ones():
     pixels[0:4, 4:8] = (250, 252, 255)  # within 8 levels of each other: still flat
     pixels[5, 9] = (255, 0, 0)  # one red pixel in patch (1, 2)
     pixels[0:4, 8:12] = 240 + np.arange(4 * 4).reshape(4, 4, 1)  # a grey ramp, 240 to 255, in patch (0, 2)
-    flat = genlab_eval.flat_patches(Image.fromarray(pixels), 4)
+    flat = eval_prior.flat_patches(Image.fromarray(pixels), 4)
     assert flat.tolist() == [[True, True, False], [True, True, False]]
-    assert genlab_eval.flat_patches(Image.fromarray(pixels), 4, value_range=15)[0, 2]  # the ramp spans 15 levels
+    assert eval_prior.flat_patches(Image.fromarray(pixels), 4, value_range=15)[0, 2]  # the ramp spans 15 levels
 
 
 def test_prior_eval_refuses_a_limit_below_one(tiny_prior_dir, tiny_emoji_dir):

@@ -1,6 +1,6 @@
 """Guidance-distilled token priors (Meng et al., arXiv:2210.03142): the guidance input of both networks
 (genlab.priors.transformer, genlab.priors.unet), the prior's one call per guided step (genlab.priors.pipeline), and the
-distillation loss and student (genlab.train.prior, genlab.train.__main__). The CLI's --distill-from is in
+distillation loss and student (genlab.train.distill). The CLI's --distill-from is in
 test_train.py.
 """
 
@@ -15,8 +15,7 @@ import torch
 import genlab
 from genlab.priors.transformer import MaskedTokenTransformer
 from genlab.priors.unet import MaskedTokenUNet
-from genlab.train.__main__ import distillation_student
-from genlab.train.prior import guidance_distillation_loss
+from genlab.train.distill import distillation_student, guidance_distillation_loss
 
 from conftest import PRIOR_CODES, PRIOR_GRID, TINY_TOKEN_UNET, build_token_prior, optimise
 

@@ -106,7 +106,7 @@ def test_latent_frames_are_decoded_at_pixel_size(kl_ldm):
     assert preview.x_t.size == (16, 16)
     # the real decoder, not the preview, makes the final image
     expected = kl_ldm.codec.decode(run.trajectory.final)
-    assert (pixels(run.image) == pixels(genlab.diffusion.pipeline.as_image(expected))).all()
+    assert (pixels(run.image) == pixels(genlab.imaging.io.as_image(expected))).all()
 
 
 def test_preview_is_a_least_squares_fit_of_the_decoder(kl_ldm):
@@ -188,7 +188,7 @@ def test_latent_sdedit_from_a_small_t_returns_close_to_the_input(kl_ldm, smooth_
     """Encode, noise to t, reverse, decode: from t = 2 the latent comes back to the input's encoding, and
     the image to the autoencoder's own decode (the embedded ldm-emoji test checks PSNR against the input)."""
     x0 = kl_ldm.codec.encode(genlab.imaging.io.pil_to_tensor(smooth_image))
-    reconstruction = genlab.diffusion.pipeline.as_image(kl_ldm.codec.decode(x0))
+    reconstruction = genlab.imaging.io.as_image(kl_ldm.codec.decode(x0))
     near = kl_ldm.denoise(smooth_image, t=2, steps=1)
     far = kl_ldm.denoise(smooth_image, t=900, steps=3)
     assert near.image.size == smooth_image.size and near.noisy.size == smooth_image.size
@@ -198,7 +198,7 @@ def test_latent_sdedit_from_a_small_t_returns_close_to_the_input(kl_ldm, smooth_
 
 def test_latent_denoise_of_an_already_noisy_upload(kl_ldm, smooth_image):
     run = kl_ldm.denoise(smooth_image, sigma=25 / 255)
-    assert run.start_timestep == genlab.diffusion.pipeline.timestep_for_sigma(kl_ldm.alphas_cumprod, 25 / 255)
+    assert run.start_timestep == genlab.diffusion.schedule.timestep_for_sigma(kl_ldm.alphas_cumprod, 25 / 255)
     assert run.image.size == (16, 16) and len(run.frames) >= 1
 
 
@@ -364,7 +364,7 @@ def fake_hub(tmp_path, tiny_vq_dir, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
     monkeypatch.setattr(huggingface_hub, "list_repo_files", list_repo_files)
     monkeypatch.setattr(huggingface_hub, "get_repo_discussions", get_repo_discussions)
-    genlab.loading.loaders.CONVERSIONS.clear()
+    genlab.loading.hub.CONVERSIONS.clear()
     return discussions, downloaded
 
 
@@ -402,7 +402,7 @@ def test_an_explicit_revision_is_not_swapped_for_a_conversion(fake_hub):
 # ------------------------------------------------------------------------- clipping x0_hat
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
 def test_model_output_for_inverts_the_x0_prediction(prediction_type):
-    from genlab.diffusion.pipeline import model_output_for, predict_x0_and_eps
+    from genlab.diffusion.schedule import model_output_for, predict_x0_and_eps
 
     alphas_cumprod = torch.linspace(0.999, 0.01, 1000, dtype=torch.float64)
     x_t, x0 = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
@@ -429,7 +429,7 @@ def test_a_latent_models_clip_range_bounds_x0_for_every_scheduler(tiny_kl_ldm_di
 
 
 def test_per_channel_clip_bounds(kl_ldm):
-    from genlab.diffusion.pipeline import clip_range
+    from genlab.diffusion.schedule import clip_range
 
     x = torch.full((1, 4, 2, 2), 5.0)
     clipped = clip_range(x, ([-1, -2, -3, -4], [1, 2, 3, 4]))
@@ -440,8 +440,9 @@ def test_per_channel_clip_bounds(kl_ldm):
 def test_latent_training_scheduler_samples_from_leading_timesteps():
     """ldm's scheduler: no [-1, 1] clipping and 'leading' timesteps, so DDIM never steps from t = 999 of the
     capped cosine schedule (abar_999 = 2.4e-9); pixel models keep their settings."""
-    from genlab.diffusion.pipeline import make_scheduler
-    from genlab.train.__main__ import build_scheduler, parse_args
+    from genlab.diffusion.schedule import make_scheduler
+    from genlab.train.cli import parse_args
+    from genlab.train.ddpm import build_scheduler
 
     latent = build_scheduler(parse_args(["ldm", "--data", "d", "--out", "o", "--vae", "v"]))
     pixel = build_scheduler(parse_args(["ddpm", "--data", "d", "--out", "o"]))

@@ -224,13 +224,13 @@ def test_cuda_without_cuda_refused(tiny_vq_dir, monkeypatch):
     with pytest.raises(genlab.ModelLoadError, match="no CUDA"):
         genlab.load_vq(tiny_vq_dir, device="cuda")
     with pytest.raises(genlab.ModelLoadError, match="no CUDA"):
-        genlab.loading.loaders.pick_device("cuda:0")
-    assert genlab.loading.loaders.pick_device(None).type == "cpu"
+        genlab.loading.checkpoints.pick_device("cuda:0")
+    assert genlab.loading.checkpoints.pick_device(None).type == "cpu"
 
 
 def test_unsupported_device_refused():
     with pytest.raises(genlab.ModelLoadError, match="unsupported device"):
-        genlab.loading.loaders.pick_device("meta")
+        genlab.loading.checkpoints.pick_device("meta")
 
 
 # -------------------------------------------------------------------------------- cache
@@ -238,7 +238,7 @@ def test_cache_returns_the_same_object(tiny_vq_dir, tiny_ddpm_dir):
     first = genlab.load_vq(tiny_vq_dir, device="cpu")
     assert genlab.load_vq(tiny_vq_dir, device="cpu") is first
     assert genlab.load_diffusion(tiny_ddpm_dir, device="cpu") is genlab.load_diffusion(tiny_ddpm_dir, device="cpu")
-    genlab.loading.loaders.clear_cache()
+    genlab.loading.checkpoints.clear_cache()
     assert genlab.load_vq(tiny_vq_dir, device="cpu") is not first
 
 

@@ -22,10 +22,11 @@ from diffusers.schedulers.scheduling_amused import mask_by_random_topk
 from PIL import Image
 
 import genlab
-import genlab.priors.pipeline
+import genlab.priors.sampling
+import genlab.sampling
 from genlab.loading.loaders import ModelLoadError
-from genlab.priors.pipeline import (REFINE_SHARE, TokenFrame, TokenPrior, TokenRun, refine_rounds, refinement_steps,
-                          remask_least_confident, still_masked)
+from genlab.priors.pipeline import TokenFrame, TokenPrior, TokenRun
+from genlab.priors.sampling import REFINE_SHARE, refine_rounds, refinement_steps, remask_least_confident, still_masked
 from genlab.priors.transformer import MaskedTokenTransformer
 from genlab.priors.unet import MaskedTokenUNet
 from genlab.train.prior import mask_for_training, masked_token_loss
@@ -90,13 +91,13 @@ def masked_counts(run: TokenRun) -> list[int]:
 def record_logits(monkeypatch) -> list[torch.Tensor]:
     """The logits each step draws codes from (after temperature and top-k), in order."""
     seen = []
-    original = genlab.priors.pipeline.draw_codes
+    original = genlab.priors.sampling.draw_codes
 
     def spy(logits, where, generator):
         seen.append(logits.detach().clone())
         return original(logits, where, generator)
 
-    monkeypatch.setattr(genlab.priors.pipeline, "draw_codes", spy)
+    monkeypatch.setattr(genlab.priors.sampling, "draw_codes", spy)
     return seen
 
 
@@ -186,7 +187,7 @@ def _no_index(folder):
 def test_bad_prior_folders_are_refused(tiny_prior_dir, tmp_path, damage, message):
     folder = shutil.copytree(tiny_prior_dir, tmp_path / "prior")
     genlab.load_prior(folder, device="cpu")  # loads before the damage
-    genlab.loading.loaders.clear_cache()
+    genlab.loading.checkpoints.clear_cache()
     damage(folder)
     with pytest.raises(ModelLoadError, match=message):
         genlab.load_prior(folder, device="cpu")
@@ -375,12 +376,12 @@ def test_default_choice_temperature_comes_from_genlab_json(tiny_prior_dir, tmp_p
     """Without the key a prior samples at aMUSEd's 2.0 (Hub priors); GenLab's priors store MaskGIT's 4.5, which
     `sample` and `inpaint` then use when no choice temperature is given."""
     plain = genlab.load_prior(tiny_prior_dir, device="cpu")
-    assert plain.default_choice_temperature == genlab.priors.pipeline.CHOICE_TEMPERATURE == 2.0
+    assert plain.default_choice_temperature == genlab.sampling.CHOICE_TEMPERATURE == 2.0
     folder = shutil.copytree(tiny_prior_dir, tmp_path / "hot")
     info = json.loads((folder / "genlab.json").read_text())
     (folder / "genlab.json").write_text(json.dumps({**info, "default_choice_temperature": 4.5}))
     hot = genlab.load_prior(folder, device="cpu")
-    assert hot.default_choice_temperature == genlab.priors.pipeline.MASKGIT_CHOICE_TEMPERATURE == 4.5
+    assert hot.default_choice_temperature == genlab.priors.sampling.MASKGIT_CHOICE_TEMPERATURE == 4.5
     tokens = hot.sample(seed=0, steps=6, batch=4, class_label="a").tokens
     np.testing.assert_array_equal(tokens, hot.sample(seed=0, steps=6, batch=4, class_label="a",
                                                      choice_temperature=4.5).tokens)
@@ -895,7 +896,7 @@ def test_amused_sampling_is_diffusers_amused_pipeline_token_for_token(amused, ti
     (output_type="latent"). GenLab's own draw (masked cells only) is tested for its distribution below."""
     from diffusers import AmusedPipeline
 
-    monkeypatch.setattr(genlab.priors.pipeline, "draw_codes", multinomial_everywhere)
+    monkeypatch.setattr(genlab.priors.sampling, "draw_codes", multinomial_everywhere)
 
     pipe = AmusedPipeline.from_pretrained(tiny_amused_dir)
     pipe.set_progress_bar_config(disable=True)
@@ -914,14 +915,14 @@ def test_draw_codes_draws_the_softmax_at_the_asked_cells_only():
     logits = probs.log().view(1, 5, 1, 1).expand(2, 5, 100, 100).contiguous()  # (B, K, h, w)
     where = torch.ones(2, 100, 100, dtype=torch.bool)
     where[1, :50] = False  # 15 000 cells drawn
-    codes, drawn_probs = genlab.priors.pipeline.draw_codes(logits, where, torch.Generator().manual_seed(0))
+    codes, drawn_probs = genlab.priors.sampling.draw_codes(logits, where, torch.Generator().manual_seed(0))
     assert codes.shape == drawn_probs.shape == (2, 100, 100) and codes.dtype == torch.long
     assert (codes[~where] == 0).all() and (drawn_probs[~where] == 1).all()
     frequencies = torch.bincount(codes[where], minlength=5).float() / int(where.sum())
     assert (frequencies - probs).abs().max() < 0.015, frequencies  # 4 standard errors at most
     torch.testing.assert_close(drawn_probs[where], probs[codes[where]])
-    again, _ = genlab.priors.pipeline.draw_codes(logits, where, torch.Generator().manual_seed(0))
-    other, _ = genlab.priors.pipeline.draw_codes(logits, where, torch.Generator().manual_seed(1))
+    again, _ = genlab.priors.sampling.draw_codes(logits, where, torch.Generator().manual_seed(0))
+    other, _ = genlab.priors.sampling.draw_codes(logits, where, torch.Generator().manual_seed(1))
     assert torch.equal(codes, again) and not torch.equal(codes, other)
 
 
@@ -930,10 +931,10 @@ def test_draw_codes_on_a_peaked_and_a_uniform_row():
     logits = torch.zeros(1, 8, 1, 2)
     logits[0, 3, 0, 0] = 20.0
     where = torch.ones(1, 1, 2, dtype=torch.bool)
-    seen = {int(genlab.priors.pipeline.draw_codes(logits, where, torch.Generator().manual_seed(s))[0][0, 0, 1])
+    seen = {int(genlab.priors.sampling.draw_codes(logits, where, torch.Generator().manual_seed(s))[0][0, 0, 1])
             for s in range(200)}
     assert seen == set(range(8))
-    assert all(int(genlab.priors.pipeline.draw_codes(logits, where, torch.Generator().manual_seed(s))[0][0, 0, 0]) == 3
+    assert all(int(genlab.priors.sampling.draw_codes(logits, where, torch.Generator().manual_seed(s))[0][0, 0, 0]) == 3
                for s in range(50))
 
 
@@ -942,12 +943,12 @@ def test_draw_codes_takes_the_likeliest_code_when_u_rounds_up_to_the_total(monke
     to the last one, which top-k may have removed."""
     logits = torch.tensor([0.0, 2.0, 1.0, float("-inf")]).view(1, 4, 1, 1)
     monkeypatch.setattr(torch, "rand", lambda *shape, generator=None, dtype=None: torch.ones(*shape, dtype=dtype))
-    codes, probs = genlab.priors.pipeline.draw_codes(logits, torch.ones(1, 1, 1, dtype=torch.bool), torch.Generator())
+    codes, probs = genlab.priors.sampling.draw_codes(logits, torch.ones(1, 1, 1, dtype=torch.bool), torch.Generator())
     assert int(codes[0, 0, 0]) == 1 and float(probs[0, 0, 0]) == pytest.approx(float(logits.softmax(1)[0, 1, 0, 0]))
 
 
 def test_amused_images_are_the_pipeline_images(amused, tiny_amused_dir, monkeypatch):
-    monkeypatch.setattr(genlab.priors.pipeline, "draw_codes", multinomial_everywhere)
+    monkeypatch.setattr(genlab.priors.sampling, "draw_codes", multinomial_everywhere)
     from diffusers import AmusedPipeline
 
     pipe = AmusedPipeline.from_pretrained(tiny_amused_dir)
@@ -1057,7 +1058,7 @@ def test_masked_token_loss_counts_only_the_masked_tokens():
 def test_conv_kernel_mixes_neighbouring_tokens_and_starts_as_the_identity():
     """conv_kernel=3: zero-initialised, the transformer computes what the one without it does (same weights); with
     the convolutions set, a token's logits depend on its neighbours' convolved features; bad kernels are refused."""
-    from genlab.train.__main__ import grown
+    from genlab.train.prior import grown
 
     torch.manual_seed(0)
     plain = MaskedTokenTransformer(codebook_size=K, height=PRIOR_GRID, width=PRIOR_GRID, num_classes=3,

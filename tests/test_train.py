@@ -65,7 +65,8 @@ def test_vqvae_trains_exports_and_resumes(image_folder, tmp_path):
 
 def test_vq_loss_goes_down_and_codebook_stays_alive(image_folder):
     common.seed_everything(0)
-    from genlab.train.__main__ import build_vq, parse_args
+    from genlab.train.cli import parse_args
+    from genlab.train.vq import build_vq
 
     args = parse_args(["vqvae", "--data", str(image_folder), "--out", "unused", *TINY_VQ])
     trainer = vq.VQAutoencoderForTraining(build_vq(args), decay=0.9, dead_threshold=0.2)
@@ -129,7 +130,8 @@ def test_ddpm_class_conditional_trains_and_resumes(image_folder, tmp_path):
 def test_ddpm_loss_goes_down(image_folder):
     from diffusers import DDPMScheduler
 
-    from genlab.train.__main__ import build_unet, parse_args
+    from genlab.train.cli import parse_args
+    from genlab.train.ddpm import build_unet
 
     common.seed_everything(0)
     args = parse_args(["ddpm", "--data", str(image_folder), "--out", "unused", *TINY_DDPM])
@@ -445,7 +447,7 @@ def test_token_bank_shifts_draw_moved_grids_at_the_asked_share(image_folder):
     (["ddpm", "--shift-share", "0.5"], "--shift-share is for prior"),
 ])
 def test_bad_shift_share_is_refused(capsys, argv, message):
-    from genlab.train.__main__ import parse_args
+    from genlab.train.cli import parse_args
 
     with pytest.raises(SystemExit):
         parse_args(argv + ["--data", "d", "--out", "o", "--vq", "v"])
@@ -464,7 +466,7 @@ def test_bad_shift_share_is_refused(capsys, argv, message):
     (["prior", "--conv-kernel", "3", "--resume"], "not with --distill-from or --resume"),
 ])
 def test_bad_transformer_options_are_refused(tmp_path, capsys, argv, message):
-    from genlab.train.__main__ import parse_args
+    from genlab.train.cli import parse_args
 
     fake_teacher(tmp_path / "teacher")
     argv = [a.format(teacher=tmp_path / "teacher") for a in argv]
@@ -492,7 +494,7 @@ def test_bad_transformer_options_are_refused(tmp_path, capsys, argv, message):
      "--backbone unet: the prior in {teacher} has a transformer backbone, and its distilled copy has the same"),
 ])
 def test_bad_unet_backbone_options_are_refused(tmp_path, capsys, argv, message):
-    from genlab.train.__main__ import parse_args
+    from genlab.train.cli import parse_args
 
     fake_teacher(tmp_path / "teacher")
     argv = [a.format(teacher=tmp_path / "teacher") for a in argv]
@@ -505,7 +507,7 @@ def test_the_unet_backbone_takes_its_architecture_from_its_preset():
     """--preset emoji-prior-unet is the whole recipe; --backbone unet under the transformer's preset keeps that
     preset's training settings and takes the UNet's layout from emoji-prior-unet; the transformer's layout
     options stay unset for the UNet, and the other way round."""
-    from genlab.train.__main__ import parse_args
+    from genlab.train.cli import parse_args
 
     common_args = ["--data", "d", "--out", "o", "--vq", "v"]
     args = parse_args(["prior", "--preset", "emoji-prior-unet", *common_args])
@@ -530,7 +532,7 @@ def fake_teacher(folder, kind: str = "MaskedTokenTransformer"):
 
 def test_distill_from_takes_the_teachers_backbone(tmp_path, capsys):
     """The student is the teacher's kind of network whatever the preset says; --backbone may only repeat it."""
-    from genlab.train.__main__ import parse_args
+    from genlab.train.cli import parse_args
 
     unet = fake_teacher(tmp_path / "unet-teacher", "MaskedTokenUNet")
     common_args = ["--data", "d", "--out", "o"]
@@ -552,7 +554,7 @@ def test_distill_from_takes_the_teachers_backbone(tmp_path, capsys):
     (["--distill-from", "{teacher}", "--init", "{teacher}"], "leave out --init"),
 ])
 def test_bad_distillation_options_are_refused(tmp_path, capsys, extra, message):
-    from genlab.train.__main__ import parse_args
+    from genlab.train.cli import parse_args
 
     fake_teacher(tmp_path / "teacher")
     fake_teacher(tmp_path / "vq-teacher", "VQModel")
@@ -568,7 +570,8 @@ def test_bad_distillation_options_are_refused(tmp_path, capsys, extra, message):
 
 
 def test_presets_fill_every_unset_option_and_flags_win():
-    from genlab.train.__main__ import PRESETS, parse_args
+    from genlab.train.cli import parse_args
+    from genlab.train.config import PRESETS
 
     base = ["ddpm", "--data", "d", "--out", "o"]
     denoiser = parse_args(base + ["--preset", "photo-denoiser"])
@@ -644,8 +647,72 @@ def test_vq_background_needs_white_in_the_data(image_folder, tmp_path):
     (["prior", "--background-margin", "1"], "--background-margin is for vqvae and vqgan"),
 ])
 def test_bad_background_options_are_refused(capsys, argv, message):
-    from genlab.train.__main__ import parse_args
+    from genlab.train.cli import parse_args
 
     with pytest.raises(SystemExit):
         parse_args(argv + ["--data", "d", "--out", "o", "--vq", "v"])
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind, values, message", [
+    ("vqvae", dict(batch_size=0), "--batch-size must be an integer > 0, got 0"),
+    ("vqgan", dict(codes=0), "--codes must be an integer > 0, got 0"),
+    ("vqvae", dict(codebook_decay=1.0), "--codebook-decay must be in [0, 1), got 1.0"),
+    ("vae", dict(kl_weight=-1.0), "--kl-weight must be a number >= 0, got -1.0"),
+    ("ddpm", dict(lr_schedule="step"), "--lr-schedule must be one of ['constant', "),
+    ("ddpm", dict(label_dropout=1.5), "--label-dropout must be in [0, 1], got 1.5"),
+    ("ldm", dict(channels=(32, -8)), "--channels must be positive integers, one per block, got (32, -8)"),
+    ("ddpm", dict(save_every=0), "--save-every must be an integer > 0, got 0"),
+    ("prior", dict(raster_share=2.0), "--raster-share must be in [0, 1], got 2.0"),
+    ("prior", dict(lr=float("nan")), "--lr must be a number > 0, got nan"),
+])
+def test_typed_configs_refuse_bad_values_by_option(kind, values, message):
+    """Each kind's frozen config checks every value it is built with; the error names the CLI option and the
+    value, whether the config is built in Python or from the command line."""
+    import dataclasses
+    from pathlib import Path
+
+    from genlab.train.config import DEFAULT_PRESET, PRESETS, build_config
+
+    config = build_config(kind, {"data": Path("d"), "out": Path("o"), "vq": Path("v"), "vae": Path("v"),
+                                 **PRESETS[DEFAULT_PRESET[kind]]})
+    with pytest.raises(ValueError) as error:
+        dataclasses.replace(config, **values)
+    assert message in str(error.value)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.lr = 1.0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["ddpm", "--label-dropout", "1.5"], "--label-dropout must be in [0, 1], got 1.5"),
+    (["vae", "--batch-size", "-4"], "--batch-size must be an integer > 0, got -4"),
+    (["ddpm", "--channels", "32,x"], "--channels must be comma-separated integers, got '32,x'"),
+    (["ddpm", "--preset", "emoji-prior"], "ddpm needs --channels (no preset gave it)"),
+    (["prior", "--backbone", "transformer", "--preset", "emoji-prior-unet", "--hidden-size", "0"],
+     "--hidden-size must be an integer > 0, got 0"),
+])
+def test_bad_config_values_are_refused_by_the_cli(capsys, argv, message):
+    from genlab.train.cli import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(argv + ["--data", "d", "--out", "o", "--vq", "v"])
+    assert message in capsys.readouterr().err
+
+
+def test_presets_are_checked_frozen_configs_of_their_kinds():
+    """Every preset builds a valid config of each kind it is for, and cannot be changed in place."""
+    from pathlib import Path
+
+    from genlab.train.config import PRESET_KINDS, PRESETS, PriorConfig, VQConfig, build_config
+
+    assert set(PRESET_KINDS) == set(PRESETS)
+    for name, kinds in PRESET_KINDS.items():
+        for kind in kinds:
+            build_config(kind, {"data": Path("d"), "out": Path("o"), "vq": Path("v"), "vae": Path("v"), **PRESETS[name]})
+    with pytest.raises(TypeError):
+        PRESETS["emoji"]["lr"] = 1.0
+    with pytest.raises(ValueError, match="VQConfig is for vqvae and vqgan, not kind 'ddpm'"):
+        VQConfig(kind="ddpm", data=Path("d"), out=Path("o"))
+    unet = build_config("prior", {"data": Path("d"), "out": Path("o"), "vq": Path("v"),
+                                  **PRESETS["emoji-prior-unet"]})
+    assert isinstance(unet, PriorConfig) and unet.norm_groups == 16 and unet.run_dir == Path("runs/o")

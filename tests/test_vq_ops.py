@@ -224,7 +224,7 @@ def test_a_vq_with_a_background_code_writes_it_on_white_neighbourhoods_only(vq_c
     info = {"kind": "vq", "background": {"code": 7, "margin": 1, "tolerance": 8}}
     plain = genlab.loading.loaders.load_vq(vq_copy, device="cpu")
     (vq_copy / "genlab.json").write_text(json.dumps(info))
-    genlab.loading.loaders.clear_cache()
+    genlab.loading.checkpoints.clear_cache()
     model = genlab.loading.loaders.load_vq(vq_copy, device="cpu")
     assert model.background == genlab.autoencoders.vq.Background(code=7, margin=1, tolerance=8)
     f = model.downsample_factor
@@ -236,6 +236,6 @@ def test_a_vq_with_a_background_code_writes_it_on_white_neighbourhoods_only(vq_c
     assert (mine[quiet] == 7).all() and torch.equal(mine[~quiet], theirs[~quiet])
     assert (model.indices_of(Image.new("RGB", (8 * f, 8 * f), "white")) == 7).all()
     (vq_copy / "genlab.json").write_text(json.dumps({"kind": "vq", "background": {"code": 99}}))
-    genlab.loading.loaders.clear_cache()
+    genlab.loading.checkpoints.clear_cache()
     with pytest.raises(genlab.loading.loaders.ModelLoadError, match="genlab.json: background code must be in"):
         genlab.loading.loaders.load_vq(vq_copy, device="cpu")

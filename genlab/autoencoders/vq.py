@@ -32,6 +32,7 @@ from PIL import Image, ImageDraw
 from ..imaging import metrics
 from ..imaging.tiling import apply_tiled
 from ..imaging.io import image_grid, prepare_input, tensor_to_pil, tensor_to_uint8
+from ..sampling import is_integer
 
 ATLAS_PAGE_SIZE = 256  # codes per atlas page; large codebooks (8192) are paged
 ATLAS_COLUMNS = 16
@@ -90,7 +91,7 @@ class Background:
 
     def check(self, num_codes: int) -> None:
         for name in ("code", "margin", "tolerance"):
-            if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
+            if not is_integer(getattr(self, name)):
                 raise ValueError(f"background {name} must be an integer, got {getattr(self, name)!r}")
         if not 0 <= self.code < num_codes:
             raise ValueError(f"background code must be in [0, {num_codes - 1}], got {self.code}")
@@ -452,7 +453,8 @@ def index_colors(num_codes: int) -> np.ndarray:
 
 @functools.lru_cache(maxsize=8)
 def _palette(num_codes: int) -> np.ndarray:
-    """index_colors(num_codes), computed once per K (read-only): 5 ms for K = 1024, on every token map."""
+    """index_colors(num_codes), computed once per K (read-only): every token map reuses it instead of recomputing
+    K colours."""
     colors = index_colors(num_codes)
     colors.flags.writeable = False
     return colors

@@ -1,9 +1,15 @@
 """Diffusion models (Ho et al. 2020, arXiv:2006.11239; Song et al. 2021, arXiv:2010.02502), pixel and latent.
 
-- `pipeline.py`: `DiffusionModel`, the one reverse loop over diffusers' schedulers that serves pixel UNets,
-  latent UNets (over an autoencoder's codec) and text-conditioned UNets alike, with its frames and runs.
+- `schedule.py`: the noise-schedule arithmetic over diffusers' schedulers (x0 / eps / v conversions, q(x_t | x_0),
+  the timestep of a noise level, the timesteps of a run from t);
+- `loop.py`: the one reverse loop (`iterate_reverse`) that serves pixel UNets, latent UNets (over an autoencoder's
+  codec) and text-conditioned UNets alike, with classifier-free guidance and RePaint's known region;
+- `pipeline.py`: `DiffusionModel` (sample, denoise, inpaint), its `Frame`s and `DiffusionRun`s.
 """
 
-from .pipeline import SCHEDULERS, DiffusionModel, DiffusionRun, Frame
+from .loop import KnownRegion, Step, Trajectory, iterate_reverse, reverse_process
+from .pipeline import DiffusionModel, DiffusionRun, Frame, noise_as_image
+from .schedule import SCHEDULERS, estimate_sigma, make_scheduler
 
-__all__ = ["SCHEDULERS", "DiffusionModel", "DiffusionRun", "Frame"]
+__all__ = ["SCHEDULERS", "DiffusionModel", "DiffusionRun", "Frame", "KnownRegion", "Step", "Trajectory",
+           "estimate_sigma", "iterate_reverse", "make_scheduler", "noise_as_image", "reverse_process"]

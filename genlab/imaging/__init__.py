@@ -1,5 +1,5 @@
 """Images in and out: safe decoding of uploads, tensor conversions, quality metrics and tiled application."""
 
-from .io import InputError, open_image
+from .io import InputError, as_image, open_image
 
-__all__ = ["InputError", "open_image"]
+__all__ = ["InputError", "as_image", "open_image"]

@@ -187,6 +187,12 @@ def image_grid(images: list[Image.Image], columns: int | None = None, gap: int =
     return grid
 
 
+def as_image(pixels: torch.Tensor) -> Image.Image:
+    """(B, 3, H, W) in [-1, 1] -> one PIL image at native resolution (a grid of 4 columns for B > 1)."""
+    images = [tensor_to_pil(p) for p in pixels]
+    return images[0] if len(images) == 1 else image_grid(images, columns=min(4, len(images)))
+
+
 def mask_of(mask, size: tuple[int, int]) -> torch.Tensor:
     """A mask (PIL image, array or tensor; non-zero = repaint) -> (1, 1, H, W) float {0, 1} of the image's size.
 

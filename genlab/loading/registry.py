@@ -28,11 +28,11 @@ def example_images() -> list[str]:
 def embedded_status() -> dict[str, str]:
     """name -> 'trained' when weights/NAME (a pipeline: each of its parts) holds safetensors weights,
     else 'not trained yet'."""
-    from .loaders import _missing_weights, is_pipeline
+    from .hub import missing_weights, is_pipeline
 
     def trained(folder: Path) -> bool:
         if is_pipeline(folder):
-            return not _missing_weights(folder)
+            return not missing_weights(folder)
         return bool(list(folder.glob("*.safetensors")))
 
     status = {name: trained(WEIGHTS_DIR / name) for name in EMBEDDED}

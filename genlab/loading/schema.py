@@ -9,44 +9,64 @@ unknown keys and bad values are refused by name, never silently fixed (diffusers
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+
+from ..sampling import MAX_CHOICE_TEMPERATURE, MAX_GUIDANCE, is_integer, is_number
 
 FILENAME = "genlab.json"
 KINDS = ("vq", "autoencoder", "diffusion", "prior")
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)) and math.isfinite(value)
-
-
 def _check_clip_range(value) -> float | tuple:
     """A number > 0 (x̂0 within ±value), or per channel [low, high] pairs."""
-    if _is_number(value) and value > 0:
+    if is_number(value) and value > 0:
         return float(value)
     if isinstance(value, (list, tuple)) and value and all(
-            isinstance(pair, (list, tuple)) and len(pair) == 2 and all(map(_is_number, pair)) and pair[0] < pair[1]
+            isinstance(pair, (list, tuple)) and len(pair) == 2 and all(map(is_number, pair)) and pair[0] < pair[1]
             for pair in value):
         return tuple((float(low), float(high)) for low, high in value)
-    raise ValueError(f"clip_sample_range must be a number > 0 or per-channel [low, high] pairs, got {value!r}")
+    raise ValueError(f"clip_sample_range in genlab.json must be a number > 0 or per-channel [low, high] pairs, "
+                     f"got {value!r}")
 
 
 def _check_latent_statistics(value) -> dict:
     keys = {"std", "channel_mean", "channel_std"}
     if not isinstance(value, dict) or set(value) - keys or "std" not in value:
-        raise ValueError(f"latent_statistics must be {{'std': number, 'channel_mean': [...], 'channel_std': [...]}}, "
-                         f"got {value!r}")
-    if not (_is_number(value["std"]) and value["std"] > 0):
-        raise ValueError(f"latent_statistics std must be a number > 0, got {value['std']!r}")
+        raise ValueError(f"latent_statistics in genlab.json must be {{'std': number, 'channel_mean': [...], "
+                         f"'channel_std': [...]}}, got {value!r}")
+    if not (is_number(value["std"]) and value["std"] > 0):
+        raise ValueError(f"latent_statistics std in genlab.json must be a number > 0, got {value['std']!r}")
     for key in ("channel_mean", "channel_std"):
-        if key in value and not (isinstance(value[key], list) and all(map(_is_number, value[key]))):
-            raise ValueError(f"latent_statistics {key} must be a list of numbers, got {value[key]!r}")
+        if key in value and not (isinstance(value[key], list) and all(map(is_number, value[key]))):
+            raise ValueError(f"latent_statistics {key} in genlab.json must be a list of numbers, got {value[key]!r}")
     return dict(value)
+
+
+def _check_background(value) -> dict:
+    """The keys and types of a VQ's background entry; the code's range is checked against the codebook when the VQ
+    loads (`genlab.autoencoders.vq.Background.from_info`)."""
+    keys = {"code", "margin", "tolerance"}
+    if not isinstance(value, dict) or set(value) - keys or "code" not in value or not all(map(is_integer, value.values())):
+        raise ValueError(f"background in genlab.json must be {{'code': int, 'margin': int, 'tolerance': int}}, "
+                         f"got {value!r}")
+    return dict(value)
+
+
+def _number_in(name: str, low: float, high: float):
+    def check(value):
+        if not (is_number(value) and low <= value <= high):
+            raise ValueError(f"{name} in genlab.json must be a number in [{low:g}, {high:g}], got {value!r}")
+        return float(value)
+    return check
+
+
+def _positive_int(name: str):
+    def check(value):
+        if not (is_integer(value) and value > 0):
+            raise ValueError(f"{name} in genlab.json must be an integer > 0, got {value!r}")
+        return value
+    return check
 
 
 @dataclass(frozen=True)
@@ -66,34 +86,9 @@ class ModelInfo:
     latent_statistics: dict | None = None  # a KL autoencoder's latent std and per-channel mean / std
 
     def __post_init__(self):
-        self._check()
-
-    def _check(self) -> None:
-        if self.kind is not None and self.kind not in KINDS:
-            raise ValueError(f"kind must be one of {list(KINDS)}, got {self.kind!r}")
-        if self.title is not None and not (isinstance(self.title, str) and self.title.strip()):
-            raise ValueError(f"title must be a non-empty string, got {self.title!r}")
-        if not (isinstance(self.classes, tuple) and all(isinstance(c, str) and c for c in self.classes)):
-            raise ValueError(f"classes must be a list of non-empty strings, got {self.classes!r}")
-        if len(set(self.classes)) != len(self.classes):
-            raise ValueError(f"classes must be distinct, got {list(self.classes)!r}")
-        if self.null_class is not None and not (_is_int(self.null_class) and self.null_class >= 0):
-            raise ValueError(f"null_class must be an integer >= 0, got {self.null_class!r}")
-        for name in ("default_guidance_scale", "default_choice_temperature"):
-            value = getattr(self, name)
-            if value is not None and not (_is_number(value) and value >= 0):
-                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-        for name in ("tile", "grid"):
-            value = getattr(self, name)
-            if value is not None and not (_is_int(value) and value > 0):
-                raise ValueError(f"{name} must be an integer > 0, got {value!r}")
-        if self.clip_sample_range is not None:
-            object.__setattr__(self, "clip_sample_range", _check_clip_range(self.clip_sample_range))
-        if self.background is not None and not isinstance(self.background, dict):
-            raise ValueError(f"background must be {{'code': int, 'margin': int, 'tolerance': int}}, "
-                             f"got {self.background!r}")
-        if self.latent_statistics is not None:
-            object.__setattr__(self, "latent_statistics", _check_latent_statistics(self.latent_statistics))
+        for name, value in vars(self).items():
+            if value is not None and value != ():
+                object.__setattr__(self, name, CHECKS[name](value))
 
     @classmethod
     def from_dict(cls, data) -> ModelInfo:
@@ -104,12 +99,7 @@ class ModelInfo:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown key(s) {unknown}; genlab.json knows {sorted(known)}")
-        values = dict(data)
-        if "classes" in values:
-            if not isinstance(values["classes"], list):
-                raise ValueError(f"classes must be a list of non-empty strings, got {values['classes']!r}")
-            values["classes"] = tuple(values["classes"])
-        return cls(**values)
+        return cls(**data)
 
     @classmethod
     def of(cls, info: ModelInfo | dict | None) -> ModelInfo:
@@ -132,6 +122,43 @@ class ModelInfo:
         return out
 
 
+def _check_kind(value):
+    if value not in KINDS:
+        raise ValueError(f"kind in genlab.json must be one of {list(KINDS)}, got {value!r}")
+    return value
+
+
+def _check_title(value):
+    if not (isinstance(value, str) and value.strip()):
+        raise ValueError(f"title in genlab.json must be a non-empty string, got {value!r}")
+    return value
+
+
+def _check_classes(value):
+    if not (isinstance(value, (list, tuple)) and all(isinstance(c, str) and c for c in value)):
+        raise ValueError(f"classes in genlab.json must be a list of non-empty strings, got {value!r}")
+    if len(set(value)) != len(value):
+        raise ValueError(f"classes in genlab.json must be distinct, got {list(value)!r}")
+    return tuple(value)
+
+
+def _check_null_class(value):
+    if not (is_integer(value) and value >= 0):
+        raise ValueError(f"null_class in genlab.json must be an integer >= 0, got {value!r}")
+    return value
+
+
+# one check per field: the value it stores, or a ValueError naming the key
+CHECKS = {
+    "kind": _check_kind, "title": _check_title, "classes": _check_classes, "null_class": _check_null_class,
+    "default_guidance_scale": _number_in("default_guidance_scale", 0.0, MAX_GUIDANCE),
+    "default_choice_temperature": _number_in("default_choice_temperature", 0.0, MAX_CHOICE_TEMPERATURE),
+    "clip_sample_range": _check_clip_range, "tile": _positive_int("tile"), "grid": _positive_int("grid"),
+    "background": _check_background, "latent_statistics": _check_latent_statistics,
+}
+assert set(CHECKS) == {field.name for field in fields(ModelInfo)}
+
+
 def read_model_info(folder: Path) -> ModelInfo:
     """`folder/genlab.json` as a ModelInfo (empty when the file is absent, as on Hub checkpoints).
     Unreadable JSON, unknown keys and bad values raise ValueError naming the file and the key."""
@@ -139,9 +166,14 @@ def read_model_info(folder: Path) -> ModelInfo:
     if not path.is_file():
         return ModelInfo()
     try:
-        return ModelInfo.from_dict(json.loads(path.read_text()))
-    except json.JSONDecodeError as error:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ValueError(f"{str(path)!r} is not valid JSON: {error}") from None
+    try:
+        for key, value in (data.items() if isinstance(data, dict) else ()):
+            if value is None and key in CHECKS:  # a key written as null: refused as a bad value, not read as unset
+                CHECKS[key](value)
+        return ModelInfo.from_dict(data)
     except (TypeError, ValueError) as error:
         raise ValueError(f"{str(path)!r}: {error}") from None
 

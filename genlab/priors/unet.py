@@ -28,7 +28,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from .transformer import MaskedTokenNetwork
+from ..sampling import is_integer
+from .network import MaskedTokenNetwork
 
 TIMESTEPS = 1000  # the masked share in [0, 1] is the timestep in [0, 1000], the range of diffusers' UNets
 
@@ -38,7 +39,7 @@ def check_unet_layout(block_out_channels, attention, norm_num_groups: int, atten
     divides, one attention flag per level, and whole heads at every attended width (the levels flagged and
     the middle block, which attends at the last width)."""
     channels = list(block_out_channels)
-    if not channels or any(isinstance(c, bool) or not isinstance(c, int) or c <= 0 for c in channels):
+    if not channels or any(not is_integer(c) or c <= 0 for c in channels):
         raise ValueError(f"block_out_channels must be positive integers, got {block_out_channels!r}")
     if len(attention) != len(channels):
         raise ValueError(f"attention needs one flag per level ({len(channels)}), got {list(attention)!r}")

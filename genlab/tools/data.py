@@ -14,7 +14,9 @@ crops under `holdout/` and never reach `train/`.
 Emoji: `32/` and `64/` hold every emoji (the pixel DDPM and the judge of `genlab.tools.eval emoji` use
 them); `64-train/` and `64-holdout/` split the 64 px emoji by the same hash of the emoji's
 `unified` code point, so all skin-tone variants of one emoji fall on the same side. The latent
-models (`vae`, `ldm`) train on `64-train/` and are measured on `64-holdout/`.
+models (`vae`, `ldm`) train on `64-train/` and are measured on `64-holdout/`. Beside every emoji folder's
+`labels.json` (file -> category), `subcategories.json` holds each file's subcategory in emoji.json
+(`face-smiling`, `animal-mammal`, ...): the stored 64 px judge (`genlab.tools.judge`) learns those.
 """
 
 from __future__ import annotations
@@ -69,20 +71,21 @@ def build_emoji(out: Path, cache: Path, sizes=(32, 64)) -> None:
     entries = json.loads((package / "emoji.json").read_text())
     entries.sort(key=lambda entry: entry["sort_order"])
     categories: list[str] = []
-    items: list[tuple[str, str, bool]] = []  # (png name, category, held out)
+    items: list[tuple[str, str, str, bool]] = []  # (png name, category, subcategory, held out)
     for entry in entries:
         if entry["category"] not in categories:
             categories.append(entry["category"])
         variants = [entry] + list(entry.get("skin_variations", {}).values())
         held_out = is_held_out(entry["unified"])
-        items += [(v["image"], entry["category"], held_out) for v in variants if v.get("has_img_google", True)]
+        items += [(v["image"], entry["category"], entry["subcategory"], held_out)
+                  for v in variants if v.get("has_img_google", True)]
     source = package / "img" / "google" / "64"
     splits = [(f"{size}", size, None) for size in sizes] + [("64-train", 64, False), ("64-holdout", 64, True)]
     for folder_name, size, split in splits:
         folder = out / folder_name
         folder.mkdir(parents=True, exist_ok=True)
-        labels = {}
-        for name, category, held_out in items:
+        labels, subcategories = {}, {}
+        for name, category, subcategory, held_out in items:
             if split is not None and held_out != split:
                 continue
             path = source / name
@@ -93,7 +96,9 @@ def build_emoji(out: Path, cache: Path, sizes=(32, 64)) -> None:
                 image = image.resize((size, size), Image.Resampling.LANCZOS)
             image.save(folder / name)
             labels[name] = category
+            subcategories[name] = subcategory
         (folder / "labels.json").write_text(json.dumps(labels, indent=0))
+        (folder / "subcategories.json").write_text(json.dumps(subcategories, indent=0))
         (folder / "classes.json").write_text(json.dumps(categories))
         print(f"emoji {folder_name}: {len(labels)} images in {len(categories)} categories -> {folder}")
 

@@ -1,4 +1,5 @@
-"""Shared training plumbing: image-folder datasets, pickle-free checkpoints, run timing, model cards.
+"""Shared training plumbing: image-folder datasets, pickle-free checkpoints, run timing and the step loop's
+bookkeeping (the model cards are `genlab.train.cards`).
 
 Checkpoints never use pickle: model weights go through diffusers' `save_pretrained`
 (safetensors), optimizer state is flattened into a safetensors file plus a JSON file for its
@@ -208,12 +209,25 @@ def command_line(argv: list[str]) -> str:
 
 
 class Timer:
+    """Wall time of a run: `already` (the seconds of the runs it resumes) plus this process's."""
+
     def __init__(self, already: float = 0.0):
         self.start, self.already = time.monotonic(), already
 
     @property
     def total(self) -> float:
         return self.already + time.monotonic() - self.start
+
+
+def keep_training(state: RunState, timer: Timer, config) -> bool:
+    """Whether a run takes another step: below `config.steps`, and within `config.max_minutes` of this process."""
+    return state.step < config.steps and timer.total - timer.already < config.max_seconds
+
+
+@torch.no_grad()
+def psnr(reconstruction: torch.Tensor, pixels: torch.Tensor) -> float:
+    """PSNR in dB of a (B, 3, H, W) reconstruction in [-1, 1] (clamped) against `pixels`."""
+    return (-10 * torch.log10(((reconstruction.float().clamp(-1, 1) - pixels) / 2).pow(2).mean())).item()
 
 
 def seed_everything(seed: int) -> None:
@@ -225,23 +239,3 @@ def seed_everything(seed: int) -> None:
 def save_grid(tensors: torch.Tensor, path: Path, columns: int | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     image_grid([tensor_to_pil(t) for t in tensors], columns=columns).save(path)
-
-
-# ------------------------------------------------------------------------------ model card
-def write_model_card(out: Path, title: str, summary: str, data: str, run: RunState, extra: str = "") -> None:
-    """README.md for a weights folder. The 'Measured quality' section is kept when it exists:
-    `python -m genlab.eval ... --card` writes it."""
-    card = out / "README.md"
-    quality = "Not measured yet: run the evaluation command below.\n"
-    if card.exists() and "## Measured quality" in card.read_text():
-        quality = card.read_text().split("## Measured quality\n", 1)[1]
-    hours = run.wall_seconds / 3600
-    commands = "\n".join(run.commands)
-    hardware = ", ".join(sorted(set(run.hardware)))
-    card.write_text(
-        f"---\nlibrary_name: diffusers\nlicense: apache-2.0\ntags: [genlab]\n---\n# {title}\n\n{summary}\n\n"
-        f"## Data\n{data}\n\n## Training\n"
-        f"- steps: {run.step}\n- hardware: {hardware}\n- wall time: {run.wall_seconds / 60:.1f} min ({hours:.2f} h)\n"
-        f"- commands (in order; each resumed the previous run):\n\n```\n{commands}\n```\n\n{extra}"
-        f"## Measured quality\n{quality}"
-    )

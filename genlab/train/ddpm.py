@@ -7,12 +7,26 @@ loss = w(t) * ||eps - eps_theta(sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, t, y)||
   one network gives both eps(x, y) and eps(x) for classifier-free guidance (arXiv:2207.12598).
 - A denoiser can focus training on the low-noise timesteps it is used at (`t_focus`).
 - EMA weights (diffusers' `EMAModel`) are what gets exported.
+
+`train_ddpm` is the `ddpm` (pixels) and `ldm` (a frozen KL autoencoder's latents, see `genlab.train.latent`) run
+of `python -m genlab.train`: one loop; `export_ddpm` writes a pixel model's folder or a latent pipeline's.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DModel
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
+
+from ..diffusion import make_scheduler, reverse_process
+from ..loading.schema import ModelInfo, write_model_info
+from . import cards, common, latent
+from .config import DiffusionConfig
 
 
 def sample_timesteps(batch: int, total: int, focus_max: int, focus_share: float, generator=None) -> torch.Tensor:
@@ -47,3 +61,182 @@ def diffusion_loss(unet, scheduler, clean: torch.Tensor, timesteps, labels, gamm
     per_sample = F.mse_loss(prediction.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))  # (B,)
     weights = min_snr_weights(scheduler.alphas_cumprod, timesteps, gamma)
     return (per_sample * weights).mean()
+
+
+# ------------------------------------------------------------------------------ the run
+def build_unet(config, num_classes: int, in_channels: int = 3, sample_size: int | None = None) -> UNet2DModel:
+    attention = config.attention or (False,) * len(config.channels)
+    down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attention)
+    up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention))
+    return UNet2DModel(
+        sample_size=sample_size or config.sample_size, in_channels=in_channels, out_channels=in_channels,
+        block_out_channels=config.channels, layers_per_block=config.layers_per_block,
+        down_block_types=down, up_block_types=up, norm_num_groups=config.groups(),
+        add_attention=any(attention), attention_head_dim=32,
+        num_class_embeds=num_classes + 1 if num_classes else None,  # the last class is "no label" (CFG)
+    )
+
+
+def build_scheduler(config: DiffusionConfig) -> DDPMScheduler:
+    """Pixels are clipped to [-1, 1] on the way; latents are unbounded, so latent models never clip."""
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule=config.beta_schedule, prediction_type="epsilon",
+                              clip_sample=True, timestep_spacing="trailing")
+    return latent_sampling(scheduler) if config.kind == "ldm" else scheduler
+
+
+def latent_sampling(scheduler: DDPMScheduler) -> DDPMScheduler:
+    """The sampling settings of a latent model's scheduler: no clipping to [-1, 1], and "leading" timesteps
+    (50 DDIM steps: 980, 960, ..., 0). The cosine schedule caps its last beta at 0.999, so abar_999 is
+    2.4e-9: an eps model's x0_hat = (x_t - sqrt(1 - abar) eps_hat) / sqrt(abar) there magnifies its error
+    20,000-fold, which pixel models survive by clipping x0_hat to [-1, 1] and latent models do not
+    (their samples at 4k steps: colour blobs from t = 999, faces from t = 980). Training is unaffected."""
+    scheduler.register_to_config(clip_sample=False, timestep_spacing="leading", steps_offset=0)
+    return scheduler
+
+
+def load_unet(config: DiffusionConfig, checkpoint: Path, resuming: bool, num_classes: int,
+              vae: AutoencoderKL | None) -> tuple[UNet2DModel, UNet2DModel | None, DDPMScheduler]:
+    """(UNet, the network its EMA starts from when not the UNet itself, scheduler): resumed from `checkpoint`,
+    else from --init (a model or a pipeline folder), else new (on the latents of `vae` when given)."""
+    init = config.init / "unet" if config.init and (config.init / "unet").is_dir() else config.init
+    if resuming:
+        unet, ema_start = UNet2DModel.from_pretrained(checkpoint / "model"), UNet2DModel.from_pretrained(checkpoint / "ema")
+    elif config.init:
+        unet = UNet2DModel.from_pretrained(init, **config.init_overrides())
+        ema_start = UNet2DModel.from_pretrained(init, **config.init_overrides())
+    elif vae is not None:
+        factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        unet, ema_start = build_unet(config, num_classes, vae.config.latent_channels, config.crop // factor), None
+    else:
+        unet, ema_start = build_unet(config, num_classes), None
+    scheduler_folder = config.init / "scheduler" if config.init and (config.init / "scheduler").is_dir() else config.init
+    if resuming:
+        scheduler = DDPMScheduler.from_pretrained(checkpoint / "model")
+    else:
+        scheduler = DDPMScheduler.from_pretrained(scheduler_folder) if config.init else build_scheduler(config)
+    return unet, ema_start, latent_sampling(scheduler) if vae is not None else scheduler
+
+
+def train_ddpm(config: DiffusionConfig, accelerator: Accelerator, data: common.ImageFolder,
+               state: common.RunState) -> None:
+    """DDPM on pixels (kind ddpm) or on a frozen KL autoencoder's scaled latents (kind ldm): one loop."""
+    classes = data.classes if config.label_dropout > 0 and data.classes else []
+    null_class = len(classes) if classes else None
+    checkpoint = config.run_dir / "checkpoint"
+    resuming = config.resume and (checkpoint / "model").exists()
+    vae = vae_source = None
+    if config.kind == "ldm":
+        vae_source = checkpoint / "vae" if resuming else config.vae
+        vae = AutoencoderKL.from_pretrained(vae_source).to(accelerator.device)
+        vae.requires_grad_(False)
+    unet, ema_start, scheduler = load_unet(config, checkpoint, resuming, len(classes), vae)
+    ema = EMAModel((ema_start or unet).parameters(), decay=config.ema_decay, use_ema_warmup=True, power=2 / 3,
+                   model_cls=UNet2DModel, model_config=unet.config)
+    ema.optimization_step = state.step
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=0.0)
+    if resuming:
+        common.load_optimizer(optimizer, checkpoint)
+    schedule = common.lr_scheduler(optimizer, config.lr_schedule, config.lr, config.warmup_steps, config.steps,
+                                   state.step)
+    unet, optimizer = accelerator.prepare(unet, optimizer)
+    ema.to(accelerator.device)
+    class_power = config.class_power if classes else 1.0
+    seed = config.seed + state.step + accelerator.process_index
+    latent_range = None
+    if vae is not None:  # x_0 is the scaled latent of an image, drawn from the autoencoder's posterior
+        bank = latent.LatentBank(vae, data, config.batch_size, seed, class_power=class_power)
+        latent_range = round(bank.value_range(), 2)
+        batches = iter(bank)
+    else:
+        batches = iter(common.RandomCrops(data, config.crop, config.batch_size, seed, class_power=class_power))
+    generator = torch.Generator().manual_seed(config.seed + state.step)
+    timer = common.Timer(state.wall_seconds)
+    progress = tqdm(total=config.steps, initial=state.step, disable=not accelerator.is_main_process, desc="ddpm")
+    running = None
+
+    def ema_copy() -> UNet2DModel:
+        ema_model = UNet2DModel.from_config(accelerator.unwrap_model(unet).config)
+        ema.copy_to(ema_model.parameters())
+        return ema_model
+
+    def save():
+        state.wall_seconds = timer.total
+        if accelerator.is_main_process:
+            checkpoint.mkdir(parents=True, exist_ok=True)
+            accelerator.unwrap_model(unet).save_pretrained(checkpoint / "model")
+            scheduler.save_pretrained(checkpoint / "model")
+            ema_model = ema_copy()
+            ema_model.save_pretrained(checkpoint / "ema")
+            if vae is not None:
+                latent.save_autoencoder(vae, vae_source, checkpoint / "vae")
+            common.save_optimizer(optimizer, checkpoint)
+            state.save(checkpoint)
+            export_ddpm(config, ema_model, scheduler, classes, state, vae, vae_source, latent_range)
+
+    while common.keep_training(state, timer, config):
+        clean, labels = next(batches)
+        clean = clean.to(accelerator.device)
+        timesteps = sample_timesteps(len(clean), scheduler.config.num_train_timesteps, config.t_focus_max,
+                                     config.t_focus_share, generator).to(accelerator.device)
+        class_labels = None
+        if classes:
+            class_labels = drop_labels(labels, null_class, config.label_dropout, generator).to(accelerator.device)
+        with accelerator.autocast():
+            loss = diffusion_loss(unet, scheduler, clean, timesteps, class_labels, config.min_snr_gamma)
+        running = common.ema_step(accelerator, unet, loss, optimizer, schedule, ema, state, running)
+        progress.update(1)
+        if state.step % config.log_every == 0:
+            progress.set_postfix(loss=round(running, 4), lr=f"{schedule.get_last_lr()[0]:.2e}",
+                                 ema_decay=round(ema.cur_decay_value or 0.0, 5))
+        if state.step % config.save_every == 0:
+            save()
+        if state.step % config.sample_every == 0 and accelerator.is_main_process:
+            save_ddpm_samples(ema_copy(), scheduler, classes, config.run_dir / "samples" / f"{state.step:06d}.png",
+                              guidance_scale=config.guidance_scale, vae=vae, latent_range=latent_range)
+    save()
+    progress.close()
+
+
+def save_ddpm_samples(unet: UNet2DModel, scheduler, classes: list[str], path: Path, *, guidance_scale: float,
+                      count: int = 16, vae: AutoencoderKL | None = None, latent_range: float | None = None) -> None:
+    """16 samples at 50 DDIM steps, seed 0, classes in order; latents are decoded by `vae`."""
+    generator = torch.Generator().manual_seed(0)
+    size = unet.config.sample_size
+    noise = torch.randn((count, unet.config.in_channels, size, size), generator=generator)
+    sampler = make_scheduler(scheduler.config, "ddim")
+    sampler.set_timesteps(50)
+    labels = torch.arange(count) % len(classes) if classes else None
+    unet.eval()
+    run = reverse_process(unet, sampler, noise, class_labels=labels, null_class=len(classes) if classes else None,
+                          guidance_scale=guidance_scale, record=False,
+                          **({} if vae is None else dict(clip_x0=latent_range, enforce_clip=latent_range is not None)))
+    images = run.final
+    if vae is not None:
+        with torch.no_grad():
+            images = vae.decode(run.final.to(vae.device) / vae.config.scaling_factor).sample.float().clamp(-1, 1).cpu()
+    common.save_grid(images, path, columns=4)
+
+
+def export_ddpm(config: DiffusionConfig, unet: UNet2DModel, scheduler, classes: list[str], state: common.RunState,
+                vae: AutoencoderKL | None = None, vae_source: Path | None = None,
+                latent_range: float | None = None) -> None:
+    """A pixel model: one folder. A latent model: diffusers' pipeline layout, unet/ + vae/ (from `vae_source`) +
+    scheduler/ + model_index.json, with genlab.json and the model card at its root."""
+    config.out.mkdir(parents=True, exist_ok=True)
+    if vae is None:
+        unet.save_pretrained(config.out, safe_serialization=True)
+        scheduler.save_pretrained(config.out)
+    else:  # the cards' measurements are of these files, fp16 with --export-fp16
+        common.save_network(unet, config.out / "unet", config.export_fp16)
+        scheduler.save_pretrained(config.out / "scheduler")
+        latent.save_autoencoder(vae, vae_source, config.out / "vae", config.export_fp16)
+        latent.write_pipeline_index(config.out)
+    write_model_info(config.out, ModelInfo(
+        kind="diffusion", title=config.out.name,
+        clip_sample_range=latent_range,  # sampling clips x0_hat to the training latents' range
+        classes=tuple(classes), null_class=len(classes) if classes else None,
+        default_guidance_scale=config.guidance_scale if classes else None))
+    state.save(config.out)
+    save_ddpm_samples(unet, scheduler, classes, config.out / "samples.png", guidance_scale=config.guidance_scale,
+                      vae=vae, latent_range=latent_range)
+    cards.write_diffusion_card(config, unet, classes, state, vae, vae_source)

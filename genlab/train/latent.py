@@ -13,18 +13,27 @@ Stage 2, diffusion in the latent space: the same DDPM loss and loop as pixel mod
 (`genlab.train.ddpm`), on `scaling_factor * z` with z sampled from the frozen autoencoder's
 posterior. The posterior (mean, std) of every training image and its mirror image is computed
 once (`LatentBank`), so a step costs the UNet alone.
+
+`train_vae` is the `vae` run of `python -m genlab.train` and `export_vae` writes its weights folder; the latent
+diffusion run itself is `genlab.train.ddpm.train_ddpm`. `EncodedBank` is shared with the token prior's bank.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import Accelerator
 from diffusers import AutoencoderKL
+from tqdm.auto import tqdm
 
-from . import common
+from ..loading.schema import ModelInfo, read_model_info, write_model_info
+from . import cards, common
+from .config import VAEConfig
 
 
 def vae_loss(model: AutoencoderKL, pixels: torch.Tensor, kl_weight: float, l1_weight: float, generator=None):
@@ -114,19 +123,19 @@ class LatentBank(EncodedBank):
             yield self.scaling_factor * (mean + std * noise), self.labels[index]
 
 
-def save_autoencoder(vae: AutoencoderKL, source: Path, target: Path, fp16: bool = False) -> None:
-    """The frozen autoencoder into a pipeline's vae/ (or a checkpoint), with its card, run and genlab.json."""
-    import shutil
-
+def save_autoencoder(vae, source: Path, target: Path, fp16: bool = False) -> None:
+    """The frozen first stage (an AutoencoderKL or a VQModel) into a pipeline's vae/ or vqvae/ (or a checkpoint),
+    with its card, run, samples and genlab.json; a pipeline's vae/ is listed in the app as "<pipeline>-vae"."""
+    source, target = Path(source), Path(target)
     common.save_network(vae, target, fp16)
-    for name in ("README.md", "run.json", "genlab.json", "samples.png"):
-        if (Path(source) / name).is_file() and Path(source).resolve() != Path(target).resolve():
-            shutil.copy(Path(source) / name, target / name)
-    info_path = target / "genlab.json"
-    if info_path.is_file() and target.name == "vae":  # listed in the app as "<pipeline>-vae"
-        info = json.loads(info_path.read_text())
-        info["title"] = f"{target.parent.name}-vae"
-        info_path.write_text(json.dumps(info, indent=1))
+    if source.resolve() != target.resolve():
+        for name in ("README.md", "run.json", "samples.png"):
+            if (source / name).is_file():
+                shutil.copy(source / name, target / name)
+        if (source / "genlab.json").is_file():
+            write_model_info(target, read_model_info(source))
+    if (target / "genlab.json").is_file() and target.name == "vae":
+        write_model_info(target, dataclasses.replace(read_model_info(target), title=f"{target.parent.name}-vae"))
 
 
 def write_pipeline_index(out: Path, autoencoder: str = "vae", autoencoder_class: str = "AutoencoderKL") -> None:
@@ -137,3 +146,93 @@ def write_pipeline_index(out: Path, autoencoder: str = "vae", autoencoder_class:
              "_diffusers_version": diffusers.__version__, "scheduler": ["diffusers", "DDPMScheduler"],
              "unet": ["diffusers", "UNet2DModel"], autoencoder: ["diffusers", autoencoder_class]}
     (out / "model_index.json").write_text(json.dumps(index, indent=2))
+
+
+# ------------------------------------------------------------------------------ the vae run
+def build_vae(config: VAEConfig) -> AutoencoderKL:
+    count = len(config.channels)
+    return AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * count, up_block_types=("UpDecoderBlock2D",) * count,
+        block_out_channels=config.channels, layers_per_block=config.layers_per_block,
+        latent_channels=config.latent_channels, norm_num_groups=config.groups(),
+        mid_block_add_attention=False, sample_size=config.crop, scaling_factor=1.0,
+    )
+
+
+def train_vae(config: VAEConfig, accelerator: Accelerator, data: common.ImageFolder, state: common.RunState) -> None:
+    """The KL autoencoder on random crops, with checkpoints and resume."""
+    checkpoint = config.run_dir / "checkpoint"
+    resuming = config.resume and (checkpoint / "model").exists()
+    if resuming:
+        model = AutoencoderKL.from_pretrained(checkpoint / "model")
+    elif config.init:
+        model = AutoencoderKL.from_pretrained(config.init, **config.init_overrides())
+    else:
+        model = build_vae(config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.9, 0.99))
+    if resuming:
+        common.load_optimizer(optimizer, checkpoint)
+    schedule = common.lr_scheduler(optimizer, config.lr_schedule, config.lr, config.warmup_steps, config.steps,
+                                   state.step)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    unwrapped = accelerator.unwrap_model(model)
+    seed = config.seed + state.step + accelerator.process_index
+    batches = iter(common.RandomCrops(data, config.crop, config.batch_size, seed))
+    fixed, _ = next(iter(common.RandomCrops(data, config.crop, 8, seed=1234)))
+    generator = torch.Generator(device=accelerator.device).manual_seed(config.seed + state.step)
+    timer = common.Timer(state.wall_seconds)
+    progress = tqdm(total=config.steps, initial=state.step, disable=not accelerator.is_main_process, desc="vae")
+
+    def save():
+        state.wall_seconds = timer.total
+        if accelerator.is_main_process:
+            checkpoint.mkdir(parents=True, exist_ok=True)
+            unwrapped.save_pretrained(checkpoint / "model")
+            common.save_optimizer(optimizer, checkpoint)
+            state.save(checkpoint)
+            export_vae(config, unwrapped, data, state, fixed)
+            unwrapped.train()
+
+    while common.keep_training(state, timer, config):
+        pixels = next(batches)[0].to(accelerator.device)
+        model.train()
+        with accelerator.autocast():
+            loss, reconstruction, logs = vae_loss(unwrapped, pixels, config.kl_weight, config.l1_weight, generator)
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        optimizer.step()
+        schedule.step()
+        state.step += 1
+        progress.update(1)
+        if state.step % config.log_every == 0:
+            progress.set_postfix({**{k: round(v, 5) for k, v in logs.items()},
+                                  "psnr": round(common.psnr(reconstruction, pixels), 2),
+                                  "lr": f"{schedule.get_last_lr()[0]:.2e}"})
+        if state.step % config.save_every == 0:
+            save()
+        if state.step % config.sample_every == 0 and accelerator.is_main_process:
+            save_vae_samples(unwrapped, fixed, config.run_dir / "samples" / f"{state.step:06d}.png")
+    save()
+    progress.close()
+
+
+@torch.no_grad()
+def save_vae_samples(model: AutoencoderKL, pixels: torch.Tensor, path: Path) -> None:
+    """Top row: inputs; bottom row: decodes of the posterior mean."""
+    model.eval()
+    reconstruction = model.decode(model.encode(pixels.to(model.device)).latent_dist.mode()).sample.float().clamp(-1, 1)
+    model.train()
+    common.save_grid(torch.cat([pixels, reconstruction.cpu()]), path, columns=len(pixels))
+
+
+def export_vae(config: VAEConfig, model: AutoencoderKL, data: common.ImageFolder, state: common.RunState,
+               fixed: torch.Tensor) -> None:
+    """save_pretrained with `scaling_factor` = 1 / std of the posterior samples over the training data."""
+    statistics = latent_statistics(model, data)
+    model.register_to_config(scaling_factor=1.0 / statistics["std"])
+    config.out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(config.out, safe_serialization=True)
+    write_model_info(config.out, ModelInfo(kind="autoencoder", title=config.out.name, latent_statistics=statistics))
+    state.save(config.out)
+    save_vae_samples(model, fixed, config.out / "samples.png")
+    cards.write_vae_card(config, model, state)

@@ -8,26 +8,33 @@ sampling, and the chain-rule code length of `TokenPrior.bits_per_pixel`), which 
 seldom look like. Class labels are dropped to the null class with probability `label_dropout`, so
 one network also gives the unconditional prediction classifier-free guidance needs.
 
-Guidance distillation (Meng et al., "On Distillation of Guided Diffusion Models", arXiv:2210.03142,
-stage 1, here for a token prior): a student told the scale w ~ U(1, w_max) matches, at the masked
-tokens of the same masks, the distribution of the frozen teacher's guided logits
-uncond + w (cond - uncond), by KL(teacher || student); rows whose label was dropped match the
-teacher's unconditional logits, so the student still has an unconditional model of its own (the
-exported prior keeps the teacher for the code length and for scales outside [1, w_max]). Guided
-sampling then costs one call of the student instead of two of the teacher.
+`train_prior` is the `prior` run of `python -m genlab.train` (a MaskedTokenTransformer or a MaskedTokenUNet,
+`--backbone`), and `export_prior` writes its aMUSEd-like pipeline folder; with `--distill-from` the same loop
+trains a guidance-distilled copy of a trained prior (`genlab.train.distill`).
 """
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
+from diffusers import VQModel
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
 
-from ..autoencoders.vq import VQ
-from . import common
-from .latent import EncodedBank, images_to_tensor
+from ..autoencoders.vq import VQ, Background
+from ..loading.checkpoints import read_config
+from ..loading.hub import DISTILLED
+from ..loading.schema import ModelInfo, read_model_info, write_model_info
+from . import cards, common
+from .config import PriorConfig
+from .ddpm import drop_labels
+from .latent import EncodedBank, images_to_tensor, save_autoencoder
 
 
 def mask_for_training(tokens: torch.Tensor, mask_id: int, generator: torch.Generator,
@@ -118,20 +125,233 @@ class TokenBank(EncodedBank):
             yield self.tokens[index, flip], self.labels[index]
 
 
-def guidance_distillation_loss(student, teacher, tokens: torch.Tensor, class_labels: torch.Tensor,
-                               generator: torch.Generator, raster_share: float = 0.25,
-                               guidance_max: float = 8.0) -> torch.Tensor:
-    """Mean KL(teacher's guided || student) in nats over the masked tokens of (B, h, w) `tokens`; labels
-    equal to the null class (dropped) take the teacher's unconditional logits as the target."""
-    inputs, masked = mask_for_training(tokens, student.mask_token_id, generator, raster_share)
-    batch, null = tokens.shape[0], student.null_class
-    scale = 1 + (guidance_max - 1) * torch.rand(batch, generator=generator).to(tokens.device)  # (B,) w
-    with torch.no_grad(), torch.autocast(tokens.device.type, enabled=False):  # fp32 targets: w up to 8 scales errors
-        labels = torch.cat([class_labels, torch.full_like(class_labels, null)])  # (2B,) cond, then uncond
-        both = teacher(torch.cat([inputs, inputs]), class_labels=labels)
-        cond, uncond = both.float().chunk(2)  # (B, K, h, w) each
-        weight = torch.where(class_labels == null, 0.0, scale)[:, None, None, None]
-        target = (uncond + weight * (cond - uncond)).log_softmax(dim=1)  # (B, K, h, w) log-probabilities
-    logits = student(inputs, class_labels=class_labels, guidance=scale).float().log_softmax(dim=1)
-    kl = (target.exp() * (target - logits)).sum(dim=1)  # (B, h, w)
-    return kl[masked].mean()
+# ------------------------------------------------------------------------------ the networks
+def prior_backbones() -> dict:
+    """--backbone name -> the prior network class."""
+    from ..priors.transformer import MaskedTokenTransformer
+    from ..priors.unet import MaskedTokenUNet
+
+    return {"transformer": MaskedTokenTransformer, "unet": MaskedTokenUNet}
+
+
+def saved_prior_backbone(folder: Path) -> str | None:
+    """The --backbone of the prior network saved in `folder`, None when it holds another kind of model
+    (ModelLoadError when it has no readable config.json)."""
+    backbones = {cls.__name__: name for name, cls in prior_backbones().items()}
+    return backbones.get(read_config(folder).get("_class_name"))
+
+
+def prior_network_class(folder: Path | None, backbone: str):
+    """The class of the prior network saved in `folder` (a checkpoint, --init or the teacher), else the one
+    `backbone` names; SystemExit when `folder` holds another kind of network than the backbone asked for."""
+    saved = backbone if folder is None else saved_prior_backbone(folder)
+    if saved is None:
+        names = ", ".join(cls.__name__ for cls in prior_backbones().values())
+        raise SystemExit(f"{folder} holds a {read_config(folder).get('_class_name')}, not a token prior network ({names})")
+    if saved != backbone:
+        raise SystemExit(f"{folder} holds a {prior_backbones()[saved].__name__}; it trains as --backbone {saved}, "
+                         f"not {backbone}")
+    return prior_backbones()[backbone]
+
+
+def grown(model, conv_kernel: int | None):
+    """`model` (a MaskedTokenTransformer) with `--conv-kernel` convolutions grown in (zero-initialised, so it computes
+    what `model` does); unchanged when the option is left out or matches its config."""
+    from ..priors.transformer import MaskedTokenTransformer
+
+    if conv_kernel is None or conv_kernel == model.config.conv_kernel:
+        return model
+    if model.config.conv_kernel:
+        k = model.config.conv_kernel
+        raise SystemExit(f"--conv-kernel {conv_kernel}: the --init transformer has {k} x {k} convolutions already; "
+                         "leave the option out to keep them")
+    bigger = MaskedTokenTransformer.from_config(model.config, conv_kernel=conv_kernel)
+    missing, unexpected = bigger.load_state_dict(model.state_dict(), strict=False)
+    assert not unexpected and all(key.startswith("convs.") for key in missing), (missing, unexpected)
+    return bigger
+
+
+def new_prior_network(config: PriorConfig, network_class, num_codes: int, grid: tuple[int, int], num_classes: int):
+    """A MaskedTokenUNet or MaskedTokenTransformer of the config's layout over a `grid` of `num_codes` codes."""
+    from ..priors.unet import MaskedTokenUNet
+
+    if network_class is MaskedTokenUNet:
+        return MaskedTokenUNet(codebook_size=num_codes, height=grid[0], width=grid[1], num_classes=num_classes,
+                               block_out_channels=config.channels, attention=config.attention,
+                               layers_per_block=config.layers_per_block, norm_num_groups=config.norm_groups,
+                               embedding_size=config.channels[0])
+    dropout = {} if config.dropout is None else {"dropout": config.dropout}
+    return network_class(codebook_size=num_codes, height=grid[0], width=grid[1], num_classes=num_classes,
+                         hidden_size=config.hidden_size, num_layers=config.num_layers, num_heads=config.num_heads,
+                         conv_kernel=config.conv_kernel or 0, **dropout)
+
+
+def load_prior_network(config: PriorConfig, network_class, checkpoint: Path, init: Path | None, resuming: bool,
+                       teacher=None) -> tuple:
+    """(network, the network its EMA starts from): the checkpoint's when resuming, else the teacher's student, else
+    --init's (a transformer with --conv-kernel grown in), else (None, None): a new network. --dropout overrides the
+    config of a transformer it starts from."""
+    from ..priors.unet import MaskedTokenUNet
+    from .distill import distillation_student  # distillation builds on this module's masks
+
+    dropout = {} if config.dropout is None else {"dropout": config.dropout}  # a config override
+    if resuming:
+        return tuple(network_class.from_pretrained(checkpoint / name, **dropout) for name in ("model", "ema"))
+    if teacher is not None:
+        return tuple(distillation_student(teacher, config.guidance_max) for _ in range(2))
+    if init is not None and network_class is MaskedTokenUNet:
+        return tuple(MaskedTokenUNet.from_pretrained(init) for _ in range(2))
+    if init is not None:
+        return tuple(grown(network_class.from_pretrained(init, **dropout), config.conv_kernel) for _ in range(2))
+    return None, None
+
+
+# ------------------------------------------------------------------------------ the run
+def train_prior(config: PriorConfig, accelerator: Accelerator, data: common.ImageFolder,
+                state: common.RunState) -> None:
+    """A MaskedTokenTransformer (or, `--backbone unet`, a MaskedTokenUNet) on the tokens of a frozen VQModel
+    (`--vq`), with EMA, bf16, resume; with `--distill-from`, the guidance distillation of that prior's
+    network, into a student of the same kind (genlab.train.distill)."""
+    from diffusers import AmusedScheduler
+
+    from . import distill  # distillation builds on this module's masks
+
+    classes = data.classes if data.classes else []
+    checkpoint = config.run_dir / "checkpoint"
+    resuming = config.resume and (checkpoint / "model").exists()
+    vq_source = checkpoint / "vqvae" if resuming else config.vq
+    distill.check_resumed_teacher(config, checkpoint, resuming)
+    init = config.init / "transformer" if config.init and (config.init / "transformer").is_dir() else config.init
+    start = checkpoint / "model" if resuming else init  # the saved network training starts from, if any
+    if start is not None and not config.distill_from and read_config(start).get("guidance_embedding"):
+        raise SystemExit(f"{start} is a guidance-distillation student: train (or resume) it with --distill-from")
+    network_class = prior_network_class(start, config.backbone)  # checked before the tokens are encoded
+    teacher = distill.load_teacher(config, network_class, classes, accelerator.device) if config.distill_from else None
+    vq_model = VQModel.from_pretrained(vq_source).to(accelerator.device).requires_grad_(False)
+    num_codes = vq_model.config.num_vq_embeddings
+    background = Background.from_info(read_model_info(vq_source).background, num_codes)
+    seed = config.seed + state.step + accelerator.process_index
+    bank = TokenBank(vq_model, data, config.batch_size, seed, class_power=config.class_power if classes else 1.0,
+                     shift_share=config.shift_share, background=background)
+    grid = tuple(bank.tokens.shape[-2:])
+    accelerator.print(f"tokens: {len(bank.tokens)} images x {bank.tokens.shape[1]} (mirrored, moved), "
+                      f"{grid[0]}x{grid[1]} each, {bank.distinct_codes()} of {num_codes} codes in use")
+    model, ema_start = load_prior_network(config, network_class, checkpoint, init, resuming, teacher)
+    model = model or new_prior_network(config, network_class, num_codes, grid, len(classes))
+    ema = EMAModel((ema_start or model).parameters(), decay=config.ema_decay, use_ema_warmup=True, power=2 / 3,
+                   model_cls=network_class, model_config=model.config)
+    ema.optimization_step = state.step
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.95), weight_decay=config.weight_decay)
+    if resuming:
+        common.load_optimizer(optimizer, checkpoint)
+    schedule = common.lr_scheduler(optimizer, config.lr_schedule, config.lr, config.warmup_steps, config.steps,
+                                   state.step)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    ema.to(accelerator.device)
+    scheduler = AmusedScheduler(mask_token_id=num_codes)
+    null_class = len(classes) if classes else None
+    generator = torch.Generator().manual_seed(config.seed + state.step)
+    batches = iter(bank)
+    timer = common.Timer(state.wall_seconds)
+    progress = tqdm(total=config.steps, initial=state.step, disable=not accelerator.is_main_process,
+                    desc="prior (distillation)" if teacher else "prior")
+    running = None
+
+    def ema_copy():
+        ema_model = network_class.from_config(accelerator.unwrap_model(model).config)
+        ema.copy_to(ema_model.parameters())
+        return ema_model.eval()
+
+    def save():
+        state.wall_seconds = timer.total
+        if accelerator.is_main_process:
+            checkpoint.mkdir(parents=True, exist_ok=True)
+            accelerator.unwrap_model(model).save_pretrained(checkpoint / "model")
+            ema_model = ema_copy()
+            ema_model.save_pretrained(checkpoint / "ema")
+            if not (checkpoint / "vqvae").exists() or (checkpoint / "vqvae").resolve() != Path(vq_source).resolve():
+                save_autoencoder(vq_model, vq_source, checkpoint / "vqvae")
+            common.save_optimizer(optimizer, checkpoint)
+            state.save(checkpoint)
+            if teacher is not None:
+                distill.record_teacher(config, checkpoint)
+            export_prior(config, ema_model, vq_model, vq_source, scheduler, classes, state, teacher)
+
+    while common.keep_training(state, timer, config):
+        tokens, labels = next(batches)
+        tokens = tokens.to(accelerator.device)
+        class_labels = None
+        if classes:
+            class_labels = drop_labels(labels, null_class, config.label_dropout, generator).to(accelerator.device)
+        with accelerator.autocast():
+            network = accelerator.unwrap_model(model)
+            if teacher is not None:
+                loss = distill.guidance_distillation_loss(network, teacher, tokens, class_labels, generator,
+                                                          config.raster_share, network.config.guidance_max)
+            else:
+                loss = masked_token_loss(network, tokens, class_labels, generator, config.raster_share)
+        running = common.ema_step(accelerator, model, loss, optimizer, schedule, ema, state, running)
+        progress.update(1)
+        if state.step % config.log_every == 0:
+            progress.set_postfix(loss=round(running, 4), bits=round(running / math.log(2), 3),
+                                 lr=f"{schedule.get_last_lr()[0]:.2e}", ema_decay=round(ema.cur_decay_value or 0.0, 5))
+        if state.step % config.save_every == 0:
+            save()
+        if state.step % config.sample_every == 0 and accelerator.is_main_process:
+            save_prior_samples(ema_copy(), vq_model, scheduler, classes,
+                               config.run_dir / "samples" / f"{state.step:06d}.png",
+                               guidance_scale=config.guidance_scale, teacher=teacher)
+    save()
+    progress.close()
+
+
+def save_prior_samples(model, vq_model: VQModel, scheduler, classes: list[str], path: Path, *, guidance_scale: float,
+                       count: int = 16, steps: int = 12, teacher=None) -> None:
+    """16 samples, 12 confidence-order steps, seed 0, classes in order (with a teacher: the prior of the
+    teacher and `model`, its guidance-distilled copy, as `export_prior` writes it)."""
+    from ..priors import MASKGIT_CHOICE_TEMPERATURE, TokenPrior
+
+    network, distilled = (model, None) if teacher is None else (teacher, model.to(teacher.device).eval())
+    prior = TokenPrior(VQ(vq_model.eval()), network.eval(), dict(scheduler.config),
+                       {"classes": classes, "default_guidance_scale": guidance_scale,
+                        "default_choice_temperature": MASKGIT_CHOICE_TEMPERATURE}, distilled=distilled)
+    if classes:
+        images = [prior.sample(seed=0, steps=steps, batch=1 + (count - 1 - c) // len(classes), class_label=c).pixels
+                  for c in range(min(count, len(classes)))]
+        pixels = torch.stack([images[i % len(classes)][i // len(classes)] for i in range(count)])
+    else:
+        pixels = prior.sample(seed=0, steps=steps, batch=count).pixels
+    common.save_grid(pixels, path, columns=4)
+
+
+def export_prior(config: PriorConfig, model, vq_model: VQModel, vq_source: Path, scheduler, classes: list[str],
+                 state: common.RunState, teacher=None) -> None:
+    """The aMUSEd-like pipeline layout: vqvae/ (from `vq_source`) + transformer/ + scheduler/ + model_index.json,
+    with genlab.json and the model card at its root. Distilling (`teacher`): transformer/ is the teacher, the
+    prior itself, and transformer_distilled/ the student `model`."""
+    import diffusers
+
+    from ..priors import MASKGIT_CHOICE_TEMPERATURE
+
+    out = config.out
+    out.mkdir(parents=True, exist_ok=True)
+    network = model if teacher is None else teacher  # the prior
+    common.save_network(network, out / "transformer", config.export_fp16)  # measured as stored
+    if teacher is not None:
+        common.save_network(model, out / DISTILLED, config.export_fp16)
+    scheduler.save_pretrained(out / "scheduler")
+    if (out / "vqvae").resolve() != Path(vq_source).resolve():
+        save_autoencoder(vq_model, vq_source, out / "vqvae")
+    index = {"_class_name": "GenLabTokenPriorPipeline", "_diffusers_version": diffusers.__version__,
+             "vqvae": ["diffusers", "VQModel"], "transformer": ["genlab", type(network).__name__],
+             "scheduler": ["diffusers", "AmusedScheduler"]}
+    if teacher is not None:
+        index[DISTILLED] = ["genlab", type(model).__name__]
+    (out / "model_index.json").write_text(json.dumps(index, indent=2))
+    write_model_info(out, ModelInfo(kind="prior", title=out.name, classes=tuple(classes),
+                                    default_guidance_scale=config.guidance_scale if classes else None,
+                                    default_choice_temperature=MASKGIT_CHOICE_TEMPERATURE))
+    state.save(out)
+    save_prior_samples(model, vq_model, scheduler, classes, out / "samples.png",
+                       guidance_scale=config.guidance_scale, teacher=teacher)
+    cards.write_prior_card(config, network, model if teacher is not None else None, vq_model, classes, state)

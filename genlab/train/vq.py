@@ -15,13 +15,26 @@ VQGAN: Esser et al., "Taming Transformers for High-Resolution Image Synthesis" (
 The trained weights are a plain `VQModel`: diffusers' own `VectorQuantizer` (nearest code by
 `cdist`) reproduces the training-time quantization exactly; with a reserved background code
 (`genlab.autoencoders.vq.Background`), GenLab's `VQ.encode` applies the same override after it.
+
+`train_vq` is the `vqvae` / `vqgan` run of `python -m genlab.train`; `export_vq` writes the weights folder.
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
+from diffusers import VQModel
 from torch import nn
+from tqdm.auto import tqdm
+
+from ..autoencoders.vq import VQ, Background, perplexity
+from ..loading.schema import ModelInfo, write_model_info
+from . import cards, common
+from .config import VQConfig
 
 
 class EMAVectorQuantizer(nn.Module):
@@ -154,8 +167,174 @@ def adaptive_weight(rec_loss: torch.Tensor, gan_loss: torch.Tensor, last_layer: 
     return (rec_grad.norm() / (gan_grad.norm() + 1e-4)).clamp(0.0, 1e4).detach()
 
 
-def perplexity(indices: torch.Tensor, num_codes: int) -> float:
-    """exp(entropy) of the code distribution: num_codes when all codes are equally used, 1 when one is."""
-    probs = torch.bincount(indices.flatten(), minlength=num_codes).float()
-    probs = probs / probs.sum()
-    return float(torch.exp(-(probs * torch.log(probs + 1e-10)).sum()))
+# ------------------------------------------------------------------------------ the run
+def build_vq(config: VQConfig) -> VQModel:
+    count = len(config.channels)
+    return VQModel(
+        down_block_types=("DownEncoderBlock2D",) * count, up_block_types=("UpDecoderBlock2D",) * count,
+        block_out_channels=config.channels, layers_per_block=config.layers_per_block, latent_channels=config.code_dim,
+        vq_embed_dim=config.code_dim, num_vq_embeddings=config.codes, norm_num_groups=config.groups(),
+        mid_block_add_attention=False, sample_size=config.crop,
+    )
+
+
+def vq_losses(config: VQConfig, trainer, pixels: torch.Tensor, discriminator=None, last_layer=None):
+    """(generator loss, reconstruction, indices, logs) of one batch (B, 3, H, W): L2 (+ L1) reconstruction,
+    commitment, and with a `discriminator` the GAN term, weighted adaptively at the decoder's `last_layer`."""
+    reconstruction, indices, commitment = trainer(pixels)
+    rec_loss = F.mse_loss(reconstruction.float(), pixels)
+    if config.l1_weight:
+        rec_loss = rec_loss + config.l1_weight * (reconstruction.float() - pixels).abs().mean()
+    loss = rec_loss + config.beta * commitment
+    logs = {"rec": rec_loss.item(), "commit": commitment.item()}
+    if discriminator is not None:
+        gan_loss = -discriminator(reconstruction).mean()
+        weight = adaptive_weight(rec_loss, gan_loss, last_layer) * config.disc_weight
+        loss = loss + weight * gan_loss
+        logs.update(gan=gan_loss.item(), w=weight.item())
+    return loss, reconstruction, indices, logs
+
+
+def train_vq(config: VQConfig, accelerator: Accelerator, data: common.ImageFolder, state: common.RunState) -> None:
+    """A VQ-VAE, or a VQGAN (a PatchGAN from `disc_start` on), with EMA codebook, checkpoints and resume."""
+    checkpoint = config.run_dir / "checkpoint"
+    resuming = config.resume and (checkpoint / "model").exists()
+    if resuming:
+        model = VQModel.from_pretrained(checkpoint / "model")
+    else:
+        model = VQModel.from_pretrained(config.init, **config.init_overrides()) if config.init else build_vq(config)
+    background = vq_background(config, model, data, checkpoint)
+    trainer = VQAutoencoderForTraining(model, config.codebook_decay, config.dead_threshold, background)
+    if config.init or resuming:  # the codebook is trained already: no data init
+        trainer.quantizer.initialized.fill_(True)
+        trainer.quantizer.embed_sum.copy_(model.quantize.embedding.weight.detach())
+    if config.freeze_encoder:
+        for module in (model.encoder, model.quant_conv):
+            module.requires_grad_(False)
+    gan = config.kind == "vqgan"
+    params = [p for p in trainer.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=config.lr, betas=(0.5, 0.9) if gan else (0.9, 0.99))
+    discriminator = disc_optimizer = None
+    if gan:
+        discriminator = PatchDiscriminator(config.disc_channels, config.disc_layers)
+        disc_optimizer = torch.optim.Adam(discriminator.parameters(), lr=config.lr, betas=(0.5, 0.9))
+    if resuming:
+        common.load_optimizer(optimizer, checkpoint)
+        common.load_modules({"quantizer": trainer.quantizer}, checkpoint)
+        if discriminator is not None and (checkpoint / "discriminator.safetensors").exists():
+            common.load_modules({"discriminator": discriminator}, checkpoint)
+            common.load_optimizer(disc_optimizer, checkpoint / "disc")
+    schedule = common.lr_scheduler(optimizer, config.lr_schedule, config.lr, config.warmup_steps, config.steps,
+                                   state.step)
+    trainer, optimizer = accelerator.prepare(trainer, optimizer)
+    if discriminator is not None:
+        discriminator, disc_optimizer = accelerator.prepare(discriminator, disc_optimizer)
+    unwrapped = accelerator.unwrap_model(trainer)
+    last_layer = unwrapped.vq.decoder.conv_out.weight
+    seed = config.seed + state.step + accelerator.process_index
+    batches = iter(common.RandomCrops(data, config.crop, config.batch_size, seed))
+    fixed, _ = next(iter(common.RandomCrops(data, config.crop, 8, seed=1234)))
+    timer = common.Timer(state.wall_seconds)
+    usage = torch.zeros(config.codes, device=accelerator.device)
+    progress = tqdm(total=config.steps, initial=state.step, disable=not accelerator.is_main_process, desc=config.kind)
+
+    def save():
+        state.wall_seconds = timer.total
+        if accelerator.is_main_process:
+            checkpoint.mkdir(parents=True, exist_ok=True)
+            unwrapped.vq.save_pretrained(checkpoint / "model")
+            common.save_optimizer(optimizer, checkpoint)
+            common.save_modules({"quantizer": unwrapped.quantizer}, checkpoint)
+            if discriminator is not None:
+                common.save_modules({"discriminator": accelerator.unwrap_model(discriminator)}, checkpoint)
+                (checkpoint / "disc").mkdir(exist_ok=True)
+                common.save_optimizer(disc_optimizer, checkpoint / "disc")
+            state.save(checkpoint)
+            if background is not None:
+                (checkpoint / "background.json").write_text(json.dumps(background.as_info()))
+            export_vq(config, unwrapped.vq, state, fixed, background)
+
+    while common.keep_training(state, timer, config):
+        pixels = next(batches)[0].to(accelerator.device)
+        trainer.train()
+        if config.freeze_encoder:
+            unwrapped.quantizer.eval()  # no EMA codebook updates: tokens stay those of --init
+        use_gan = discriminator is not None and state.step >= config.disc_start
+        critic = (discriminator, last_layer) if use_gan else (None, None)
+        with accelerator.autocast():
+            loss, reconstruction, indices, logs = vq_losses(config, trainer, pixels, *critic)
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        optimizer.step()
+        schedule.step()
+        if use_gan:
+            with accelerator.autocast():
+                d_loss = hinge_d_loss(discriminator(pixels), discriminator(reconstruction.detach()))
+            disc_optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(d_loss)
+            disc_optimizer.step()
+            logs["disc"] = d_loss.item()
+        usage += torch.bincount(indices.flatten(), minlength=config.codes)
+        state.step += 1
+        progress.update(1)
+        if state.step % config.log_every == 0:
+            batch_usage = torch.bincount(indices.flatten(), minlength=config.codes).cpu().numpy()
+            logs.update(psnr=common.psnr(reconstruction, pixels), used=f"{int((usage > 0).sum())}/{config.codes}",
+                        ppl=perplexity(batch_usage))
+            progress.set_postfix({k: (round(v, 4) if isinstance(v, float) else v) for k, v in logs.items()})
+            usage.zero_()
+        if state.step % config.save_every == 0:
+            save()
+        if state.step % config.sample_every == 0 and accelerator.is_main_process:
+            save_vq_samples(unwrapped.vq, fixed, config.run_dir / "samples" / f"{state.step:06d}.png")
+    save()
+    progress.close()
+
+
+@torch.no_grad()
+def save_vq_samples(model: VQModel, pixels: torch.Tensor, path: Path) -> None:
+    model.eval()
+    reconstruction = model(pixels.to(model.device)).sample.clamp(-1, 1).cpu()
+    model.train()
+    common.save_grid(torch.cat([pixels, reconstruction]), path, columns=len(pixels))
+
+
+def vq_background(config: VQConfig, model: VQModel, data: common.ImageFolder, checkpoint: Path) -> Background | None:
+    """The `genlab.autoencoders.vq.Background` of --background-margin (None without it): the code of a resumed
+    run, else --background-code, else the commonest nearest code on the background tokens of 256 training crops."""
+    if config.background_margin is None:
+        return None
+    num_codes = model.config.num_vq_embeddings
+    if config.resume and (checkpoint / "background.json").is_file():
+        return Background.from_info(json.loads((checkpoint / "background.json").read_text()), num_codes)
+    options = {"margin": config.background_margin, "tolerance": config.background_tolerance}
+    if config.background_code is not None:
+        if config.background_code >= num_codes:
+            raise SystemExit(f"--background-code {config.background_code}: the model has {num_codes} codes")
+        return Background(code=config.background_code, **options)
+    probe, nearest = Background(code=0, **options), VQ(model)  # nearest: the encoder's own codes, no override
+    counts = torch.zeros(num_codes, dtype=torch.long)
+    crops = iter(common.RandomCrops(data, config.crop, 64, seed=4321))
+    for _ in range(4):
+        pixels = next(crops)[0].to(model.device)  # (64, 3, crop, crop)
+        indices = nearest.encode(pixels)  # (64, h, w)
+        quiet = probe.mask(pixels, nearest.downsample_factor).to(indices.device)  # (64, h, w)
+        counts += torch.bincount(indices[quiet].cpu(), minlength=num_codes)
+    if counts.sum() == 0:
+        raise SystemExit(f"--background-margin {config.background_margin}: no token of {config.data} has a white "
+                         f"neighbourhood that wide (within {config.background_tolerance} levels); pass "
+                         "--background-code or a smaller margin")
+    return Background(code=int(counts.argmax()), **options)
+
+
+def export_vq(config: VQConfig, model: VQModel, state: common.RunState, fixed: torch.Tensor,
+              background: Background | None = None) -> None:
+    """The VQModel folder: weights, genlab.json (`tile`: see genlab.imaging.tiling; the reserved background code,
+    which VQ.encode applies), run.json, samples.png and the model card."""
+    config.out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(config.out, safe_serialization=True)
+    write_model_info(config.out, ModelInfo(kind="vq", title=config.out.name, tile=config.crop,
+                                           background=background.as_info() if background else None))
+    state.save(config.out)
+    save_vq_samples(model, fixed, config.out / "samples.png")
+    cards.write_vq_card(config, model, state, background)

@@ -1,19 +1,30 @@
-"""GenLab's gradio app: four tabs over the ops in genlab.autoencoders.vq, genlab.autoencoders.kl, genlab.priors.pipeline, genlab.diffusion.pipeline
-and genlab.toy.
+"""GenLab's gradio app: four tabs over the ops in genlab.autoencoders, genlab.priors, genlab.diffusion and genlab.toy.
 
-Each tab module turns UI values into calls of the ops and the ops' results into UI values;
-`build_app` only assembles them. Heavy events share one concurrency slot ("heavy"), so a CPU or
-GPU runs one model call at a time while light events (previews, scrubbing) stay responsive.
+- `reconstruct_tab.py`: VQ-VAE / KL reconstruction against JPEG (`ReconstructTab`);
+- `codebook/`: the VQGAN codebook tab, `generation.py` (token-prior generate / inpaint / scrub) and
+  `explorer.py` (atlas, usage, image <-> codes, token editing, interpolation);
+- `diffusion_tab.py`: diffusion step by step (`DiffusionTab`), `diffusion_views.py` turning runs into UI values;
+- `foundations_tab.py`: the 2D toys' tab (`FoundationsTab`); their plots are genlab.toy.views;
+- `common.py`: the registry, the model threads, error translation, brush masks, event adapters, downloads;
+  `compat.py`: the gradio shims, checked against the gradio version they were written for; `plots.py`.
+
+Each tab is a class holding the registry and its components; its handlers are methods a test can call
+without a server: a handler with many inputs takes one request dataclass (the API's parameters, in order),
+and every handler returns (or yields) a dict keyed by output component. `build_app` only assembles the tabs.
+Heavy events share one concurrency slot ("heavy"), so a CPU or GPU runs one model call at a time while light
+events (previews, scrubbing) stay responsive.
 """
 
 from __future__ import annotations
 
 import gradio as gr
 
+from ..loading import checkpoints
 from ..loading import loaders as models
 from ..config import AppConfig
-from . import codebook_tab, diffusion_tab, foundations_tab, reconstruct_tab
-from .common import OUTPUT_DIR, Registry, install_atomic_image_cache
+from . import codebook, diffusion_tab, foundations_tab, reconstruct_tab
+from .common import OUTPUT_DIR, Registry
+from .compat import install_atomic_image_cache
 
 HEAVY_CONCURRENCY = 1
 
@@ -28,7 +39,7 @@ def status_markdown(registry: Registry) -> str:
 
 
 def build_app(config: AppConfig) -> gr.Blocks:
-    models.DEFAULT_DEVICE = config.device
+    checkpoints.DEFAULT_DEVICE = config.device  # pick_device's default
     models.import_model_classes()  # before any event thread runs
     install_atomic_image_cache()
     registry = Registry(config)
@@ -40,7 +51,7 @@ def build_app(config: AppConfig) -> gr.Blocks:
         with gr.Tab("VQ-VAE reconstruction"):
             reconstruct_tab.build(registry, demo)
         with gr.Tab("VQGAN codebook"):
-            codebook_tab.build(registry, demo)
+            codebook.build(registry, demo)
         with gr.Tab("Diffusion, step by step"):
             diffusion_tab.build(registry, demo)
         with gr.Tab("Foundations (2D)"):

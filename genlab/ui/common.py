@@ -1,11 +1,15 @@
-"""Pieces every tab shares: safe image upload, brush masks, error translation, the model registry, examples."""
+"""Pieces every tab shares: brush masks, error translation, the model threads, the model registry, the
+conditioning controls, event adapters and downloads. The gradio shims (safe uploads, the atomic image
+cache) live in `compat`."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -18,9 +22,10 @@ import torch
 from PIL import Image
 
 from ..loading import loaders as models
-from ..loading.registry import EXAMPLES_DIR, embedded_status, example_images  # noqa: F401  (the tabs import them here)
 from ..config import AppConfig, prior_autoencoder
 from ..imaging.io import InputError, open_image
+from ..loading.registry import embedded_status
+from .compat import SafeImageEditor
 from ..loading.loaders import ModelLoadError, ModelSpec
 
 log = logging.getLogger("genlab")
@@ -58,82 +63,6 @@ def mask_from_editor(value, region: str = "the region the model should repaint")
     if not np.asarray(mask).any():
         raise gr.Error(f"The mask is empty: paint over {region} (brush tool).")
     return image, mask
-
-
-class SafeImage(gr.Image):
-    """gr.Image whose upload reaches GenLab as the raw file path, undecoded.
-
-    gradio's own preprocessing opens uploads with Pillow, so a decompression bomb, an SVG or a
-    non-image would fail inside gradio with an unhelpful message. Here every upload goes through
-    `genlab.open_image` in the event function instead, which explains what is wrong.
-    """
-
-    @classmethod
-    def get_component_class_id(cls) -> str:
-        return gr.Image.get_component_class_id()
-
-    def get_block_name(self) -> str:
-        return "image"
-
-    def preprocess(self, payload):
-        if payload is None:
-            return None
-        if payload.path is None:
-            raise gr.Error("The upload did not arrive; please try again.")
-        return payload.path
-
-    def api_info(self):
-        return gr.Image.api_info(self)
-
-
-class SafeImageEditor(gr.ImageEditor):
-    """gr.ImageEditor whose background and painted layers reach GenLab as file paths, undecoded (see SafeImage).
-
-    gradio's own preprocessing decodes them with Pillow and converts them to `image_mode`, which fails
-    with an unhelpful message on a non-image, an SVG or a bomb, and on any JPEG sent through the API
-    (RGBA cannot be saved as JPEG). Here the background is decoded by `genlab.open_image` in the event
-    function (`mask_from_editor`), and each layer is checked by it before the event runs. The browser
-    sends its canvas as PNG bytes; those are written to gradio's cache (and deleted with it) first.
-    """
-
-    @classmethod
-    def get_component_class_id(cls) -> str:
-        return gr.ImageEditor.get_component_class_id()
-
-    def get_block_name(self) -> str:
-        return "imageeditor"
-
-    def preprocess(self, payload):
-        if payload is None:
-            return None
-        source = payload if payload.id is None else self.blob_storage.pop(payload.id, None)
-        if source is None:  # the browser's blobs never arrived
-            return {"background": None, "layers": [], "composite": None}
-        return {"background": self._path(source.background),
-                "layers": [self._layer(layer) for layer in source.layers if layer is not None],
-                "composite": self._path(source.composite)}
-
-    def _path(self, file) -> str | None:
-        if file is None:
-            return None
-        if isinstance(file, (bytes, bytearray, memoryview)):  # a canvas export from the browser
-            Path(self.GRADIO_CACHE).mkdir(parents=True, exist_ok=True)
-            handle, path = tempfile.mkstemp(suffix=f".{self.format}", dir=self.GRADIO_CACHE)
-            with os.fdopen(handle, "wb") as out:
-                out.write(file)
-            self.temp_files.add(path)
-            return path
-        if file.path is None:
-            raise gr.Error("The upload did not arrive; please try again.")
-        return file.path
-
-    def _layer(self, file) -> str:
-        path = self._path(file)
-        try:
-            open_image(path)
-        except InputError as error:
-            raise gr.Error(f"A painted layer cannot be read: {error}", print_exception=False) from None
-        return path
 
 
 def mask_editor(label: str, brush_size: int = 12, **options) -> SafeImageEditor:
@@ -178,9 +107,9 @@ def user_errors(fn):
 def single_threaded_worker() -> None:
     """Initialiser of worker threads that run one intra-op thread each, the process default unchanged elsewhere.
 
-    The 2D toys' matrices are tiny, so threads only add synchronisation: on this project's 2-core machine
-    under load, a VAE trains at ~200 steps/s on one thread and 5-30 on two. Two image models at once
-    (`run_pair`) each take one core. torch keeps the count per thread (OpenMP) but new threads copy a
+    The 2D toys' matrices are tiny, so more threads only add synchronisation: on a small, loaded CPU a VAE
+    trains several times faster on one thread than on two. Two image models at once (`run_pair`) each take
+    one core. torch keeps the count per thread (OpenMP) but new threads copy a
     process-wide default, which set_num_threads also changes; another thread puts that default back at
     once, so the image models' threads keep theirs.
     """
@@ -201,9 +130,8 @@ def on_model_thread(fn):
 
     gradio runs a sync handler on whichever of its worker threads is free. torch's OpenMP keeps a team of
     intra-op threads per calling thread, and glibc a malloc arena per thread, so a model call from a thread
-    that has not run one lately pays for cold threads and fresh pages. Measured on the 2-core CPU
-    (vqvae-photo then vqgan-photo reconstructing a 256² photo, medians of 16 calls): 173 ms when every call
-    comes from one thread, 241 ms when they come from a pool of 12 threads, as gradio's do. Heavy events
+    that has not run one lately pays for cold threads and fresh pages: calls that all come from one thread
+    are measurably faster than calls spread over a pool of threads, as gradio's are. Heavy events
     hold one concurrency slot ("heavy") anyway, so one thread serves them all without queueing any of them
     longer. A call made on the model thread itself (a handler calling another) runs directly."""
     def here() -> bool:
@@ -251,9 +179,7 @@ def run_pair(first, second, parallel: bool = True):
     pool has a worker for each, and the heavy handlers that call this run one at a time on the model thread.
 
     Two models side by side scale better than one model's ops split over both cores, where every op ends
-    at a barrier that waits for the slower core. Measured on the 2-core CPU (vqvae-photo and vqgan-photo
-    reconstructing a 256² photo, medians of 10, three rounds): 148-151 ms at once, 177-214 ms in turn
-    on two intra-op threads."""
+    at a barrier that waits for the slower core (`python -m genlab.bench` measures the pair)."""
     if not parallel:
         return first(), second()
     later = _pair.submit(second)
@@ -273,8 +199,7 @@ class Registry:
                 self.status.setdefault(vq_label, self.status[prior_label])
 
     def table(self, kind: str) -> dict[str, ModelSpec]:
-        return {"vq": self.config.vq_models, "diffusion": self.config.diffusion_models,
-                "prior": self.config.prior_models}[kind]
+        return self.config.table(kind)
 
     def _spec(self, table: dict[str, ModelSpec], label: str, kind: str) -> ModelSpec:
         if not label:
@@ -345,40 +270,8 @@ MAX_OUTPUT_FILES = 200
 _output_lock = threading.Lock()
 
 
-def install_atomic_image_cache() -> None:
-    """Make gradio write cached output images atomically (temp file + os.replace).
-
-    gradio 6.31's `processing_utils.save_pil_to_cache` names the file by a hash of its bytes and
-    rewrites it in place, so two visitors receiving a byte-identical image at the same moment (a
-    schedule plot, an example's result) can download a truncated file. Its `save_file_to_cache`
-    already writes atomically; this gives images the same treatment. Idempotent.
-    """
-    from gradio import processing_utils
-
-    original = processing_utils.save_pil_to_cache
-    if getattr(original, "_genlab_atomic", False):
-        return
-
-    def save_pil_to_cache(img, cache_dir: str, name: str = "image", format: str = "webp") -> str:
-        data = processing_utils.encode_pil_to_bytes(img, format)
-        folder = Path(cache_dir) / processing_utils.hash_bytes(data)
-        folder.mkdir(exist_ok=True, parents=True)
-        target = (folder / f"{name}.{format}").resolve()
-        if not target.exists():
-            handle, staging = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
-            with os.fdopen(handle, "wb") as file:
-                file.write(data)
-            os.replace(staging, target)
-        return str(target)
-
-    save_pil_to_cache._genlab_atomic = True
-    processing_utils.save_pil_to_cache = save_pil_to_cache
-
-
 def file_stem(*parts) -> str:
     """A safe file name stem from labels such as 'weights/vqvae-photo' or 'dpm++': 'vqvae-photo_dpmpp'."""
-    import re
-
     cleaned = [re.sub(r"[^A-Za-z0-9._-]+", "-", Path(str(p).replace("+", "p")).name).strip("-.") for p in parts]
     return "_".join(c for c in cleaned if c) or "genlab"
 
@@ -396,8 +289,6 @@ def save_output(value, name: str) -> str:
     Each file gets its own sub-folder so the visible file name stays `name`; the folder keeps the
     newest MAX_OUTPUT_FILES entries, so it cannot grow without bound.
     """
-    import numpy as np
-
     with _output_lock:
         OUTPUT_DIR.mkdir(exist_ok=True)
         folder = Path(tempfile.mkdtemp(dir=OUTPUT_DIR))
@@ -412,3 +303,77 @@ def save_output(value, name: str) -> str:
         for old in entries[:-MAX_OUTPUT_FILES]:
             shutil.rmtree(old, ignore_errors=True)
     return str(path)
+
+
+# ------------------------------------------------------------------------------ event adapters
+def positional(handler, request_type, names: tuple[str, ...] | None = None):
+    """`handler(request)`, callable by gradio with the event's inputs as positional values, one per field of
+    the dataclass `request_type`: all its fields in order, or `names` in that order (the other fields keep
+    their defaults).
+
+    The event lists its inputs in the same order, so the API keeps its parameter order, and its parameter
+    names are the fields' names. A set of components as `inputs` would hand over a dict instead, but gradio
+    orders a set by component creation, which is not the order the API documents."""
+    fields = {f.name: f for f in dataclasses.fields(request_type)}
+    names = tuple(fields) if names is None else names
+    unknown = [name for name in names if name not in fields]
+    if unknown:
+        raise TypeError(f"{request_type.__name__} has no fields {unknown}")
+    parameters, trailing = [], True  # a default only where every later parameter has one too
+    for name in reversed(names):
+        default = fields[name].default
+        trailing = trailing and default is not dataclasses.MISSING
+        parameters.insert(0, inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                               default=default if trailing else inspect.Parameter.empty))
+    signature = inspect.Signature(parameters)
+
+    def request(values, named) -> object:
+        return request_type(**signature.bind(*values, **named).arguments)
+
+    if inspect.isgeneratorfunction(handler):
+        def adapter(*values, **named):
+            yield from handler(request(values, named))
+    else:
+        def adapter(*values, **named):
+            return handler(request(values, named))
+    adapter.__signature__ = signature
+    adapter.__name__ = adapter.__qualname__ = handler.__name__
+    adapter.__doc__ = handler.__doc__
+    return adapter
+
+
+def whole(value, name: str) -> int:
+    """A UI number that must be a whole number (gr.Number hands over floats)."""
+    if value is None or isinstance(value, bool) or not float(value).is_integer():
+        raise gr.Error(f"{name} must be a whole number, got {value!r}.")
+    return int(value)
+
+
+# ------------------------------------------------------------------------------ conditioning controls
+@dataclasses.dataclass
+class Conditioning:
+    """The controls a conditional model (diffusion or token prior) needs: a class picker, a guidance scale,
+    a prompt and a negative prompt; only those its model uses are shown."""
+
+    class_name: gr.Dropdown
+    guidance: gr.Slider
+    prompt: gr.Textbox
+    negative_prompt: gr.Textbox
+
+    @property
+    def components(self) -> list:
+        return [self.class_name, self.guidance, self.prompt, self.negative_prompt]
+
+    def update(self, model) -> dict:
+        """The controls for `model` (a ConditionalModel, or None when it cannot be loaded): class picker and
+        guidance for class models, prompt, negative prompt and guidance for text models, none otherwise."""
+        text = model is not None and model.text is not None
+        classes = model is not None and model.is_conditional and not text
+        choices = [("(unconditional)", "")] + [(name, name) for name in model.classes] if classes else []
+        return {
+            self.class_name: gr.Dropdown(choices=choices, value=model.classes[0] if classes else None, visible=classes),
+            self.guidance: (gr.Slider(value=model.default_guidance_scale, visible=True) if text or classes
+                            else gr.Slider(visible=False)),
+            self.prompt: gr.Textbox(visible=text),
+            self.negative_prompt: gr.Textbox(visible=text),
+        }

@@ -1,28 +1,17 @@
 """Plots as PIL images: codebook usage, the PCA map of codes, the noise schedule.
 
-Figures are rendered to PNG and freed at once (matplotlib figures are reference cycles that
-otherwise linger until the cycle collector runs; at one figure per slider move that is ~2 MB each).
+Figures are rendered to PNG and freed at once by `genlab.toy.views.render_figure`.
 """
 
 from __future__ import annotations
-
-import io
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
 
-
-def _render(figure) -> Image.Image:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    figure.clear()
-    plt.close(figure)
-    buffer.seek(0)
-    return Image.open(buffer).convert("RGB")
+from ..toy.views import render_figure  # noqa: E402  (one renderer for every figure the app shows)
 
 
 def usage_figure(usage: np.ndarray, image_usage: np.ndarray | None = None):
@@ -38,7 +27,7 @@ def usage_figure(usage: np.ndarray, image_usage: np.ndarray | None = None):
     axis.set_yscale("symlog")
     axis.legend(loc="upper right")
     figure.tight_layout()
-    return _render(figure)
+    return render_figure(figure)
 
 
 def pca_figure(points: np.ndarray, colors: np.ndarray, usage: np.ndarray | None = None):
@@ -53,7 +42,7 @@ def pca_figure(points: np.ndarray, colors: np.ndarray, usage: np.ndarray | None 
     axis.set_xlabel("PC 1")
     axis.set_ylabel("PC 2")
     figure.tight_layout()
-    return _render(figure)
+    return render_figure(figure)
 
 
 def schedule_figure(schedule: dict[str, np.ndarray], current_t: int | None = None):
@@ -71,4 +60,4 @@ def schedule_figure(schedule: dict[str, np.ndarray], current_t: int | None = Non
         axis.set_title(f"t = {current_t}: ᾱ = {schedule['alpha_bar'][current_t]:.3f}, "
                        f"log SNR = {schedule['log_snr'][current_t]:.2f}", fontsize=9)
     figure.tight_layout()
-    return _render(figure)
+    return render_figure(figure)

@@ -10,14 +10,12 @@ pixel under its token prior": the code length of the image's tokens, -log2 p(tok
 over the pixels (genlab.priors.pipeline.TokenPrior.code_length; for a class-conditional prior a two-part code that
 first names a class in log2(C + 1) bits, and the note says which), i.e. what an entropy coder driven by
 the prior would spend, against the log2(K) / f^2 of storing each index as it is. That takes one
-network call per token (batched; about 1 s on maskgit-emoji with 2 threads), so a follow-up event fills the
-row after the panels are shown.
+network call per token (batched), so a follow-up event fills the row after the panels are shown.
 
 Speed: each panel is encoded once, as a PNG with zlib's run-length strategy, and handed to gradio as
-a file. gradio's own encoder uses Pillow's defaults (zlib level 6, default strategy): on 256² photos
-and heat maps that is 5 to 14 times slower (22-48 ms against 3-4 ms a panel on the 2-core CPU beside
-a training run) for files within 6% of the same size, and the reconstruction was encoded a second
-time for its download; with a compare model, 8 panels were most of the time spent outside the models.
+a file. gradio's own encoder uses Pillow's defaults (zlib level 6, default strategy): on photos and heat
+maps that is several times slower for files of about the same size, and the reconstruction was encoded a
+second time for its download; with a compare model, 8 panels were most of the time spent outside the models.
 The JPEG's SSIM reuses the `metrics.SsimReference` of the lane that makes it (the first model's, or the
 compare model's when that lane makes the JPEG, below), so the input's own statistics are filtered once for both.
 
@@ -26,9 +24,11 @@ On a CPU the model and the compare model run at once, a core each (`common.run_p
 at its rate. Each model's "latency" is then its time on one core. When the two models share their
 encoder and codebook (`VQ.encoder_key`: vqgan-photo is vqvae-photo's encoder under a GAN-trained
 decoder), the image is encoded once: the compare lane makes the JPEG while the first lane encodes, then
-decodes the same tokens with its own decoder (on the 2-core CPU, 256², vqvae-photo and vqgan-photo: the
-pair of lanes 206 ms against 222 ms encoding twice, medians of 15 interleaved rounds). Measured through the
-app with `python -m genlab.bench` (vqvae-photo vs vqgan-photo, 256²): see the README's benchmark table.
+decodes the same tokens with its own decoder. Measured through the app with `python -m genlab.bench`
+(vqvae-photo vs vqgan-photo): see the README's benchmark table.
+
+`ReconstructTab` holds the registry and the tab's components; its handlers return dicts keyed by output
+component.
 """
 
 from __future__ import annotations
@@ -51,8 +51,9 @@ from ..autoencoders.kl import KLAutoencoder, KLReconstruction
 from ..imaging.io import limit_side, open_image
 from ..priors.pipeline import PROBE_MASKS
 from ..autoencoders.vq import VQ, heatmap_image, index_map_image
-from .common import (OUTPUT_HEIGHT, Registry, SafeImage, example_images, file_stem, on_model_thread, run_pair,
-                     save_output, user_errors)
+from ..loading.registry import example_images
+from .common import OUTPUT_HEIGHT, Registry, file_stem, on_model_thread, run_pair, save_output, user_errors
+from .compat import SafeImage
 
 METRIC_ROWS = ("PSNR (dB)", "SSIM", "bits per pixel", "compression vs 24-bit RGB",
                "distinct codes used (JPEG: quality)", "latency (ms)")
@@ -85,7 +86,7 @@ def save_files(files: list[tuple[str, bytes]]) -> list[str]:
 
     The first goes through `save_output`, which gives it a fresh folder and prunes the oldest; the rest
     join that folder. A folder per file, as `save_output` alone makes, would cost 8 prunes per event once
-    the output folder is full, and removing a folder costs about 4 ms on this machine's disk."""
+    the output folder is full, and removing a folder is not free on a slow disk."""
     (first_name, first_data), *rest = files
     folder = Path(save_output(first_data, first_name)).parent
     for name, data in rest:
@@ -235,22 +236,28 @@ def prior_bits(registry: Registry, label: str, image) -> tuple[str, str]:
         f"{bpp:.3f} bits per pixel ({how}), against log2 K / f² = {index_bpp:.3f} for the raw indices ({ratio}).")
 
 
-def build(registry: Registry, demo: gr.Blocks) -> None:
+class ReconstructTab:
+    """The tab's components and handlers over the registry's autoencoders (and the token priors of VQ models)."""
+
+    def __init__(self, registry: Registry):
+        self.registry = registry
+
+    # -------------------------------------------------------------------------- handlers
     @on_model_thread
     @user_errors
-    def reconstruct(image_path, model, compare_model, max_side, progress=gr.Progress()):
+    def reconstruct(self, image_path, model, compare_model, max_side, progress=gr.Progress()) -> dict:
         if image_path is None:
             raise gr.Error("Upload an image or click an example first.")
         progress(0.1, desc="decoding the upload")
         image = open_image(image_path)
         compare_model = compare_model if compare_model != model else ""
-        first = registry.autoencoder(model)
+        first = self.registry.autoencoder(model)
         progress(0.3, desc=f"reconstructing with {' and '.join(filter(None, (model, compare_model)))}")
         if not compare_model:
             lanes = [run_lane(first, model, image, max_side, with_jpeg=True)]
             shared = False
         else:  # module docstring: the two models at once, a core each
-            second = registry.autoencoder(compare_model)
+            second = self.registry.autoencoder(compare_model)
             parallel = first.device.type == second.device.type == "cpu"
             shared = shared_encoder(first, second)
             tokens = Future() if shared else None
@@ -258,118 +265,144 @@ def build(registry: Registry, demo: gr.Blocks) -> None:
             compare_lane = functools.partial(run_lane, second, compare_model, image, max_side, "compare_",
                                              with_jpeg=shared, tokens=tokens)
             lanes = list(run_pair(main_lane, compare_lane, parallel=parallel))
-        result = lanes[0].result
         jpeg_lane = next(lane for lane in lanes if lane.jpeg is not None)  # the compare lane when it waited for tokens
-        jpeg = jpeg_lane.jpeg
-        headers = ["metric", *(model, compare_model)[:len(lanes)],
-                   "JPEG at <= the same bpp" if jpeg.within_budget else
-                   "JPEG at quality 1 (cannot go as low as the model's bpp)"]
-        columns = [lane.column for lane in lanes] + [jpeg_lane.jpeg_values]
-        rows = [[name, *map(str, values)] for name, *values in zip(METRIC_ROWS, *columns)]
-        note = shape_note(result, max_side)
+        note = shape_note(lanes[0].result, max_side)
         if shared:
             note += (f" {compare_model} has {model}'s encoder and codebook: the same tokens, encoded once, decoded "
                      "by two decoders.")
-        priors = [registry.prior_of(label) for label in headers[1:-1]]
-        if any(priors):  # filled in by /reconstruct_prior_bits
-            rows.insert(METRIC_ROWS.index("bits per pixel") + 1, [PRIOR_ROW, *(PENDING if p else "-" for p in priors), "-"])
-        table = pd.DataFrame(rows, columns=headers)
         compare_panels = lanes[1].panels if len(lanes) == 2 else []
         original, *row_paths, jpeg_path, code_path = save_files(
             [jpeg_lane.original, *lanes[0].panels, *compare_panels, jpeg_lane.jpeg_file, lanes[0].code])
         main_row, compare_row = row_paths[:3], row_paths[3:] or [None, None, None]
-        return (original, *main_row, *compare_row, jpeg_path, table, note, [main_row[0], code_path])
+        return {self.original: original, **dict(zip(self.main_row, main_row)),
+                **dict(zip(self.compare_row, compare_row)), self.jpeg: jpeg_path,
+                self.table: self.metrics_table(lanes, jpeg_lane, (model, compare_model)), self.note: note,
+                self.downloads: [main_row[0], code_path]}
+
+    def metrics_table(self, lanes: list[Lane], jpeg_lane: Lane, labels: tuple[str, str]) -> pd.DataFrame:
+        """A column per model and the JPEG's; the prior row pending where a model has a token prior."""
+        headers = ["metric", *labels[:len(lanes)],
+                   "JPEG at <= the same bpp" if jpeg_lane.jpeg.within_budget else
+                   "JPEG at quality 1 (cannot go as low as the model's bpp)"]
+        columns = [lane.column for lane in lanes] + [jpeg_lane.jpeg_values]
+        rows = [[name, *map(str, values)] for name, *values in zip(METRIC_ROWS, *columns)]
+        priors = [self.registry.prior_of(label) for label in headers[1:-1]]
+        if any(priors):  # filled in by /reconstruct_prior_bits
+            rows.insert(METRIC_ROWS.index("bits per pixel") + 1, [PRIOR_ROW, *(PENDING if p else "-" for p in priors), "-"])
+        return pd.DataFrame(rows, columns=headers)
 
     @on_model_thread
     @user_errors
-    def prior_rows(original_path, table, note):
+    def prior_rows(self, original_path, table, note) -> dict:
         """The follow-up of /reconstruct: fills the "bits per pixel under its token prior" row for the models (the
         table's columns) that have a token prior, from the reconstructed input (the "original" panel). One
-        network call per token takes about 1 s on maskgit-emoji, so the panels do not wait for it."""
+        network call per token, so the panels do not wait for it."""
         rows = table.values.tolist() if isinstance(table, pd.DataFrame) else []
         row = next((row for row in rows if row and row[0] == PRIOR_ROW), None)
         if row is None or PENDING not in row:
-            return gr.skip(), gr.skip()
+            return gr.skip()
         if not original_path:
             raise gr.Error("Reconstruct an image first.")
         image = open_image(original_path)
         labels = list(table.columns)[1:-1]
         for column, label in enumerate(labels, start=1):
             if row[column] == PENDING:
-                row[column], note_text = prior_bits(registry, label, image)
+                row[column], note_text = prior_bits(self.registry, label, image)
                 note = (note or "") + note_text
-        return pd.DataFrame(rows, columns=list(table.columns)), note
+        return {self.table: pd.DataFrame(rows, columns=list(table.columns)), self.note: note}
 
-    def row_for(label, labels: dict[str, tuple[str, str, str]]):
+    def row_for(self, label, panels: list, labels: dict[str, tuple[str, str, str]]) -> dict:
         """A row's panels emptied and relabelled for the model just chosen (VQ or KL), so they never show one
         model's output under another's labels. A model that cannot be loaded leaves the row as it is:
         /reconstruct says why when it runs."""
         try:
-            kind = kind_of(registry.autoencoder(label)) if label else "vq"
+            kind = kind_of(self.registry.autoencoder(label)) if label else "vq"
         except Exception:
-            return [gr.skip()] * 3
-        return [gr.update(value=None, label=text) for text in labels[kind]]
+            return {panel: gr.skip() for panel in panels}
+        return {panel: gr.update(value=None, label=text) for panel, text in zip(panels, labels[kind])}
 
-    gr.Markdown(
-        "### What does a bottleneck keep?\nA VQ model turns each f x f patch into one of K codes: "
-        "log2(K) / f^2 bits per pixel. A KL autoencoder (VAE) keeps a Gaussian posterior per latent cell: "
-        "its rate is the KL divergence to the prior, in bits per pixel, and its row shows the decode of the "
-        "posterior mean, of one sample from it, and the posterior's std. The JPEG column encodes the same "
-        "image at no more than the first model's rate."
-    )
-    with gr.Row():
-        with gr.Column(scale=1):
-            image = SafeImage(str(EXAMPLE_PHOTO) if registry.choices("vq") else None, type="filepath", height=256,
-                              label="Image (PNG, JPEG, WebP, BMP, GIF, TIFF)")
-            gr.Examples(example_images(), inputs=image, label="Examples (held-out photos and Noto Emoji; see assets/CREDITS.md)")
-        with gr.Column(scale=1):
-            first = registry.default("vq", "vqvae-photo")
-            model = gr.Dropdown(registry.choices("vq"), value=first, label="Model")
-            compare = gr.Dropdown([("(none)", "")] + registry.choices("vq"),
-                                  value=registry.default("vq", "vqgan-photo", exclude=first) or "", label="Compare with")
-            max_side = gr.Slider(32, 1024, value=512, step=32, label="Max side (larger uploads are downscaled)")
-            run = gr.Button("Reconstruct", variant="primary")
-            note = gr.Markdown()
+    def main_labels(self, label) -> dict:
+        return self.row_for(label, self.main_row, PANEL_LABELS)
 
-    def panel(label: str) -> gr.Image:
-        return gr.Image(label=label, type="filepath", format="png", interactive=False, height=OUTPUT_HEIGHT)
-
-    with gr.Row():
-        original = panel("original")
-        rec, error, tokens = (panel(text) for text in PANEL_LABELS["vq"])
-    with gr.Row():
-        gr.Markdown("**Compare model** →")
-        rec_b, error_b, tokens_b = (panel(text) for text in COMPARE_LABELS["vq"])
-        jpeg = panel("JPEG at the same bits per pixel")
-    table = gr.Dataframe(headers=["metric"], label="Metrics", interactive=False)
-    # KL models offer their posterior std as the .npy; tests/test_browser.py reads this label
-    downloads = gr.File(label="Downloads: reconstruction (PNG) and token grid (.npy)", file_count="multiple",
-                        interactive=False)
+    def compare_labels(self, label) -> dict:
+        return self.row_for(label, self.compare_row, COMPARE_LABELS)
 
     @on_model_thread
-    def example(image_path, label, compare_label, side):
+    def example(self, image_path, label, compare_label, side) -> dict:
         """The tab's first view: the example photo through the default models, as a click on Reconstruct gives
         it. Without a model (or if it fails) the panels stay empty and the note says why, with no error toast."""
         if not image_path or not label:
-            return *[gr.skip()] * 9, "No trained autoencoder yet: upload an image once one is.", gr.skip()
+            return {self.note: "No trained autoencoder yet: upload an image once one is."}
         try:
-            outputs = reconstruct(image_path, label, compare_label, side)
+            outputs = self.reconstruct(image_path, label, compare_label, side)
         except Exception as error:
-            return *[gr.skip()] * 9, f"No example: {error}", gr.skip()
-        return (*outputs[:9], f"Example: {Path(image_path).name}. " + outputs[9], outputs[10])
+            return {self.note: f"No example: {error}"}
+        return {**outputs, self.note: f"Example: {Path(image_path).name}. " + outputs[self.note]}
 
-    inputs = [image, model, compare, max_side]
-    outputs = [original, rec, error, tokens, rec_b, error_b, tokens_b, jpeg, table, note, downloads]
-    example_event = demo.load(example, inputs, outputs, api_name="reconstruct_example", api_visibility="undocumented",
+    # -------------------------------------------------------------------------- layout
+    def build(self, demo: gr.Blocks) -> None:
+        registry = self.registry
+        gr.Markdown(
+            "### What does a bottleneck keep?\nA VQ model turns each f x f patch into one of K codes: "
+            "log2(K) / f^2 bits per pixel. A KL autoencoder (VAE) keeps a Gaussian posterior per latent cell: "
+            "its rate is the KL divergence to the prior, in bits per pixel, and its row shows the decode of the "
+            "posterior mean, of one sample from it, and the posterior's std. The JPEG column encodes the same "
+            "image at no more than the first model's rate."
+        )
+        with gr.Row():
+            with gr.Column(scale=1):
+                self.image = SafeImage(str(EXAMPLE_PHOTO) if registry.choices("vq") else None, type="filepath",
+                                       height=256, label="Image (PNG, JPEG, WebP, BMP, GIF, TIFF)")
+                gr.Examples(example_images(), inputs=self.image,
+                            label="Examples (held-out photos and Noto Emoji; see assets/CREDITS.md)")
+            with gr.Column(scale=1):
+                first = registry.default("vq", "vqvae-photo")
+                self.model = gr.Dropdown(registry.choices("vq"), value=first, label="Model")
+                self.compare = gr.Dropdown([("(none)", "")] + registry.choices("vq"),
+                                           value=registry.default("vq", "vqgan-photo", exclude=first) or "",
+                                           label="Compare with")
+                self.max_side = gr.Slider(32, 1024, value=512, step=32, label="Max side (larger uploads are downscaled)")
+                self.run = gr.Button("Reconstruct", variant="primary")
+                self.note = gr.Markdown()
+        with gr.Row():
+            self.original = panel("original")
+            self.main_row = [panel(text) for text in PANEL_LABELS["vq"]]  # reconstruction, error, tokens
+        with gr.Row():
+            gr.Markdown("**Compare model** →")
+            self.compare_row = [panel(text) for text in COMPARE_LABELS["vq"]]
+            self.jpeg = panel("JPEG at the same bits per pixel")
+        self.table = gr.Dataframe(headers=["metric"], label="Metrics", interactive=False)
+        # KL models offer their posterior std as the .npy; tests/test_browser.py reads this label
+        self.downloads = gr.File(label="Downloads: reconstruction (PNG) and token grid (.npy)", file_count="multiple",
+                                 interactive=False)
+        self.wire(demo)
+
+    def wire(self, demo: gr.Blocks) -> None:
+        inputs = [self.image, self.model, self.compare, self.max_side]
+        outputs = [self.original, *self.main_row, *self.compare_row, self.jpeg, self.table, self.note, self.downloads]
+        example_event = demo.load(self.example, inputs, outputs, api_name="reconstruct_example",
+                                  api_visibility="undocumented", concurrency_id="heavy")
+        click_event = self.run.click(self.reconstruct, inputs, outputs, api_name="reconstruct", concurrency_id="heavy")
+        prior_inputs = [self.original, self.table, self.note]  # the row's models are the table's columns
+        example_event.success(self.prior_rows, prior_inputs, [self.table, self.note], api_visibility="private",
                               concurrency_id="heavy")
-    click_event = run.click(reconstruct, inputs, outputs, api_name="reconstruct", concurrency_id="heavy")
-    prior_inputs = [original, table, note]  # the row's models are the table's columns, whatever the dropdowns say now
-    example_event.success(prior_rows, prior_inputs, [table, note], api_visibility="private", concurrency_id="heavy")
-    click_event.success(prior_rows, prior_inputs, [table, note], api_name="reconstruct_prior_bits", concurrency_id="heavy")
-    # Labels change with the dropdowns, off the click's path (update objects among /reconstruct's own outputs
-    # would also reach API clients as dicts instead of file paths). Loading the model here is what the next
-    # click would do first anyway.
-    model.change(lambda label: row_for(label, PANEL_LABELS), model, [rec, error, tokens], queue=False,
-                 show_progress="hidden", api_name="reconstruct_labels", api_visibility="undocumented")
-    compare.change(lambda label: row_for(label, COMPARE_LABELS), compare, [rec_b, error_b, tokens_b], queue=False,
-                   show_progress="hidden", api_name="reconstruct_compare_labels", api_visibility="undocumented")
+        click_event.success(self.prior_rows, prior_inputs, [self.table, self.note], api_name="reconstruct_prior_bits",
+                            concurrency_id="heavy")
+        # Labels change with the dropdowns, off the click's path (update objects among /reconstruct's own outputs
+        # would also reach API clients as dicts instead of file paths). Loading the model here is what the next
+        # click would do first anyway.
+        self.model.change(self.main_labels, self.model, self.main_row, queue=False, show_progress="hidden",
+                          api_name="reconstruct_labels", api_visibility="undocumented")
+        self.compare.change(self.compare_labels, self.compare, self.compare_row, queue=False, show_progress="hidden",
+                            api_name="reconstruct_compare_labels", api_visibility="undocumented")
+
+
+def panel(label: str) -> gr.Image:
+    """A read-only output image, handed over as a file path."""
+    return gr.Image(label=label, type="filepath", format="png", interactive=False, height=OUTPUT_HEIGHT)
+
+
+def build(registry: Registry, demo: gr.Blocks) -> ReconstructTab:
+    tab = ReconstructTab(registry)
+    tab.build(demo)
+    return tab
