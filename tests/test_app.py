@@ -149,6 +149,44 @@ def test_scrub_shows_stored_steps(app):
     assert latent is None  # a pixel model has no latent panel
 
 
+def is_nearest_upscale(path, native) -> bool:
+    """The served panel at `path` is `native` (an (H, W, 3) array) with every pixel an equal square block."""
+    shown = np.asarray(Image.open(path).convert("RGB"))
+    scale = shown.shape[0] // native.shape[0]
+    return scale > 1 and np.array_equal(shown, native.repeat(scale, axis=0).repeat(scale, axis=1))
+
+
+def test_page_load_fills_the_scrub_row_and_the_slider_scrubs_it_without_a_sample(app):
+    """A fresh visitor's page load (the tab's load event): the example run's middle step in the scrub row, the
+    step slider over it, and /scrub working on it before any Sample."""
+    client, _, dm_label = app
+    visitor = Client(client.src, verbose=False)  # a new session: no run of its own
+    status, live_xt, live_x0, _, _, slider, x_t, x0, eps, plot, latent = visitor.predict(
+        dm_label, api_name="/diffusion_example")
+    assert status.startswith("Example: ") and "shown at step 26 of 50" in status
+    assert slider["value"] == 25 and slider["maximum"] == 49
+    assert all(Path(path).is_file() for path in (live_xt, live_x0, x_t, x0, eps, plot)) and latent is None
+    assert min(image_size(x_t)) >= 256 and image_size(x_t) == image_size(x0) == image_size(eps)  # filled panels
+    scrubbed = visitor.predict(dm_label, 10, api_name="/scrub")
+    assert image_size(scrubbed[0]) == image_size(x_t) and scrubbed[4] is None
+    again = visitor.predict(dm_label, 25, api_name="/scrub")  # the middle step again: what page load showed
+    assert np.array_equal(np.asarray(Image.open(again[1])), np.asarray(Image.open(x0)))
+    first = np.asarray(Image.open(x0).convert("RGB"))
+    block = image_size(x0)[0] // 16  # the tiny model's 16 px samples, enlarged by nearest neighbour
+    assert is_nearest_upscale(x0, first[::block, ::block])
+
+
+def test_codebook_explorer_shows_the_example_on_page_load(app, photo):
+    client, vq_label, _ = app
+    visitor = Client(client.src, verbose=False)
+    atlas, page, usage, stats, pca, grid, positions, note = visitor.predict(
+        handle_file(photo), vq_label, 0, api_name="/codebook_example")
+    assert all(Path(path).is_file() for path in (atlas, usage, pca, grid, positions))
+    assert "current image" in stats and note.startswith("Example: photo.png")
+    code, patch, _, text = visitor.predict(vq_label, 1, 2, api_name="/cell")  # clicks work as after Analyze
+    assert f"code **{int(code)}**" in text and Path(patch).is_file()
+
+
 def test_denoise_and_noise_preview(app, photo):
     client, _, dm_label = app
     preview, _ = client.predict(dm_label, handle_file(photo), "clean", 100, 25, 0, api_name="/noise_preview")

@@ -242,8 +242,17 @@ def test_every_tab_and_sub_tab_opens(page, shots):
         expect(page.get_by_role("button", name=main_button[name], exact=True)).to_be_visible()
     # The class-conditional tiny model shows its category picker once the page has loaded.
     expect(page.get_by_label("Category", exact=True)).to_be_visible()
+    # Every panel shows the example on load: the scrub row holds the example run's middle step, before any click.
+    for label in ("x_t", "x̂0", "ε̂ (predicted noise)", "Noise schedule (ᾱ_t, log-SNR)"):
+        expect_image(page, label)
+    open_tab(page, "Sample")
+    expect(page.get_by_text(re.compile(r"^Example: .* shown at step 26 of 50"))).to_be_visible()
     open_tab(page, "VQGAN codebook")
     expect(page.get_by_role("button", name="Analyze")).to_be_visible()
+    for label in ("Codebook atlas (click a tile to pick its code)", "Usage",
+                  "PCA of code vectors (colour = the code's mean colour)", "Token grid (click a cell)"):
+        expect_image(page, label)
+    expect(page.get_by_text(re.compile(r"^Example: rocket\.png\. Click a cell"))).to_be_visible()
     open_tab(page, "VQ-VAE reconstruction")
     expect(page.get_by_role("button", name="Reconstruct")).to_be_visible()
     screenshot(page, shots, "00-start")

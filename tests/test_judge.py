@@ -166,13 +166,20 @@ def test_draws_per_category_are_seeded_and_capped():
 
 
 def test_ranking_names_the_measures_out_of_order():
-    def row(name, fd, precision, accuracy):
-        return Row(name, 10, fd, precision, 0.5, accuracy, {})
+    def row(name, fd, precision, recall, accuracy):
+        return Row(name, 10, fd, precision, recall, accuracy, {})
 
-    rows = [row("real", 1.0, 0.8, 0.9), row("blur", 9.0, 0.1, 0.2), row("noise", 8.0, 0.2, 0.3),
-            row("model", 4.0, 0.5, 0.95)]
-    assert ranking(rows) == ("Real train > samples > blurred and noised? FD: yes; precision: yes; "
-                             "category accuracy: NO.")
+    rows = [row("real", 1.0, 0.8, 0.9, 0.9), row("blur", 9.0, 0.1, 0.2, 0.2), row("noise", 8.0, 0.2, 0.3, 0.3),
+            row("model", 4.0, 0.5, 0.6, 0.95)]
+    assert ranking(rows) == ("Real train > samples > blurred and noised? FD: yes; precision (real and samples above "
+                             "the controls): yes; recall: yes; category accuracy: NO.")
+    # precision may rank samples above real (a guided sampler's typical samples), never a control above either
+    rows[-1] = row("model", 4.0, 0.95, 0.6, 0.85)
+    assert "precision (real and samples above the controls): yes" in ranking(rows)
+    rows[1] = row("blur", 9.0, 0.85, 0.2, 0.2)
+    assert "precision (real and samples above the controls): NO" in ranking(rows)
+    rows[1] = row("blur", 9.0, 0.1, 0.7, 0.2)
+    assert "recall: NO" in ranking(rows)
 
 
 # ------------------------------------------------------------------------------ data + commands

@@ -52,7 +52,7 @@ def test_pixel_and_latent_models_are_told_apart(tiny_dm, kl_ldm, vq_ldm):
 
 
 def test_vq_config_without_scaling_factor_is_unscaled(tiny_vq_ldm_dir, vq_ldm):
-    """diffusers would apply its 0.18215 default to CompVis/ldm-celebahq-256's VQ latents (issue #6725)."""
+    """diffusers would apply its 0.18215 default to CompVis/ldm-celebahq-256's VQ latents (diffusers issue #6725)."""
     from diffusers import VQModel
 
     assert VQModel.from_pretrained(tiny_vq_ldm_dir / "vqvae").config.scaling_factor == pytest.approx(0.18215)

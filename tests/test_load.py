@@ -1,4 +1,4 @@
-"""Load (issue 7): concurrent visitors, a soak for memory and temp-file growth, and a bounded queue.
+"""Load: concurrent visitors, a soak for memory and temp-file growth, and a bounded queue.
 
 Like test_app.py, the app runs in this process on a free loopback port with the tiny random
 checkpoints of conftest.py, so the server's resident memory is this process's. The app's output

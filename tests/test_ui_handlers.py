@@ -5,18 +5,23 @@ component, and a bad input raises gr.Error with a message that says what to do."
 from __future__ import annotations
 
 import inspect
+import json
+import shutil
 import warnings
+
+from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 gr = pytest.importorskip("gradio")
 
 from genlab.config import parse_args  # noqa: E402
 from genlab.toy import views  # noqa: E402
-from genlab.ui import compat, diffusion_tab, foundations_tab  # noqa: E402
+from genlab.ui import compat, diffusion_example, diffusion_tab, foundations_tab  # noqa: E402
 from genlab.ui.codebook import explorer, generation  # noqa: E402
-from genlab.ui.common import Registry, positional  # noqa: E402
+from genlab.ui.common import DISPLAY_SIDE, Registry, positional, upscale  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +37,7 @@ def tabs(registry):
     with gr.Blocks() as demo:
         diffusion = diffusion_tab.build(registry, demo)
         prior = generation.build(registry, demo)
-        codebook = explorer.build(registry)
+        codebook = explorer.build(registry, demo)
     return diffusion, prior, codebook
 
 
@@ -120,6 +125,112 @@ def test_explorer_handlers_need_an_analysed_image(tabs, tiny_vq_dir, photo_path)
     assert shown[section.code] == int(state["indices"][0, 0])
     with pytest.raises(gr.Error, match="inside the"):
         section.cell_info(label, 10**4, 0, state)
+
+
+def pixels(image) -> np.ndarray:
+    return np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
+
+
+def is_nearest_upscale(big, small) -> bool:
+    """`big` is `small` with every pixel an equal square block (nearest neighbour, a whole-number scale)."""
+    big, small = pixels(big), pixels(small)
+    scale = big.shape[0] // small.shape[0]
+    return (scale > 1 and big.shape[:2] == (small.shape[0] * scale, small.shape[1] * scale)
+            and np.array_equal(big, small.repeat(scale, axis=0).repeat(scale, axis=1)))
+
+
+def test_small_images_fill_their_panel_by_nearest_neighbour():
+    rng = np.random.default_rng(0)
+    for side, scale in ((32, 8), (64, 4), (134, 2), (200, 2)):
+        small = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+        big = upscale(Image.fromarray(small))
+        assert big.size == (side * scale, side * scale) and big.width >= DISPLAY_SIDE
+        assert is_nearest_upscale(big, small)
+    wide = Image.fromarray(rng.integers(0, 256, (32, 66, 3), dtype=np.uint8))  # a batch of two 32 px samples
+    assert upscale(wide).size == (264, 128) and is_nearest_upscale(upscale(wide), wide)
+    large = Image.new("RGB", (300, 40))
+    assert upscale(large) is large  # already as large as the panel
+
+
+def test_page_load_fills_the_scrub_row_and_the_slider_scrubs_it(tabs, tiny_cond_ddpm_dir):
+    """The example run (seed 0, 50 DDIM steps) is the session's last run: scrub panels filled at the middle step,
+    the slider over it, scrubbing at once, and the run sampled once per model."""
+    tab = tabs[0]
+    label = str(tiny_cond_ddpm_dir)
+    shown = tab.example(label)
+    trajectory = shown[tab.trajectory]
+    assert len(trajectory["timesteps"]) == diffusion_example.EXAMPLE_STEPS
+    middle = diffusion_example.EXAMPLE_STEPS // 2
+    assert shown[tab.scrub_slider].value == middle and shown[tab.scrub_slider].maximum == len(trajectory["x_t"]) - 1
+    for panel, key in ((tab.scrub_xt, "x_t"), (tab.scrub_x0, "x0"), (tab.scrub_eps, "eps")):
+        assert shown[panel] is not None and is_nearest_upscale(shown[panel], trajectory[key][middle])
+        assert max(shown[panel].size) >= DISPLAY_SIDE
+    assert shown[tab.scrub_latent] is None and shown[tab.schedule_plot] is not None
+    assert shown[tab.status].startswith("Example: ") and "class 'a'" in shown[tab.status]
+    assert shown[tab.live_xt] is not None and max(shown[tab.live_xt].size) >= DISPLAY_SIDE
+    scrubbed = tab.scrub(label, 3, trajectory)  # no Sample click needed
+    assert is_nearest_upscale(scrubbed[tab.scrub_x0], trajectory["x0"][3])
+    again = tab.example(label)
+    assert again[tab.trajectory] is trajectory  # cached: sampled once per model per process
+    failed = tab.example("no-such-model")
+    assert set(failed) == {tab.status} and failed[tab.status].startswith("No example: Unknown diffusion model")
+
+
+@pytest.fixture(scope="module")
+def denoiser_dir(tiny_ddpm_dir, tmp_path_factory):
+    """The tiny pixel model as if trained by the photo-denoiser recipe (its run.json names the preset)."""
+    folder = tmp_path_factory.mktemp("tiny-denoiser") / "my-denoiser"
+    shutil.copytree(tiny_ddpm_dir, folder)
+    (folder / "run.json").write_text(json.dumps({"commands": [
+        "python -m genlab.train ddpm --preset photo-denoiser --data data/photos/train --out weights/ddpm-photo"]}))
+    return folder
+
+
+def test_a_denoiser_says_so_and_its_samples_are_called_texture(denoiser_dir, tiny_cond_ddpm_dir):
+    config = parse_args(["--model", f"diffusion={denoiser_dir}", "--model", f"diffusion={tiny_cond_ddpm_dir}"],
+                        environ={})
+    registry = Registry(config)
+    assert diffusion_example.is_denoiser(registry, "ddpm-photo") == ("ddpm-photo" in config.diffusion_models)
+    assert not diffusion_example.is_denoiser(registry, str(tiny_cond_ddpm_dir))
+    assert not diffusion_example.is_denoiser(registry, "ddpm-emoji")
+    with gr.Blocks() as demo:
+        tab = diffusion_tab.build(registry, demo)
+    label = str(denoiser_dir)
+    about = diffusion_example.about_line(registry, label)  # the line under the model picker
+    assert "my-denoiser is a denoiser" in about and "undo Gaussian noise on photos" in about
+    assert diffusion_example.about_line(registry, str(tiny_cond_ddpm_dir)) == ""
+    assert tab.about.value == ""  # the tab opens on the tiny class model (or ddpm-emoji): a generator
+    frames = tab.sample(diffusion_tab.SampleRequest(label, "ddim", 2, 0, 1, None, None, 0.0))
+    first = next(frames)  # before the first UNet call
+    frames.close()
+    assert "texture, not a photo" in first[tab.status] and first[tab.status].endswith("x_T: pure noise")
+    assert "texture, not a photo" in tab.example(label)[tab.status]
+
+
+def test_ddpm_photo_is_a_denoiser_in_the_app_and_in_its_card():
+    registry = Registry(parse_args([], environ={}))
+    assert "ddpm-photo" in registry.config.diffusion_models and diffusion_example.is_denoiser(registry, "ddpm-photo")
+    assert diffusion_example.about_line(registry, "ddpm-photo").startswith("**ddpm-photo is a denoiser**")
+    card = (Path(__file__).resolve().parent.parent / "weights" / "ddpm-photo" / "README.md").read_text()
+    head = card[:1500]
+    assert "denoiser" in head and "not a photo generator" in head and "texture" in head
+
+
+def test_explorer_shows_the_example_on_page_load(tabs, tiny_vq_dir, photo_path):
+    section = tabs[2]
+    label = str(tiny_vq_dir)
+    shown = section.example(str(photo_path), label, 0)
+    for panel in (section.atlas, section.usage_plot, section.pca_plot, section.grid, section.positions):
+        assert shown[panel] is not None
+    assert "perplexity" in shown[section.stats] and shown[section.cell_text].startswith("Example: photo.png")
+    state = shown[section.state]
+    clicked = section.cell_info(label, 1, 2, state)  # the explorer works as after Analyze
+    assert clicked[section.code] == int(state["indices"][1, 2])
+    analysed = section.analyze(str(photo_path), label, 0, progress=lambda *args, **kwargs: None)
+    assert np.array_equal(analysed[section.state]["indices"], state["indices"])
+    assert section.example(str(photo_path), label, 0)[section.state] is not state  # each visitor: their own dict
+    assert set(section.example(None, label, 0)) == {section.stats}
+    assert section.example(str(photo_path), "no-such-model", 0)[section.stats].startswith("No example: ")
 
 
 def test_foundations_reset_returns_the_form_outputs_and_refuses_a_missing_rate():

@@ -3,7 +3,8 @@
 - `reconstruct_tab.py`: VQ-VAE / KL reconstruction against JPEG (`ReconstructTab`);
 - `codebook/`: the VQGAN codebook tab, `generation.py` (token-prior generate / inpaint / scrub) and
   `explorer.py` (atlas, usage, image <-> codes, token editing, interpolation);
-- `diffusion_tab.py`: diffusion step by step (`DiffusionTab`), `diffusion_views.py` turning runs into UI values;
+- `diffusion_tab.py`: diffusion step by step (`DiffusionTab`), `diffusion_views.py` turning runs into UI values,
+  `diffusion_example.py` the example run each model shows first and the denoiser note;
 - `foundations_tab.py`: the 2D toys' tab (`FoundationsTab`); their plots are genlab.toy.views;
 - `common.py`: the registry, the model threads, error translation, brush masks, event adapters, downloads;
   `compat.py`: the gradio shims, checked against the gradio version they were written for; `plots.py`.
@@ -11,6 +12,8 @@
 Each tab is a class holding the registry and its components; its handlers are methods a test can call
 without a server: a handler with many inputs takes one request dataclass (the API's parameters, in order),
 and every handler returns (or yields) a dict keyed by output component. `build_app` only assembles the tabs.
+Every panel shows an example on page load (an `example` handler per section, each computed once per model
+where it samples), so a visitor sees what each tab does before pressing anything.
 Heavy events share one concurrency slot ("heavy"), so a CPU or GPU runs one model call at a time while light
 events (previews, scrubbing) stay responsive.
 """

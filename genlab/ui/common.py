@@ -34,12 +34,26 @@ NOT_TRAINED = "not trained yet"
 DISPLAY_SIDE = 256
 
 
+def upscale_factor(size: tuple[int, int]) -> int:
+    """The whole-number scale that makes an image of `size` (width, height) at least DISPLAY_SIDE on its longer
+    side: 8 for a 32 px emoji, 2 for a 134 px grid of them, 1 for anything already that large."""
+    longest = max(size)
+    return -(-DISPLAY_SIDE // longest) if 0 < longest < DISPLAY_SIDE else 1
+
+
 def upscale(image: Image.Image) -> Image.Image:
-    """Small outputs (32x32 emoji) are shown enlarged with visible pixels."""
-    if max(image.size) < DISPLAY_SIDE:
-        scale = DISPLAY_SIDE // max(image.size)
+    """A small output (a 32 px emoji, a grid of them, a 64 px sample) enlarged by nearest neighbour to fill its
+    panel: every pixel becomes an equal square block, so the model's pixels stay visible instead of a thumbnail
+    in a large empty box or a browser's blur. The one helper for every small sample the app shows."""
+    scale = upscale_factor(image.size)
+    if scale > 1:
         image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
     return image
+
+
+def image_panel(label: str, value=None) -> gr.Image:
+    """A read-only output image of the tabs' fixed height."""
+    return gr.Image(value, label=label, format="png", interactive=False, height=OUTPUT_HEIGHT)
 
 
 def mask_from_editor(value, region: str = "the region the model should repaint") -> tuple[Image.Image, Image.Image]:

@@ -18,8 +18,9 @@ from ..autoencoders.kl import channels_image
 from ..diffusion import DiffusionModel, DiffusionRun, Step, estimate_sigma
 from ..imaging.io import InputError, as_image, open_image
 from ..loading.registry import example_images
-from .common import (OUTPUT_HEIGHT, Conditioning, Registry, file_stem, mask_editor, mask_from_editor,
-                     on_model_thread, positional, upscale, user_errors)
+from .common import (Conditioning, Registry, file_stem, image_panel, mask_editor, mask_from_editor, on_model_thread,
+                     positional, upscale, user_errors)
+from .diffusion_example import ExampleRuns, about_line, denoiser_note, is_denoiser, step_slider
 from .diffusion_views import (cost_line, denoise_summary, example_result, export_files, live_panels, nlm,
                               pack_trajectory)
 from .compat import SafeImage
@@ -134,6 +135,7 @@ class DiffusionTab:
         # Each sub-tab has its natural embedded model: the emoji sampler, the photo denoiser.
         self.sampler_default = registry.default("diffusion", "ddpm-emoji")
         self.denoiser_default = registry.default("diffusion", "ddpm-photo")
+        self.examples = ExampleRuns(registry)
 
     # -------------------------------------------------------------------------- handlers
     def conditioning_update(self, label) -> dict:
@@ -147,9 +149,24 @@ class DiffusionTab:
         """The scrubbable trajectory, the step slider over it and the downloads of a finished run."""
         stem = file_stem(label, run.scheduler, f"{steps}steps", f"seed{run.seed}", kind)
         trajectory = pack_trajectory(run)
-        scrub = gr.Slider(minimum=0, maximum=max(1, len(trajectory["timesteps"]) - 1), value=0, step=1,
-                          interactive=True, label=f"step ({len(trajectory['timesteps'])} kept)")
+        scrub = step_slider(len(trajectory["timesteps"]), 0)
         return {self.trajectory: trajectory, self.scrub_slider: scrub, self.downloads: export_files(run, stem)}
+
+    @on_model_thread
+    def example(self, label) -> dict:
+        """The first view of a model (page load, model switch): its example run becomes the session's last run,
+        scrubbed at the middle step. Without one the status says why, with no error toast."""
+        try:
+            example = self.examples.get(label) if label else None
+            if example is None:
+                return {self.status: about_line(self.registry, label) or "Press Sample to watch a run step by step."}
+            middle = len(example.trajectory["timesteps"]) // 2
+            scrubbed = self.scrub(label, middle, example.trajectory)
+        except Exception as error:
+            return {self.status: f"No example: {error}"}
+        return {**scrubbed, self.trajectory: example.trajectory, self.status: example.description,
+                self.scrub_slider: step_slider(len(example.trajectory["timesteps"]), middle),
+                self.live_xt: example.samples, self.live_x0: example.samples, self.live_latent: None, self.live_eps: None}
 
     @on_model_thread
     @user_errors
@@ -163,8 +180,9 @@ class DiffusionTab:
         # x_T first: the visitor sees the run start before the first (batched, guided) UNet call
         noise = dm.initial_noise(seed, batch)
         latent = upscale(channels_image(noise, upscale=dm.codec.factor)) if dm.is_latent else None
+        note = denoiser_note(request.label) + " " if is_denoiser(self.registry, request.label) else ""  # up front
         yield {self.live_xt: upscale(as_image(dm.codec.preview(noise))), self.live_x0: None,
-               self.status: "x_T: pure noise", self.live_latent: latent, self.live_eps: None}
+               self.status: f"{note}x_T: pure noise", self.live_latent: latent, self.live_eps: None}
         started = time.perf_counter()
         for item in stream:
             if isinstance(item, Step):
@@ -179,7 +197,7 @@ class DiffusionTab:
         notes = "".join(f" ({note})" for note in run.notes)
         final_latent = upscale(channels_image(run.trajectory.final, upscale=dm.codec.factor)) if dm.is_latent else None
         yield {self.live_xt: final, self.live_x0: final,
-               self.status: f"done: {len(run.trajectory.steps)} steps, seed {run.seed}{notes}. "
+               self.status: f"{note}done: {len(run.trajectory.steps)} steps, seed {run.seed}{notes}. "
                             f"{cost_line(dm, run, seconds)}",
                **finished, self.schedule_plot: schedule_figure(schedule, timesteps[0] if timesteps else None),
                self.live_latent: final_latent, self.live_eps: None}
@@ -312,6 +330,7 @@ class DiffusionTab:
                     "with a cheap linear preview, the final image and scrubbed steps with the real decoder.")
         self.trajectory = gr.State({}, time_to_live=STATE_TTL_S)
         self.model_controls()
+        self.about = gr.Markdown(about_line(self.registry, self.sampler_default))
         with gr.Tab("Sample") as self.sample_tab:
             self.sample_panels()
         with gr.Tab("Denoise an upload") as self.denoise_tab:
@@ -422,6 +441,14 @@ class DiffusionTab:
         for tab in (self.sample_tab, self.compare_tab):
             tab.select(self.to_sampler, model, model, api_visibility="private", show_progress="hidden")
         model.change(self.conditioning_update, model, conditioning, api_visibility="private")
+        model.change(lambda label: about_line(self.registry, label), model, self.about, api_visibility="private",
+                     queue=False, show_progress="hidden")
+        example_outputs = [self.status, self.live_xt, self.live_x0, self.live_latent, self.live_eps, self.trajectory,
+                           self.scrub_slider, self.scrub_xt, self.scrub_x0, self.scrub_eps, self.schedule_plot,
+                           self.scrub_latent]
+        demo.load(self.example, model, example_outputs, api_name="diffusion_example", api_visibility="undocumented",
+                  concurrency_id="heavy")
+        model.change(self.example, model, example_outputs, api_visibility="private", concurrency_id="heavy")
         trajectory_outputs = [self.trajectory, self.scrub_slider]
         sample_event = self.sample_button.click(
             positional(self.sample, SampleRequest),
@@ -465,11 +492,6 @@ class DiffusionTab:
                                   [model, self.settings, self.compare_seed, *conditioning], self.gallery,
                                   api_name="compare", concurrency_id="heavy")
         demo.load(self.conditioning_update, model, conditioning, api_visibility="private")
-
-
-def image_panel(label: str, value=None) -> gr.Image:
-    """A read-only output image of the tab's fixed height."""
-    return gr.Image(value, label=label, format="png", interactive=False, height=OUTPUT_HEIGHT)
 
 
 def build(registry: Registry, demo: gr.Blocks) -> DiffusionTab:

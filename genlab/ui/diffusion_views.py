@@ -69,11 +69,10 @@ def export_files(run: DiffusionRun, stem: str) -> list[str]:
     files = [save_output(run.image, f"{stem}.png")]
     preview = run.codec.is_latent
 
-    def shown(image: Image.Image) -> Image.Image:  # small images enlarged, large ones (an 800 px inpaint) reduced
-        image = upscale(image)
+    def shown(image: Image.Image) -> Image.Image:  # large images (an 800 px inpaint) reduced, small ones enlarged
         if image.height > DISPLAY_SIDE:
             image = image.resize((max(1, image.width * DISPLAY_SIDE // image.height), DISPLAY_SIDE))
-        return image
+        return upscale(image)
 
     frames = [image_grid([shown(f.x_t), shown(f.x0)], columns=2)
               for f in (Frame(step, run.codec, preview, run.crop) for step in run.trajectory.steps)]
@@ -116,8 +115,8 @@ def denoise_summary(dm: DiffusionModel, run, baseline: Image.Image) -> str:
     return text
 
 
-def example_result(registry: Registry, label: str | None):
-    """The model card's sample grid of an embedded model, shown before the visitor's first run."""
+def example_result(registry: Registry, label: str | None) -> Image.Image | None:
+    """The model card's sample grid of an embedded model, enlarged, shown before the visitor's first run."""
     spec = registry.config.diffusion_models.get(label) if label else None
     path = Path(spec.source) / "samples.png" if spec else None
-    return str(path) if path is not None and path.is_file() else None
+    return upscale(Image.open(path).convert("RGB")) if path is not None and path.is_file() else None

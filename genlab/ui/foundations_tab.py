@@ -450,8 +450,8 @@ class FoundationsTab:
                                        label="Steps per family")
             self.all_button = gr.Button("Train all four", variant="primary")
             self.all_pause = gr.Button("Pause", variant="stop")
-        self.all_status = gr.Markdown("Press **Train all four**: one to two minutes on a small 2-core CPU at "
-                                      "3000 steps.")
+        self.all_status = gr.Markdown("Press **Train all four**: the four families train one after another, and the "
+                                      "table times each.")
         self.all_plot = gr.Image(label="Data (grey) and samples (red), side by side", format="png", interactive=False)
         self.all_table = gr.Dataframe(headers=ALL_FOUR_HEADERS, label="All four: energy distance and time",
                                       interactive=False)

@@ -10,4 +10,4 @@ from . import explorer, generation
 
 
 def build(registry: Registry, demo: gr.Blocks) -> tuple[generation.GenerationSection, explorer.ExplorerSection]:
-    return generation.build(registry, demo), explorer.build(registry)
+    return generation.build(registry, demo), explorer.build(registry, demo)

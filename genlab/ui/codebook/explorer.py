@@ -19,8 +19,8 @@ from PIL import Image, ImageDraw
 from ...autoencoders.vq import VQ, index_map_image, perplexity
 from ...imaging.io import mask_of, open_image
 from ...loading.loaders import ModelSpec
-from ...loading.registry import example_images
-from ..common import OUTPUT_HEIGHT, Registry, mask_editor, mask_from_editor, on_model_thread, user_errors
+from ...loading.registry import EXAMPLE_PHOTO, example_images
+from ..common import Registry, image_panel, mask_editor, mask_from_editor, on_model_thread, user_errors
 from ..compat import SafeImage
 from ..plots import pca_figure, usage_figure
 
@@ -93,6 +93,8 @@ class ExplorerSection:
 
     def __init__(self, registry: Registry):
         self.registry = registry
+        self.examples: dict[tuple, dict] = {}  # (image, model, page) -> the example's analysis, computed once
+        self.examples_lock = threading.Lock()
 
     # -------------------------------------------------------------------------- handlers
     @on_model_thread
@@ -119,6 +121,25 @@ class ExplorerSection:
                 self.usage_plot: usage_figure(usage, image_usage), self.stats: stats_markdown(vq, usage, image_usage),
                 self.pca_plot: pca_figure(vq.pca_2d(), vq.code_colors(), usage), self.grid: grid,
                 self.positions: state.get("reconstruction"), self.state: state}
+
+    @on_model_thread
+    def example(self, image_path, label, page) -> dict:
+        """The section's first view: the example image analysed with the default model, as a click on Analyze gives
+        it (cached per model), so the grid, the cell buttons and the edits work at once. Without a model (or if it
+        fails) the panels stay empty and the statistics line says why, with no error toast."""
+        if not image_path or not label:
+            return {self.stats: "No trained VQ model yet: analyze an image once one is."}
+        key = (str(image_path), label, int(page))
+        try:
+            with self.examples_lock:
+                if key not in self.examples:
+                    self.examples[key] = self.analyze(image_path, label, page)
+                outputs = self.examples[key]
+        except Exception as error:
+            return {self.stats: f"No example: {error}"}
+        return {**outputs, self.state: dict(outputs[self.state]),
+                self.cell_text: f"Example: {Path(image_path).name}. Click a cell of the token grid, or analyze your own "
+                                "image."}
 
     @on_model_thread
     @user_errors
@@ -235,7 +256,7 @@ class ExplorerSection:
         return {self.blends: blends, self.snapped: [(patch_of(vq, code), f"code {code}") for code in snapped]}
 
     # -------------------------------------------------------------------------- layout
-    def build(self) -> None:
+    def build(self, demo: gr.Blocks) -> None:
         gr.Markdown("### What does each code mean?\nEvery code tiled over a small grid and decoded, sorted by how often "
                     "the reference set (examples + your image) uses it; unused codes are crossed out.")
         self.state = gr.State({}, time_to_live=STATE_TTL_S)
@@ -249,16 +270,17 @@ class ExplorerSection:
             self.interpolate_button = gr.Button("Interpolate")
         self.blends = gr.Gallery(label="decoded blends (1-a) e_A + a e_B", columns=8, height="auto", format="png")
         self.snapped = gr.Gallery(label="the code each blend snaps to", columns=8, height="auto", format="png")
-        self.wire()
+        self.wire(demo)
 
     def atlas_panels(self) -> None:
         registry = self.registry
         with gr.Row():
             with gr.Column(scale=1):
-                self.image = SafeImage(label="Image", type="filepath", height=224)
-                gr.Examples(example_images(), inputs=self.image)
                 vq_choices = [(text, label) for text, label in registry.choices("vq")
                               if not is_kl(registry.config.vq_models[label])]
+                self.image = SafeImage(str(EXAMPLE_PHOTO) if vq_choices else None, label="Image", type="filepath",
+                                       height=224)
+                gr.Examples(example_images(), inputs=self.image)
                 self.model = gr.Dropdown(vq_choices, value=registry.default("vq", "vqgan-photo"), label="Model")
                 self.analyze_button = gr.Button("Analyze", variant="primary")
             with gr.Column(scale=2):
@@ -275,9 +297,8 @@ class ExplorerSection:
     def cell_panels(self) -> None:
         gr.Markdown("#### Image ↔ codes: click a cell of the token grid")
         with gr.Row():
-            self.grid = gr.Image(label="Token grid (click a cell)", format="png", interactive=False, height=OUTPUT_HEIGHT)
-            self.positions = gr.Image(label="Where the code is used", format="png", interactive=False,
-                                      height=OUTPUT_HEIGHT)
+            self.grid = image_panel("Token grid (click a cell)")
+            self.positions = image_panel("Where the code is used")
             with gr.Column():
                 self.patch = gr.Image(label="Code patch", format="png", interactive=False, height=110)
                 self.cell_text = gr.Markdown()
@@ -308,17 +329,20 @@ class ExplorerSection:
                     self.swap_button = gr.Button("Swap codes")
                 self.reset_button = gr.Button("Reset")
         with gr.Row():
-            self.before = gr.Image(label="before", format="png", interactive=False, height=OUTPUT_HEIGHT)
-            self.after = gr.Image(label="after", format="png", interactive=False, height=OUTPUT_HEIGHT)
+            self.before = image_panel("before")
+            self.after = image_panel("after")
         self.edit_text = gr.Markdown()
 
-    def wire(self) -> None:
+    def wire(self, demo: gr.Blocks) -> None:
         model, state, heavy = self.model, self.state, dict(concurrency_id="heavy")
-        self.analyze_button.click(
-            self.analyze, [self.image, model, self.page],
-            [self.atlas, self.page, self.usage_plot, self.stats, self.pca_plot, self.grid, self.positions, state],
-            api_name="codebook", **heavy).success(self.region_canvas, state, self.region, api_visibility="private",
-                                                  show_progress="hidden")
+        analyze_outputs = [self.atlas, self.page, self.usage_plot, self.stats, self.pca_plot, self.grid, self.positions,
+                           state]
+        self.analyze_button.click(self.analyze, [self.image, model, self.page], analyze_outputs, api_name="codebook",
+                                  **heavy).success(self.region_canvas, state, self.region, api_visibility="private",
+                                                   show_progress="hidden")
+        demo.load(self.example, [self.image, model, self.page], [*analyze_outputs, self.cell_text],
+                  api_name="codebook_example", api_visibility="undocumented", **heavy).success(
+            self.region_canvas, state, self.region, api_visibility="private", show_progress="hidden")
         self.page.release(self.atlas_page, [model, self.page, state], self.atlas, api_name="atlas", **heavy)
         code_outputs = [self.patch, self.positions, self.cell_text]
         self.atlas.select(self.atlas_click, [model, self.page, state], self.code, api_visibility="private").then(
@@ -342,7 +366,7 @@ class ExplorerSection:
                                       [self.blends, self.snapped], api_name="interpolate", **heavy)
 
 
-def build(registry: Registry) -> ExplorerSection:
+def build(registry: Registry, demo: gr.Blocks) -> ExplorerSection:
     section = ExplorerSection(registry)
-    section.build()
+    section.build(demo)
     return section

@@ -1,0 +1,106 @@
+"""The diffusion tab's first view: one small example run per model, and what the model is for.
+
+A visitor should see the scrub row (x_t, x̂0, ε̂ and, for latent models, the latent) filled before pressing
+anything. `ExampleRuns` samples one example per model (seed 0, 50 DDIM steps, one image, the model's first class
+at its default guidance: what the tab's controls start at, batch aside) the first time the model is shown, and
+keeps the packed trajectory: every later page load or model switch reuses it, so the cost is paid once per model
+per process. The tab stores it as the session's last run, so the step slider scrubs it at once.
+
+A photo denoiser (`ddpm-photo`) is trained to undo noise on photos; sampled from pure noise it draws texture.
+`is_denoiser` decides which models say so: the embedded `ddpm-photo`, or any checkpoint trained with the
+`photo-denoiser` preset (its run.json records the training commands), whatever its folder or label.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+from PIL import Image
+
+from ..diffusion import DiffusionModel
+from .common import Registry, upscale
+from .diffusion_views import example_result, pack_trajectory
+
+EXAMPLE_SEED, EXAMPLE_STEPS, EXAMPLE_SCHEDULER = 0, 50, "ddim"
+DENOISER_NAME = "ddpm-photo"  # the embedded photo denoiser
+DENOISER_PRESET = "--preset photo-denoiser"  # genlab.train's recipe for a photo denoiser
+
+
+def is_denoiser(registry: Registry, label: str | None) -> bool:
+    """Whether a listed diffusion model is a photo denoiser rather than a generator: the embedded ddpm-photo, or
+    a checkpoint whose run.json says it was trained with the photo-denoiser preset."""
+    spec = registry.config.diffusion_models.get(label) if label else None
+    if spec is None:
+        return False
+    if label == DENOISER_NAME:
+        return True
+    run_file = Path(spec.source) / (spec.subfolder or "") / "run.json"
+    try:
+        commands = json.loads(run_file.read_text()).get("commands", []) if run_file.is_file() else []
+    except (OSError, ValueError, AttributeError):
+        return False
+    return any(DENOISER_PRESET in str(command) for command in commands)
+
+
+def denoiser_note(label: str) -> str:
+    name = Path(label).name
+    return (f"**{name} is a denoiser**: it was trained to undo Gaussian noise on photos (use *Denoise an upload*). "
+            "Sampling from pure noise with it gives texture, not a photo.")
+
+
+def about_line(registry: Registry, label: str | None) -> str:
+    """The line under the model picker: the denoiser note, or nothing for a generator."""
+    return denoiser_note(label) if is_denoiser(registry, label) else ""
+
+
+def step_slider(count: int, value: int) -> gr.Slider:
+    """The scrub row's step slider over a run of `count` kept steps."""
+    return gr.Slider(minimum=0, maximum=max(1, count - 1), value=value, step=1, interactive=True,
+                     label=f"step ({count} kept)")
+
+
+@dataclass(frozen=True)
+class Example:
+    trajectory: dict  # pack_trajectory's dict: the session's last run, shared read-only between sessions
+    samples: Image.Image  # the live panels' picture: the model card's samples, else the example's image; enlarged
+    description: str  # the status line
+
+
+class ExampleRuns:
+    """The example run of each diffusion model, computed once per model (thread-safe) and then shared."""
+
+    def __init__(self, registry: Registry):
+        self.registry = registry
+        self.runs: dict[str, Example] = {}
+        self.lock = threading.Lock()
+
+    def get(self, label: str) -> Example | None:
+        """The model's example (None for a text-to-image model, whose unprompted run says little at a high cost).
+        Loading or sampling errors propagate."""
+        dm = self.registry.diffusion(label)
+        if dm.is_text_conditional:
+            return None
+        with self.lock:
+            if label not in self.runs:
+                self.runs[label] = self.compute(label, dm)
+            return self.runs[label]
+
+    def compute(self, label: str, dm: DiffusionModel) -> Example:
+        class_label = dm.classes[0] if dm.is_conditional else None
+        run = dm.sample(seed=EXAMPLE_SEED, steps=EXAMPLE_STEPS, scheduler=EXAMPLE_SCHEDULER, batch=1,
+                        class_label=class_label)
+        trajectory = pack_trajectory(run)
+        card = example_result(self.registry, label)
+        shown = "the model card's samples" if card else "the example's final image"
+        middle = len(trajectory["timesteps"]) // 2
+        description = (f"Example: {shown} above; below, one example run (seed {EXAMPLE_SEED}, {EXAMPLE_STEPS} "
+                       f"{EXAMPLE_SCHEDULER.upper()} steps, {f'class {class_label!r}' if class_label else 'unconditional'}"
+                       f") shown at step {middle + 1} of {len(trajectory['timesteps'])}: "
+                       "drag the step slider. Press Sample to watch a run step by step.")
+        if is_denoiser(self.registry, label):
+            description = denoiser_note(label) + " " + description
+        return Example(trajectory, card or upscale(run.image), description)
