@@ -54,10 +54,13 @@ def _step_kwargs(scheduler, eta: float, generator) -> dict:
     return {name: value for name, value in (("eta", eta), ("generator", generator)) if name in parameters}
 
 
-def _guided_output(unet, sample, timestep, unet_kwargs: dict, guidance_scale: float | None) -> torch.Tensor:
-    """The UNet's fp32 output at (sample, timestep); with a `guidance_scale` both branches in one batch, mixed."""
+def _guided_output(unet, sample, timestep, unet_kwargs: dict, guidance_scale: float | None,
+                   placement: tuple[torch.device, torch.dtype]) -> torch.Tensor:
+    """The UNet's fp32 output at (sample, timestep); with a `guidance_scale` both branches in one batch, mixed.
+    `placement`: the UNet's (device, dtype), read once per run (diffusers walks every module to find them)."""
+    device, dtype = placement
     model_input = torch.cat([sample, sample]) if guidance_scale is not None else sample  # (2B or B, C, h, w)
-    output = unet(model_input.to(unet.dtype), timestep.to(unet.device), **unet_kwargs).sample.float()
+    output = unet(model_input.to(dtype), timestep.to(device), **unet_kwargs).sample.float()
     if guidance_scale is None:
         return output
     conditional, unconditional = output.chunk(2)
@@ -80,17 +83,19 @@ def iterate_reverse(unet, scheduler, x_t: torch.Tensor, settings: SamplingSettin
     """
     alphas_cumprod = alphas_cumprod_of(scheduler)
     prediction_type = scheduler.config.prediction_type
-    sample = x_t.to(device=unet.device, dtype=torch.float32)
+    placement = (unet.device, unet.dtype)
+    sample = x_t.to(device=placement[0], dtype=torch.float32)
     guided = conditioning is not None and conditioning.uncond is not None and settings.guidance_scale != 1.0
-    unet_kwargs = conditioning.batched(guided, unet.device) if conditioning is not None else {}
-    unet_kwargs = {k: (v.to(unet.dtype) if v.is_floating_point() else v) for k, v in unet_kwargs.items()}
+    unet_kwargs = conditioning.batched(guided, placement[0]) if conditioning is not None else {}
+    unet_kwargs = {k: (v.to(placement[1]) if v.is_floating_point() else v) for k, v in unet_kwargs.items()}
     step_kwargs = _step_kwargs(scheduler, settings.eta, generator)
     timesteps = [int(t) for t in scheduler.timesteps]
     for index, timestep in enumerate(scheduler.timesteps):
         t = int(timestep)
         with torch.inference_mode():
             model_input = scheduler.scale_model_input(sample, timestep)
-            output = _guided_output(unet, model_input, timestep, unet_kwargs, settings.guidance_scale if guided else None)
+            output = _guided_output(unet, model_input, timestep, unet_kwargs, settings.guidance_scale if guided else None,
+                                    placement)
             pred_x0, pred_eps = predict_x0_and_eps(output, sample, t, alphas_cumprod, prediction_type)
             if clip_x0 is not None:
                 clipped = clip_range(pred_x0, clip_x0)
