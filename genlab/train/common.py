@@ -155,6 +155,24 @@ def lr_scheduler(optimizer: torch.optim.Optimizer, name: str, lr: float, warmup:
     return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total, last_epoch=step - 1)
 
 
+def prepare_ema_training(accelerator, model: torch.nn.Module, ema_start, optimizer, config, state: "RunState",
+                          checkpoint: Path, resuming: bool):
+    """(model, optimizer, EMA, rate schedule) of a trainer that exports EMA weights (the DDPM, LDM and prior
+    trainers): the EMA starts from `ema_start` (a resumed run's EMA, or the --init weights) or the model itself,
+    at the run's step; a resumed optimizer gets its moments back; both go through accelerate."""
+    from diffusers.training_utils import EMAModel
+
+    ema = EMAModel((ema_start or model).parameters(), decay=config.ema_decay, use_ema_warmup=True, power=2 / 3,
+                   model_cls=type(model), model_config=model.config)
+    ema.optimization_step = state.step
+    if resuming:
+        load_optimizer(optimizer, checkpoint)
+    schedule = lr_scheduler(optimizer, config.lr_schedule, config.lr, config.warmup_steps, config.steps, state.step)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    ema.to(accelerator.device)
+    return model, optimizer, ema, schedule
+
+
 def ema_step(accelerator, model: torch.nn.Module, loss: torch.Tensor, optimizer, schedule, ema, state: "RunState",
              running: float | None) -> float:
     """One optimizer step of a model with EMA weights (the DDPM, LDM and prior trainers): backward, clip the

@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DModel
-from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from ..diffusion import make_scheduler, reverse_process
@@ -130,16 +129,9 @@ def train_ddpm(config: DiffusionConfig, accelerator: Accelerator, data: common.I
         vae = AutoencoderKL.from_pretrained(vae_source).to(accelerator.device)
         vae.requires_grad_(False)
     unet, ema_start, scheduler = load_unet(config, checkpoint, resuming, len(classes), vae)
-    ema = EMAModel((ema_start or unet).parameters(), decay=config.ema_decay, use_ema_warmup=True, power=2 / 3,
-                   model_cls=UNet2DModel, model_config=unet.config)
-    ema.optimization_step = state.step
     optimizer = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=0.0)
-    if resuming:
-        common.load_optimizer(optimizer, checkpoint)
-    schedule = common.lr_scheduler(optimizer, config.lr_schedule, config.lr, config.warmup_steps, config.steps,
-                                   state.step)
-    unet, optimizer = accelerator.prepare(unet, optimizer)
-    ema.to(accelerator.device)
+    unet, optimizer, ema, schedule = common.prepare_ema_training(accelerator, unet, ema_start, optimizer, config, state,
+                                                                 checkpoint, resuming)
     class_power = config.class_power if classes else 1.0
     seed = config.seed + state.step + accelerator.process_index
     latent_range = None

@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from diffusers import VQModel
-from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from ..autoencoders.vq import VQ, Background
@@ -238,16 +237,9 @@ def train_prior(config: PriorConfig, accelerator: Accelerator, data: common.Imag
                       f"{grid[0]}x{grid[1]} each, {bank.distinct_codes()} of {num_codes} codes in use")
     model, ema_start = load_prior_network(config, network_class, checkpoint, init, resuming, teacher)
     model = model or new_prior_network(config, network_class, num_codes, grid, len(classes))
-    ema = EMAModel((ema_start or model).parameters(), decay=config.ema_decay, use_ema_warmup=True, power=2 / 3,
-                   model_cls=network_class, model_config=model.config)
-    ema.optimization_step = state.step
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.95), weight_decay=config.weight_decay)
-    if resuming:
-        common.load_optimizer(optimizer, checkpoint)
-    schedule = common.lr_scheduler(optimizer, config.lr_schedule, config.lr, config.warmup_steps, config.steps,
-                                   state.step)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    ema.to(accelerator.device)
+    model, optimizer, ema, schedule = common.prepare_ema_training(accelerator, model, ema_start, optimizer, config,
+                                                                  state, checkpoint, resuming)
     scheduler = AmusedScheduler(mask_token_id=num_codes)
     null_class = len(classes) if classes else None
     generator = torch.Generator().manual_seed(config.seed + state.step)
