@@ -28,7 +28,6 @@ SCHEDULERS: dict[str, tuple[type, dict]] = {
 }
 # Only variance-preserving schedulers, whose sample is x_t itself: sigma-space ones (Euler, Heun)
 # keep x_t / sqrt(abar_t) and would need their own conversions of every recorded frame.
-MAX_STEPS = 1000
 
 
 def make_scheduler(config: dict, name: str):

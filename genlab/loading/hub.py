@@ -67,7 +67,6 @@ def check_revision(revision: str | None) -> str | None:
 DISTILLED = "transformer_distilled"  # a token prior's guidance-distilled transformer (optional)
 # pipeline parts that hold weights
 WEIGHT_COMPONENTS = ("unet", "vae", "vqvae", "text_encoder", "transformer", DISTILLED)
-FILE_COMPONENTS = WEIGHT_COMPONENTS + ("scheduler", "tokenizer")
 
 
 def resolve_source(source: str | os.PathLike, subfolder: str | None = None, revision: str | None = None) -> Path:

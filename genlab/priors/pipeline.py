@@ -243,16 +243,17 @@ class TokenPrior(ConditionalModel):
         distilled = one_call is not None
         network = one_call if distilled else self.transformer
         guided = guided and not distilled  # two calls: cond and uncond
-        kwargs = conditioning.batched(guided, self.device) if conditioning is not None else {}
+        device = self.device  # read once: diffusers walks every module to answer it, and predict runs every step
+        kwargs = conditioning.batched(guided, device) if conditioning is not None else {}
         if distilled:
-            kwargs["guidance"] = torch.full((batch,), float(guidance_scale), device=self.device)
-        kwargs.update({k: torch.cat([v] * (2 if guided else 1)).to(self.device) for k, v in self._extra_kwargs(batch).items()})
+            kwargs["guidance"] = torch.full((batch,), float(guidance_scale), device=device)
+        kwargs.update({k: torch.cat([v] * (2 if guided else 1)).to(device) for k, v in self._extra_kwargs(batch).items()})
         dtype = network.dtype
         kwargs = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in kwargs.items()}
 
         @torch.inference_mode()
         def predict(tokens: torch.Tensor) -> torch.Tensor:
-            tokens = tokens.to(self.device)
+            tokens = tokens.to(device)
             logits = network(torch.cat([tokens, tokens]) if guided else tokens, **kwargs).float()
             if guided:
                 conditional, unconditional = logits.chunk(2)

@@ -164,15 +164,19 @@ def eval_emoji(model: str, data: Path, out: Path, per_class: int = 16, steps: in
     real_labels = torch.as_tensor(real.labels_array)
     out.mkdir(parents=True, exist_ok=True)
     rows, samples, requested = [], [], []
+    sixteen = None  # the first category's grid of 16, from its own row when that holds 16
     for index, name in enumerate(classes):
         pixels, images = sample(index, name, per_class)
+        if index == 0 and per_class >= 16:
+            sixteen = images[:16]
         sample_side = pixels.shape[-1]
         samples.append(to_size(pixels, real_images.shape[-1]))
         requested += [index] * per_class
         rows.append(image_grid(images, columns=per_class))
     grid = image_grid(rows, columns=1, gap=4)
     grid.save(out / "samples_per_category.png")
-    _, sixteen = sample(0, classes[0], 16)
+    if sixteen is None:
+        _, sixteen = sample(0, classes[0], 16)
     image_grid(sixteen, columns=4).save(out / "sixteen_smileys.png")
     samples = torch.cat(samples)
     classifier, accuracy = train_classifier(real_images, real_labels, len(real.classes))

@@ -173,6 +173,14 @@ def prepare_ema_training(accelerator, model: torch.nn.Module, ema_start, optimiz
     return model, optimizer, ema, schedule
 
 
+def ema_copy(accelerator, model: torch.nn.Module, ema) -> torch.nn.Module:
+    """A fresh copy of `model`'s network holding the EMA weights, in eval mode (what gets exported)."""
+    unwrapped = accelerator.unwrap_model(model)
+    ema_model = type(unwrapped).from_config(unwrapped.config)
+    ema.copy_to(ema_model.parameters())
+    return ema_model.eval()
+
+
 def ema_step(accelerator, model: torch.nn.Module, loss: torch.Tensor, optimizer, schedule, ema, state: "RunState",
              running: float | None) -> float:
     """One optimizer step of a model with EMA weights (the DDPM, LDM and prior trainers): backward, clip the

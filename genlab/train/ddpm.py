@@ -146,18 +146,13 @@ def train_ddpm(config: DiffusionConfig, accelerator: Accelerator, data: common.I
     progress = tqdm(total=config.steps, initial=state.step, disable=not accelerator.is_main_process, desc="ddpm")
     running = None
 
-    def ema_copy() -> UNet2DModel:
-        ema_model = UNet2DModel.from_config(accelerator.unwrap_model(unet).config)
-        ema.copy_to(ema_model.parameters())
-        return ema_model
-
     def save():
         state.wall_seconds = timer.total
         if accelerator.is_main_process:
             checkpoint.mkdir(parents=True, exist_ok=True)
             accelerator.unwrap_model(unet).save_pretrained(checkpoint / "model")
             scheduler.save_pretrained(checkpoint / "model")
-            ema_model = ema_copy()
+            ema_model = common.ema_copy(accelerator, unet, ema)
             ema_model.save_pretrained(checkpoint / "ema")
             if vae is not None:
                 latent.save_autoencoder(vae, vae_source, checkpoint / "vae")
@@ -183,8 +178,8 @@ def train_ddpm(config: DiffusionConfig, accelerator: Accelerator, data: common.I
         if state.step % config.save_every == 0:
             save()
         if state.step % config.sample_every == 0 and accelerator.is_main_process:
-            save_ddpm_samples(ema_copy(), scheduler, classes, config.run_dir / "samples" / f"{state.step:06d}.png",
-                              guidance_scale=config.guidance_scale, vae=vae, latent_range=latent_range)
+            save_ddpm_samples(common.ema_copy(accelerator, unet, ema), scheduler, classes,
+                              config.run_dir / "samples" / f"{state.step:06d}.png", guidance_scale=config.guidance_scale, vae=vae, latent_range=latent_range)
     save()
     progress.close()
 

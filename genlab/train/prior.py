@@ -249,17 +249,12 @@ def train_prior(config: PriorConfig, accelerator: Accelerator, data: common.Imag
                     desc="prior (distillation)" if teacher else "prior")
     running = None
 
-    def ema_copy():
-        ema_model = network_class.from_config(accelerator.unwrap_model(model).config)
-        ema.copy_to(ema_model.parameters())
-        return ema_model.eval()
-
     def save():
         state.wall_seconds = timer.total
         if accelerator.is_main_process:
             checkpoint.mkdir(parents=True, exist_ok=True)
             accelerator.unwrap_model(model).save_pretrained(checkpoint / "model")
-            ema_model = ema_copy()
+            ema_model = common.ema_copy(accelerator, model, ema)
             ema_model.save_pretrained(checkpoint / "ema")
             if not (checkpoint / "vqvae").exists() or (checkpoint / "vqvae").resolve() != Path(vq_source).resolve():
                 save_autoencoder(vq_model, vq_source, checkpoint / "vqvae")
@@ -290,7 +285,7 @@ def train_prior(config: PriorConfig, accelerator: Accelerator, data: common.Imag
         if state.step % config.save_every == 0:
             save()
         if state.step % config.sample_every == 0 and accelerator.is_main_process:
-            save_prior_samples(ema_copy(), vq_model, scheduler, classes,
+            save_prior_samples(common.ema_copy(accelerator, model, ema), vq_model, scheduler, classes,
                                config.run_dir / "samples" / f"{state.step:06d}.png",
                                guidance_scale=config.guidance_scale, teacher=teacher)
     save()

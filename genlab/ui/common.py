@@ -212,9 +212,6 @@ class Registry:
             if prior_label in self.status:
                 self.status.setdefault(vq_label, self.status[prior_label])
 
-    def table(self, kind: str) -> dict[str, ModelSpec]:
-        return self.config.table(kind)
-
     def _spec(self, table: dict[str, ModelSpec], label: str, kind: str) -> ModelSpec:
         if not label:
             raise InputError(f"Choose a {kind} model first.")
@@ -265,14 +262,14 @@ class Registry:
 
     def choices(self, kind: str) -> list[tuple[str, str]]:
         shown = []
-        for label in self.table(kind):
+        for label in self.config.table(kind):
             text = f"{label} (latent)" if kind == "diffusion" and self.is_latent(label) else label
             shown.append((f"{text} ({NOT_TRAINED})" if self.status.get(label) == NOT_TRAINED else text, label))
         return shown
 
     def default(self, kind: str, prefer: str | None = None, exclude: str | None = None) -> str | None:
         """The preferred model if trained, else the first trained one (never `exclude`)."""
-        trained = [label for label in self.table(kind) if self.status.get(label) != NOT_TRAINED and label != exclude]
+        trained = [label for label in self.config.table(kind) if self.status.get(label) != NOT_TRAINED and label != exclude]
         if prefer in trained:
             return prefer
         return trained[0] if trained else None

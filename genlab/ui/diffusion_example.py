@@ -13,6 +13,7 @@ A photo denoiser (`ddpm-photo`) is trained to undo noise on photos; sampled from
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from dataclasses import dataclass
@@ -38,9 +39,15 @@ def is_denoiser(registry: Registry, label: str | None) -> bool:
         return False
     if label == DENOISER_NAME:
         return True
-    run_file = Path(spec.source) / (spec.subfolder or "") / "run.json"
+    return trained_as_denoiser(str(Path(spec.source) / (spec.subfolder or "") / "run.json"))
+
+
+@functools.lru_cache(maxsize=64)
+def trained_as_denoiser(run_file: str) -> bool:
+    """Whether a run.json's commands used the photo-denoiser preset (read once per file: asked on every Sample)."""
+    path = Path(run_file)
     try:
-        commands = json.loads(run_file.read_text()).get("commands", []) if run_file.is_file() else []
+        commands = json.loads(path.read_text()).get("commands", []) if path.is_file() else []
     except (OSError, ValueError, AttributeError):
         return False
     return any(DENOISER_PRESET in str(command) for command in commands)
