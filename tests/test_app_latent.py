@@ -12,7 +12,7 @@ from gradio_client import Client, handle_file  # noqa: E402
 import genlab  # noqa: E402
 from genlab.tools.bench import free_port  # noqa: E402
 from genlab.config import parse_args  # noqa: E402
-from genlab.ui import build_app, diffusion_tab  # noqa: E402
+from genlab.ui import build_app, diffusion_requests, diffusion_tab  # noqa: E402
 from genlab.ui.common import OUTPUT_DIR  # noqa: E402
 
 
@@ -128,7 +128,7 @@ def test_inpaint_refuses_an_empty_mask_or_no_image(app, picture, tmp_path):
 
 def test_work_cap_says_what_to_lower_and_the_server_keeps_serving(app, monkeypatch):
     client, latent, _, pixel = app
-    monkeypatch.setattr(diffusion_tab, "MAX_WORK", 10_000)
+    monkeypatch.setattr(diffusion_requests, "MAX_WORK", 10_000)
     with pytest.raises(Exception, match="Lower the steps, the batch"):
         client.predict(pixel, "ddim", 50, 0, 4, "a", 3.0, 0.0, "", "", api_name="/sample")
     with pytest.raises(Exception, match="Lower the steps"):
@@ -141,12 +141,12 @@ def test_work_cap_passes_the_defaults_and_presets_of_the_embedded_models(tiny_dm
     """Units only depend on the sample positions: emulate ddpm-emoji (32 px), ldm-emoji (64 px, f = 4) and
     ddpm-photo (denoising up to 512 px) with the tiny models' codecs."""
     ldm = genlab.load_diffusion(tiny_kl_ldm_dir, device="cpu")
-    check = diffusion_tab.check_work
-    assert check(tiny_dm, [(1000, 16, True)], (32, 32)) <= diffusion_tab.MAX_WORK  # slider maxima, guided
+    check = diffusion_requests.check_work
+    assert check(tiny_dm, [(1000, 16, True)], (32, 32)) <= diffusion_requests.MAX_WORK  # slider maxima, guided
     assert check(tiny_dm, [(10, 1, True), (50, 1, True), (100, 1, True), (1000, 1, True)], (32, 32))  # compare
     ldm.codec.factor = 4
     try:
-        assert check(ldm, [(1000, 16, True)], (64, 64)) <= diffusion_tab.MAX_WORK
+        assert check(ldm, [(1000, 16, True)], (64, 64)) <= diffusion_requests.MAX_WORK
     finally:
         ldm.codec.factor = 2
     assert check(tiny_dm, [(50, 1, False)], (512, 512))  # the denoiser's default at the largest upload

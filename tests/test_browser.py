@@ -69,26 +69,32 @@ if MISSING and not REQUIRE_BROWSER:
 
 
 # ------------------------------------------------------------------------------ fixtures
+@contextlib.contextmanager
+def served_app(weights, arguments=(), **launch):
+    """The app's URL, served on a free port while the block runs, with `weights` as its weights/ folder (the
+    embedded models it holds, and only those, read as trained) and `arguments` on its command line."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(genlab.loading.registry, "WEIGHTS_DIR", weights)
+        patch.setattr(genlab.config, "WEIGHTS_DIR", weights)
+        port = free_port()
+        demo = build_app(parse_args([*arguments, "--port", str(port)], environ={}))
+        demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                    allowed_paths=[str(OUTPUT_DIR)], **launch)
+        try:
+            yield f"http://127.0.0.1:{port}/"
+        finally:
+            demo.close()
+
+
 @pytest.fixture(scope="module")
 def app(tiny_vq_dir, tiny_vq_lookup_dir, tiny_cond_ddpm_dir, tiny_prior_dir, tmp_path_factory):
     """(url, vq label, second vq label, diffusion label) of an app that serves only the tiny models."""
-    empty_weights = tmp_path_factory.mktemp("no-weights")
-    with pytest.MonkeyPatch.context() as patch:
-        # Whatever weights/ holds on this machine, the embedded models read as untrained, so the
-        # dropdowns default to the tiny models and no test runs a real network on the CPU.
-        patch.setattr(genlab.loading.registry, "WEIGHTS_DIR", empty_weights)
-        patch.setattr(genlab.config, "WEIGHTS_DIR", empty_weights)
-        port = free_port()
-        config = parse_args(["--model", f"vq={tiny_vq_dir}", "--model", f"vq={tiny_vq_lookup_dir}",
-                             "--model", f"diffusion={tiny_cond_ddpm_dir}", "--model", f"prior={tiny_prior_dir}",
-                             "--port", str(port), "--max-file-mb", "1"], environ={})
-        demo = build_app(config)
-        demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                    max_file_size="1mb", allowed_paths=[str(OUTPUT_DIR)])
-        try:
-            yield f"http://127.0.0.1:{port}/", str(tiny_vq_dir), str(tiny_vq_lookup_dir), str(tiny_cond_ddpm_dir)
-        finally:
-            demo.close()
+    # Whatever weights/ holds on this machine, the embedded models read as untrained, so the
+    # dropdowns default to the tiny models and no test runs a real network on the CPU.
+    arguments = ["--model", f"vq={tiny_vq_dir}", "--model", f"vq={tiny_vq_lookup_dir}",
+                 "--model", f"diffusion={tiny_cond_ddpm_dir}", "--model", f"prior={tiny_prior_dir}", "--max-file-mb", "1"]
+    with served_app(tmp_path_factory.mktemp("no-weights"), arguments, max_file_size="1mb") as url:
+        yield url, str(tiny_vq_dir), str(tiny_vq_lookup_dir), str(tiny_cond_ddpm_dir)
 
 
 @pytest.fixture(scope="module")
@@ -508,8 +514,9 @@ def click_through_embedded_models(page, shots) -> None:
 
     open_tab(page, "Diffusion, step by step")
     model = page.get_by_label("Model", exact=True).filter(visible=True)
-    expect(model).to_have_value("ddpm-emoji")
-    page.get_by_role("button", name="Sample", exact=True).click()  # the UI defaults: 16 samples, DDIM 50
+    expect(model).to_have_value("sd-emoji (latent)")  # the text-to-image model, its example prompt in the box
+    expect(page.get_by_label("Prompt", exact=True)).to_have_value("red heart", timeout=EMBEDDED_MS)
+    page.get_by_role("button", name="Sample", exact=True).click()  # the UI defaults: DDIM 50, one image
     expect(page.get_by_text(re.compile(r"^done: 50 steps, seed 0"))).to_be_visible(timeout=EMBEDDED_MS)
     expect_image(page, "x̂0 (live)")
     set_number(page, "step (50 kept)", 10, slider=True)
@@ -532,7 +539,8 @@ def click_through_embedded_models(page, shots) -> None:
     screenshot(page, shots, "13-embedded-denoise")
 
     open_tab(page, "Compare samplers")
-    expect(model).to_have_value("ddpm-emoji")
+    expect(model).to_have_value("sd-emoji (latent)")
+    expect(page.get_by_label("Prompt", exact=True)).to_have_value("red heart")  # emptied for ddpm-photo, refilled
     page.get_by_role("button", name="Compare", exact=True).click()
     expect(block(page, "Same noise, different samplers").locator("img")).to_have_count(3, timeout=EMBEDDED_MS)
     screenshot(page, shots, "14-embedded-compare")

@@ -11,14 +11,8 @@ import re
 
 import pytest
 
-import genlab.config
-import genlab.loading.loaders
-import genlab.loading.registry
-from genlab.tools.bench import free_port
-from genlab.config import parse_args
-from genlab.ui import build_app
-from genlab.ui.common import OUTPUT_DIR
 from test_browser import (  # noqa: F401  (browser and shots are fixtures)
+    served_app,
     block, browser, choose, dismiss_toasts, expect, expect_image, expect_toast, open_tab, opened_page, screenshot,
     set_number, shots,
 )
@@ -29,19 +23,9 @@ CANVAS = "Canvas: click to add points"
 
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
-    empty_weights = tmp_path_factory.mktemp("no-weights")
-    with pytest.MonkeyPatch.context() as patch:
-        # The other tabs load their default model when the page opens; with no weights they load none.
-        patch.setattr(genlab.loading.registry, "WEIGHTS_DIR", empty_weights)
-        patch.setattr(genlab.config, "WEIGHTS_DIR", empty_weights)
-        port = free_port()
-        demo = build_app(parse_args(["--port", str(port)], environ={}))
-        demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                    allowed_paths=[str(OUTPUT_DIR)])
-        try:
-            yield f"http://127.0.0.1:{port}/"
-        finally:
-            demo.close()
+    # The other tabs load their default model when the page opens; with no weights they load none.
+    with served_app(tmp_path_factory.mktemp("no-weights")) as url:
+        yield url
 
 
 def test_foundations_tab_trains_on_clicked_points_and_all_four(browser, app_url, shots):  # noqa: F811

@@ -708,7 +708,8 @@ def test_presets_are_checked_frozen_configs_of_their_kinds():
     assert set(PRESET_KINDS) == set(PRESETS)
     for name, kinds in PRESET_KINDS.items():
         for kind in kinds:
-            build_config(kind, {"data": Path("d"), "out": Path("o"), "vq": Path("v"), "vae": Path("v"), **PRESETS[name]})
+            build_config(kind, {"data": Path("d"), "out": Path("o"), "vq": Path("v"), "vae": Path("v"), "clip": Path("c"),
+                                **PRESETS[name]})
     with pytest.raises(TypeError):
         PRESETS["emoji"]["lr"] = 1.0
     with pytest.raises(ValueError, match="VQConfig is for vqvae and vqgan, not kind 'ddpm'"):

@@ -148,3 +148,40 @@ def test_maskgit_emoji_samples_are_emoji_and_inpainting_keeps_the_other_tokens(g
     original = prior.tokens_of(grinning)[0].numpy()
     assert (painted.tokens[~painted.token_mask] == original[~painted.token_mask]).all()
     assert (painted.tokens[painted.token_mask] != original[painted.token_mask]).any()
+
+
+def folder_bytes(folder) -> int:
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+
+
+def test_the_weights_fit_their_caps():
+    """All of weights/ within 96 MB, sd-emoji within about 25 MB (its pipeline and the nearest-image atlas)."""
+    assert folder_bytes(WEIGHTS_DIR) <= 96 * 2**20, f"{folder_bytes(WEIGHTS_DIR) / 2**20:.1f} MB"
+    if (WEIGHTS_DIR / "sd-emoji").is_dir():
+        assert folder_bytes(WEIGHTS_DIR / "sd-emoji") <= 25 * 2**20
+
+
+def test_sd_emoji_is_stable_diffusion_and_diffusers_draws_the_same_image():
+    """weights/sd-emoji in StableDiffusionPipeline's layout: diffusers' pipeline, given the same x_T, scheduler,
+    steps and guidance, draws GenLab's image to within 1/255 (mean absolute difference)."""
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    dm = genlab.load_diffusion(shipped("sd-emoji"), device="cpu")
+    assert dm.is_latent and dm.is_text_conditional and dm.latent_shape == (4, 16, 16)
+    ours = dm.sample(prompt="red heart", seed=0, steps=25, scheduler="dpm++", record=False)
+    pipe = StableDiffusionPipeline.from_pretrained(WEIGHTS_DIR / "sd-emoji", torch_dtype=torch.float32)
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(dm.scheduler("dpm++").config)
+    theirs = pipe("red heart", num_inference_steps=25, guidance_scale=dm.default_guidance_scale,
+                  latents=dm.initial_noise(seed=0), output_type="np").images[0]
+    difference = np.abs(np.asarray(ours.image, np.float64) / 255 - theirs.astype(np.float64)).mean()
+    assert difference < 1 / 255, f"{difference * 255:.3f} / 255"
+
+
+@pytest.mark.parametrize("prompt, colour", [("red heart", "red"), ("blue heart", "blue"), ("green heart", "green")])
+def test_sd_emoji_draws_the_colour_it_is_told(prompt, colour):
+    from genlab.tools.eval_sd import colour_name
+
+    dm = genlab.load_diffusion(shipped("sd-emoji"), device="cpu")
+    run = dm.sample(prompt=prompt, seed=0, steps=25, scheduler="dpm++", batch=4, record=False)
+    named = [colour_name(np.asarray(image)) for image in run.images]
+    assert named.count(colour) >= 3, named

@@ -32,6 +32,7 @@ class Step:
     x_t: torch.Tensor  # (B, C, h, w)
     pred_x0: torch.Tensor  # (B, C, h, w)
     pred_eps: torch.Tensor  # (B, C, h, w)
+    attention: object = None  # this step's cross-attention (`genlab.diffusion.attention.AttentionMaps`) when recorded
 
 
 @dataclass

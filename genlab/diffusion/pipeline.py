@@ -12,6 +12,10 @@ Latent diffusion: Rombach et al. (arXiv:2112.10752). The same loop runs on the s
   Pixel models use the identity codec, so nothing in the loop knows which space it runs in.
 Inpainting (RePaint, Lugmayr et al., arXiv:2201.09865, eq. 8): the loop re-imposes the known region at every
   step; the final image takes the input's pixels outside the mask.
+Text-to-image (Stable Diffusion layouts): `compare_prompts` runs 2 to 4 prompts from one x_T in one batch;
+  `img2img` is SDEdit with a prompt, strength s in [0, 1] starting at t = s T and running about s of the steps
+  (as diffusers' `StableDiffusionImg2ImgPipeline`); `attention_maps=True` records DAAM's word-level
+  cross-attention maps (Tang et al., arXiv:2210.04885; `genlab.diffusion.attention`) on each Frame and the run.
 
 Sizes given to the methods are in pixels; sample-space tensors are (B, C, h, w).
 """
@@ -31,6 +35,8 @@ from ..conditioning.guidance import ConditionalModel
 from ..imaging.io import as_image, limit_side, mask_of, open_image, pad_to_multiple, pil_to_tensor, tensor_to_pil
 from ..loading.schema import ModelInfo
 from ..sampling import MAX_SEED, SamplingSettings, check_int, last
+from .attention import AttentionMaps, AttentionRecorder
+from .text_to_image import MAX_COMPARE_PROMPTS, TextToImage  # noqa: F401 (MAX_COMPARE_PROMPTS: re-exported)
 from .loop import KnownRegion, Step, Trajectory, iterate_reverse
 from .schedule import (add_noise, alphas_cumprod_of, log_snr, make_scheduler, set_timesteps_from,
                        sigma_for_timestep, timestep_for_sigma)
@@ -88,6 +94,12 @@ class Frame:
         return channels_image(self.step.x_t, upscale=self.codec.factor) if self.codec.is_latent else None
 
     @property
+    def attention_maps(self) -> dict[str, np.ndarray] | None:
+        """This step's word-level cross-attention maps {word: (H, W) float32 in [0, 1]} (the first image of a
+        batch), when the run records them; else None."""
+        return None if self.step.attention is None else self.step.attention.maps(0)
+
+    @property
     def eps(self):
         if self.codec.is_latent:
             return channels_image(self.step.pred_eps, upscale=self.codec.factor)
@@ -116,6 +128,14 @@ class DiffusionRun:
     known_pixels: torch.Tensor | None = None  # inpainting: (1, 3, H, W) input and (1, 1, H, W) keep mask
     keep_pixels: torch.Tensor | None = None
     notes: list[str] = field(default_factory=list)  # e.g. a truncated prompt
+    attention: AttentionMaps | None = None  # the run's cross-attention, when asked for (attention_maps=True)
+
+    @property
+    def attention_maps(self) -> dict[str, np.ndarray] | None:
+        """The run's word-level cross-attention maps {word: (H, W) float32 in [0, 1]}, the words in prompt order,
+        averaged over the steps; for a batch the first image's (`run.attention.maps(i)`: image i's). None when
+        the run did not record them."""
+        return None if self.attention is None else self.attention.maps(0)
 
     @property
     def frames(self) -> list[Frame]:
@@ -148,7 +168,7 @@ class DiffusionRun:
         return None if self.reference is None else psnr(self.reference, self.image)
 
 
-class DiffusionModel(ConditionalModel):
+class DiffusionModel(TextToImage, ConditionalModel):
     """A UNet over pixels or over an autoencoder's latents, its scheduler config and conditioning, with
     GenLab's operations.
 
@@ -234,9 +254,24 @@ class DiffusionModel(ConditionalModel):
             settings = dataclasses.replace(settings, guidance_scale=1.0)
         return conditioning, settings
 
+    def _attention_words(self, attention_maps, prompts: list) -> list | None:
+        """Each image's (word, token positions) when the run records attention maps, else None; checked now."""
+        if not isinstance(attention_maps, (bool, np.bool_)):
+            raise ValueError(f"attention_maps must be True or False, got {attention_maps!r}")
+        if not attention_maps:
+            return None
+        if not self.is_text_conditional:
+            raise ValueError(f"{self.name} is not text-conditioned: attention maps show where a prompt's words act, "
+                             "and it takes no prompt")
+        if any(prompt is None for prompt in prompts):
+            raise ValueError("attention maps show where the prompt's words act; give a prompt")
+        return [self.text.words(prompt) for prompt in prompts]
+
     def _stream(self, run: DiffusionRun, sampler, x_t: torch.Tensor, settings: SamplingSettings, conditioning,
-                known: KnownRegion | None = None, record: bool = True):
-        """Yield each Step (sample space, cropped to the visible latent), then the finished DiffusionRun."""
+                known: KnownRegion | None = None, record: bool = True, words: list | None = None):
+        """Yield each Step (sample space, cropped to the visible latent), then the finished DiffusionRun.
+        `words`: each image's (word, token positions) to record attention maps for (None: the fused processors,
+        untouched)."""
         crop = None
         if run.crop is not None:
             f = self.codec.factor
@@ -246,13 +281,23 @@ class DiffusionModel(ConditionalModel):
                                 generator=torch.Generator().manual_seed(settings.seed + 1),
                                 clip_x0=self.latent_clip if self.is_latent else 1.0,
                                 enforce_clip=self.latent_clip is not None)
-        for step, sample in steps:
-            if crop is not None:
-                step.x_t, step.pred_x0, step.pred_eps = (s[..., : crop[0], : crop[1]]
-                                                         for s in (step.x_t, step.pred_x0, step.pred_eps))
-            if record:
-                run.trajectory.steps.append(step)
-            yield step
+        recorder = None
+        if words is not None:
+            recorder = AttentionRecorder(self.unet, len(words), words, tuple(x_t.shape[-2:]), self.codec.factor,
+                                         run.crop)
+            steps = recorder.steps(steps)
+        try:
+            for step, sample in steps:
+                if crop is not None:
+                    step.x_t, step.pred_x0, step.pred_eps = (s[..., : crop[0], : crop[1]]
+                                                             for s in (step.x_t, step.pred_x0, step.pred_eps))
+                if record:
+                    run.trajectory.steps.append(step)
+                yield step
+        finally:  # a cancelled run puts the UNet's attention processors back now
+            steps.close()
+        if recorder is not None:
+            run.attention = recorder.total
         final = sample.float().cpu() if self.is_latent else sample.float().clamp(-1, 1).cpu()  # latents are unbounded
         run.trajectory.final = final if crop is None else final[..., : crop[0], : crop[1]]
         yield run
@@ -271,18 +316,20 @@ class DiffusionModel(ConditionalModel):
     def sample_stream(self, seed: int = 0, steps: int = 50, scheduler: str = "ddim", batch: int = 1,
                       class_label=None, guidance_scale: float | None = None, eta: float = 0.0,
                       size: int | None = None, record: bool = True, prompt: str | None = None,
-                      negative_prompt: str | None = None):
+                      negative_prompt: str | None = None, attention_maps: bool = False):
         """Like `sample`, as a generator: one Step per reverse step, then the DiffusionRun. The settings are
         checked now, before the first step."""
         settings = self._settings(seed, steps, scheduler, batch, guidance_scale, eta)
         size = self._check_size(size)
         run = DiffusionRun(Trajectory(), scheduler, settings.seed, [], codec=self.codec)
         conditioning, settings = self._condition(settings, class_label, prompt, negative_prompt, run.notes)
+        words = self._attention_words(attention_maps, [prompt] * settings.batch)
         noise = self._noise(settings.seed, settings.batch, size)
         sampler = self.scheduler(scheduler)
         sampler.set_timesteps(settings.steps)
         run.timesteps = [int(t) for t in sampler.timesteps]
-        return self._stream(run, sampler, noise * sampler.init_noise_sigma, settings, conditioning, record=record)
+        return self._stream(run, sampler, noise * sampler.init_noise_sigma, settings, conditioning, record=record,
+                            words=words)
 
     def _noise(self, seed: int, batch: int, size: int | None) -> torch.Tensor:
         side = int(size or self.sample_size) // self.codec.factor
@@ -295,15 +342,18 @@ class DiffusionModel(ConditionalModel):
 
     def sample(self, seed: int = 0, steps: int = 50, scheduler: str = "ddim", batch: int = 1, class_label=None,
                guidance_scale: float | None = None, eta: float = 0.0, size: int | None = None, record: bool = True,
-               prompt: str | None = None, negative_prompt: str | None = None) -> DiffusionRun:
+               prompt: str | None = None, negative_prompt: str | None = None,
+               attention_maps: bool = False) -> DiffusionRun:
         """Sample from pure noise; the same seed and settings give the same images.
 
         seed, steps (1..1000), scheduler ("ddpm", "ddim", "dpm++"), batch (1..16),
         class_label (name or index; None = unconditional), prompt / negative_prompt (text models),
-        guidance_scale (classifier-free; None: the model's default), eta (DDIM), size (pixels).
+        guidance_scale (classifier-free; None: the model's default), eta (DDIM), size (pixels),
+        attention_maps (text models: word-level cross-attention maps on `run.attention_maps` and on each
+        Frame's `attention_maps`; the images are the same as without).
         """
         return last(self.sample_stream(seed, steps, scheduler, batch, class_label, guidance_scale, eta, size, record,
-                                       prompt, negative_prompt))
+                                       prompt, negative_prompt, attention_maps))
 
     # ------------------------------------------------------------------ denoise and inpaint
     def _prepare(self, image, max_side: int):
@@ -350,7 +400,7 @@ class DiffusionModel(ConditionalModel):
     def denoise_stream(self, image, t: int | None = None, sigma: float | None = None, steps: int | None = None,
                        seed: int = 0, scheduler: str = "ddim", class_label=None, guidance_scale: float | None = None,
                        eta: float = 0.0, max_side: int = MAX_SIDE, record: bool = True, prompt: str | None = None,
-                       negative_prompt: str | None = None):
+                       negative_prompt: str | None = None, attention_maps: bool = False):
         """Like `denoise`, as a generator: one Step per reverse step, then the DiffusionRun."""
         if (t is None) == (sigma is None):
             raise ValueError("give exactly one of t (clean image, noise it to t) or sigma (image already noisy)")
@@ -367,15 +417,16 @@ class DiffusionModel(ConditionalModel):
         run = DiffusionRun(Trajectory(), scheduler, settings.seed, [], codec=self.codec, crop=crop, start_timestep=start,
                            sigma=sigma if sigma is not None else sigma_for_timestep(self.alphas_cumprod, start))
         conditioning, settings = self._condition(settings, class_label, prompt, negative_prompt, run.notes)
+        words = self._attention_words(attention_maps, [prompt])
         x_t, run.noisy, run.reference = self._noised_start(image, pixels, crop, start, sigma is not None, settings.seed)
         sampler = self.scheduler(scheduler)
         run.timesteps = set_timesteps_from(sampler, start, settings.steps)
-        return self._stream(run, sampler, x_t, settings, conditioning, record=record)
+        return self._stream(run, sampler, x_t, settings, conditioning, record=record, words=words)
 
     def denoise(self, image, t: int | None = None, sigma: float | None = None, steps: int | None = None,
                 seed: int = 0, scheduler: str = "ddim", class_label=None, guidance_scale: float | None = None,
                 eta: float = 0.0, max_side: int = MAX_SIDE, record: bool = True, prompt: str | None = None,
-                negative_prompt: str | None = None) -> DiffusionRun:
+                negative_prompt: str | None = None, attention_maps: bool = False) -> DiffusionRun:
         """Reverse process from timestep t for an uploaded image.
 
         t: the image is clean; noise it to t with q(x_t | x_0) (SDEdit; latent models in their latent
@@ -383,13 +434,15 @@ class DiffusionModel(ConditionalModel):
         sigma: the image already carries Gaussian noise of this std (0..1 pixel scale); start at the
            matching t. Pixel models: default steps 1, i.e. the model's x0 estimate (the minimum-MSE
            answer). Latent models: the noisy image is encoded and taken through SDEdit from that t.
+        Text models take a prompt, and record attention maps as `sample` does.
         """
         return last(self.denoise_stream(image, t, sigma, steps, seed, scheduler, class_label, guidance_scale, eta,
-                                        max_side, record, prompt, negative_prompt))
+                                        max_side, record, prompt, negative_prompt, attention_maps))
 
     def inpaint_stream(self, image, mask, steps: int = 50, seed: int = 0, scheduler: str = "ddim", class_label=None,
                        guidance_scale: float | None = None, eta: float = 0.0, max_side: int = MAX_SIDE,
-                       record: bool = True, prompt: str | None = None, negative_prompt: str | None = None):
+                       record: bool = True, prompt: str | None = None, negative_prompt: str | None = None,
+                       attention_maps: bool = False):
         """Like `inpaint`, as a generator: one Step per reverse step, then the DiffusionRun."""
         settings = self._settings(seed, steps, scheduler, 1, guidance_scale, eta)
         image, pixels, (height, width) = self._prepare(image, max_side)
@@ -401,17 +454,19 @@ class DiffusionModel(ConditionalModel):
         run = DiffusionRun(Trajectory(), scheduler, settings.seed, [], codec=self.codec, crop=(height, width),
                            known_pixels=pixels[..., :height, :width], keep_pixels=1 - repaint)
         conditioning, settings = self._condition(settings, class_label, prompt, negative_prompt, run.notes)
+        words = self._attention_words(attention_maps, [prompt])
         noise = _seed_noise(known.x0.shape, settings.seed)
         sampler = self.scheduler(scheduler)
         sampler.set_timesteps(settings.steps)
         run.timesteps = [int(t) for t in sampler.timesteps]
         start = run.timesteps[0]
         x_t = known.keep * add_noise(sampler, known.x0, noise, start) + (1 - known.keep) * noise * sampler.init_noise_sigma
-        return self._stream(run, sampler, x_t, settings, conditioning, known=known, record=record)
+        return self._stream(run, sampler, x_t, settings, conditioning, known=known, record=record, words=words)
 
     def inpaint(self, image, mask, steps: int = 50, seed: int = 0, scheduler: str = "ddim", class_label=None,
                 guidance_scale: float | None = None, eta: float = 0.0, max_side: int = MAX_SIDE, record: bool = True,
-                prompt: str | None = None, negative_prompt: str | None = None) -> DiffusionRun:
+                prompt: str | None = None, negative_prompt: str | None = None,
+                attention_maps: bool = False) -> DiffusionRun:
         """Repaint the masked region of an image (mask white / non-zero where the model paints).
 
         Every step re-imposes the known region from q(x_{t-1} | x_0) (RePaint's conditioning, without
@@ -419,7 +474,7 @@ class DiffusionModel(ConditionalModel):
         keeps the input's pixels outside the mask. Same settings as `sample`.
         """
         return last(self.inpaint_stream(image, mask, steps, seed, scheduler, class_label, guidance_scale, eta,
-                                        max_side, record, prompt, negative_prompt))
+                                        max_side, record, prompt, negative_prompt, attention_maps))
 
     def schedule(self) -> dict[str, np.ndarray]:
         """abar_t and log-SNR(t) over the training timesteps, for plots."""

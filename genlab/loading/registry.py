@@ -14,7 +14,7 @@ EXAMPLE_EMOJI = EXAMPLES_DIR / "emoji-grinning.png"
 # name -> kind (the loader the app lists it under)
 EMBEDDED = {
     "vqvae-photo": "vq", "vqgan-photo": "vq", "ddpm-emoji": "diffusion", "ddpm-photo": "diffusion",
-    "ldm-emoji": "diffusion", "maskgit-emoji": "prior",
+    "ldm-emoji": "diffusion", "sd-emoji": "diffusion", "maskgit-emoji": "prior",
 }
 # autoencoders inside embedded pipelines, listed beside the VQ models: label -> (folder, subfolder)
 EMBEDDED_AUTOENCODERS = {"ldm-emoji-vae": ("ldm-emoji", "vae")}

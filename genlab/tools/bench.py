@@ -36,6 +36,12 @@ Rows, all on one device (CUDA when available, else CPU; `--device` overrides) an
   prior bits per pixel        `TokenPrior.bits_per_pixel` of the 64 px emoji example (a two-part code:
                               one batched call chooses the class, then one transformer call per token,
                               in chunks), with the value against log2 K / f² in the row name
+  text-to-image sample        sd-emoji: `DiffusionModel.sample` of "red heart", 64 px, 25 DPM-Solver++ steps at
+                              its default guidance (two UNet branches a step), batch 1, decode included
+  text-to-image first frame   sd-emoji: from `sample_stream` to its first Step and that Step's preview-decoded x̂0
+                              (the frame the app shows first), the stream then closed
+  attention maps' cost        sd-emoji: `sample(attention_maps=True)` (maps read) over `sample()`, interleaved;
+                              "n/a" while `DiffusionModel.sample` has no `attention_maps`
 
 The app rows talk to a server in its own process, as a browser does. A server launched in this
 process would share the client's GIL: while it streams a frame every few milliseconds (batch 1 on
@@ -67,6 +73,8 @@ from .bench_timings import (
     PRIOR_STEPS,
     REFINE_ROUNDS,
     SAMPLE_STEPS,
+    TEXT_PROMPT,
+    TEXT_STEPS,
     atlas_cold_ms,
     example_photo,
     kl_reconstruction,
@@ -74,11 +82,13 @@ from .bench_timings import (
     prior_timings,
     reconstruction_ms,
     sampling_loop,
+    text_to_image_timings,
 )
 
 VQ_MODEL, COMPARE_MODEL, DIFFUSION_MODEL = "vqvae-photo", "vqgan-photo", "ddpm-emoji"
 LATENT_MODEL, KL_MODEL = "ldm-emoji", "ldm-emoji-vae"
 PRIOR_MODEL = "maskgit-emoji"
+TEXT_MODEL = "sd-emoji"
 MB = 1e6
 
 # The targets, in the unit of the row's value.
@@ -92,6 +102,9 @@ TARGETS = {
     "latent_ratio": ("≤ 0.25", lambda v: v <= 0.25),
     "prior_sample": ("≤ 300 ms", lambda v: v <= 300),
     "prior_batch": ("≤ 1.5 s", lambda v: v <= 1.5),
+    "text_sample": ("≤ 1.0 s", lambda v: v <= 1.0),
+    "text_first_frame": ("≤ 200 ms", lambda v: v <= 200),
+    "attention_ratio": ("≤ 1.5", lambda v: v <= 1.5),
 }
 
 
@@ -159,7 +172,8 @@ def failure(error: Exception) -> str:
 
 ROW_ORDER = ["start", "rss", "rec256", "rec512", "round_trip", "atlas", "step", "ratio", "first_frame",
              "first_frame_ui", "ldm_first_frame", "ldm_first_frame_ui", "ldm_step", "pixel_step", "latent_ratio",
-             "kl_rec", "prior_sample", "prior_batch", "prior_refined", "prior_bpp"]
+             "kl_rec", "prior_sample", "prior_batch", "prior_refined", "prior_bpp", "text_sample", "text_first_frame",
+             "attention_ratio"]
 
 
 def memory_probe(device: str) -> dict:
@@ -300,6 +314,29 @@ def prior_rows(device: torch.device, repeats: int) -> dict[str, list[str]]:
         return {key: row(name + ")", failure(error), key if key in TARGETS else None) for key, name in names.items()}
 
 
+def text_rows(device: torch.device, repeats: int) -> dict[str, list[str]]:
+    """sd-emoji: one sample, the first streamed frame, and what recording attention maps costs."""
+    setting = f"{TEXT_STEPS} DPM-Solver++ steps, batch 1, {TEXT_PROMPT!r}"
+    names = {"text_sample": f"text-to-image sample ({TEXT_MODEL}, 64 px, {setting}",
+             "text_first_frame": f"first streamed frame of sample_stream ({TEXT_MODEL}, {setting}, preview x̂0",
+             "attention_ratio": f"attention maps' cost: sample(attention_maps=True) / sample() "
+                                f"({TEXT_MODEL}, {setting}"}
+    try:
+        dm = load_embedded(TEXT_MODEL, device)
+        timings = text_to_image_timings(dm, device, repeats)
+        guidance = f", guidance {dm.default_guidance_scale:g}"
+        ratio = timings["attention_ratio"]
+        return {"text_sample": row(f"{names['text_sample']}{guidance}, decode included)", timings["sample_s"],
+                                   "text_sample", " s", "{:.2f}"),
+                "text_first_frame": row(f"{names['text_first_frame']}{guidance})", timings["first_frame_ms"],
+                                        "text_first_frame", " ms", "{:.0f}"),
+                "attention_ratio": row(f"{names['attention_ratio']}{guidance})",
+                                       "n/a (DiffusionModel.sample has no attention_maps yet)" if ratio is None
+                                       else ratio, "attention_ratio", "x", "{:.2f}")}
+    except Exception as error:
+        return {key: row(name + ")", failure(error), key) for key, name in names.items()}
+
+
 def run(device: torch.device, repeats: int) -> list[list[str]]:
     rows: dict[str, list[str]] = {}
 
@@ -339,6 +376,7 @@ def run(device: torch.device, repeats: int) -> list[list[str]]:
 
     rows.update(latent_rows(device, repeats))
     rows.update(prior_rows(device, repeats))
+    rows.update(text_rows(device, repeats))
     return [rows[key] for key in ROW_ORDER]
 
 

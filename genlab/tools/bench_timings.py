@@ -7,6 +7,7 @@ implementations are compared, their repeats are interleaved so a change in machi
 
 from __future__ import annotations
 
+import inspect
 import statistics
 import time
 
@@ -18,6 +19,8 @@ PRIOR_STEPS = 12  # MaskGIT's step count, the UI's default
 REFINE_ROUNDS = 2  # the refined-sampling row
 PIXEL_SIDE = 64  # the pixel-space UNet the latent model is measured against
 SAMPLE_STEPS = 50
+TEXT_STEPS = 25  # DPM-Solver++ steps of a text-to-image sample
+TEXT_PROMPT = "red heart"
 
 
 def sync(device: torch.device) -> None:
@@ -184,3 +187,36 @@ def prior_timings(prior, device: torch.device, repeats: int) -> dict:
             "refined_s": median_seconds(lambda: sample(16, REFINE_ROUNDS), device, repeats),
             "bpp_s": statistics.median(timed(lambda: prior.bits_per_pixel(image), device) for _ in range(repeats)),
             "bpp": bpp}
+
+
+
+def text_to_image_timings(dm, device: torch.device, repeats: int) -> dict:
+    """A text-to-image model at TEXT_STEPS DPM-Solver++ steps, batch 1, TEXT_PROMPT at the model's default guidance:
+    median seconds of `sample` (steps recorded, as the app keeps them for its scrub row; the image decoded),
+    median ms from `sample_stream` to its first frame on screen (the Step and its preview-decoded x̂0, the stream
+    then closed, as a cancelled request is), and the median ratio of `sample(attention_maps=True)` (the maps
+    read) to `sample()`, repeats interleaved; the ratio is None while `DiffusionModel.sample` has no
+    `attention_maps`."""
+    settings = {"prompt": TEXT_PROMPT, "seed": 0, "steps": TEXT_STEPS, "scheduler": "dpm++"}
+
+    def sample():
+        return dm.sample(**settings).image
+
+    def first_frame():
+        stream = dm.sample_stream(**settings)
+        try:
+            return dm.frame(next(stream), preview=True).x0
+        finally:
+            stream.close()
+
+    results = {"sample_s": median_seconds(sample, device, repeats),
+               "first_frame_ms": 1000 * median_seconds(first_frame, device, repeats), "attention_ratio": None}
+    if "attention_maps" in inspect.signature(dm.sample).parameters:
+        def with_maps():
+            run = dm.sample(**settings, attention_maps=True)
+            return run.image, run.attention_maps
+
+        with_maps()  # warm-up
+        ratios = [timed(with_maps, device) / timed(sample, device) for _ in range(repeats)]
+        results["attention_ratio"] = statistics.median(ratios)
+    return results

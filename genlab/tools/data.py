@@ -17,6 +17,8 @@ them); `64-train/` and `64-holdout/` split the 64 px emoji by the same hash of t
 models (`vae`, `ldm`) train on `64-train/` and are measured on `64-holdout/`. Beside every emoji folder's
 `labels.json` (file -> category), `subcategories.json` holds each file's subcategory in emoji.json
 (`face-smiling`, `animal-mammal`, ...): the stored 64 px judge (`genlab.tools.judge`) learns those.
+`captions.json` holds each file's captions (text to image, `genlab.train.sd`): the emoji's name, short names
+and subcategory from emoji.json, its keywords from emojilib (npm, MIT), and a variation's skin tones.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import tarfile
@@ -35,6 +38,8 @@ from PIL import Image
 from ..imaging.io import open_image
 
 EMOJI_PACKAGE = "emoji-datasource-google@16.0.0"
+KEYWORD_PACKAGE = "emojilib@4.0.3"  # MIT: CLDR-style keywords per emoji character (text only)
+SKIN_TONES = {"1F3FB": "light", "1F3FC": "medium-light", "1F3FD": "medium", "1F3FE": "medium-dark", "1F3FF": "dark"}
 PHOTO_DEBS = ("plasma-workspace-wallpapers", "gnome-backgrounds", "tuxpaint-stamps-default", "desktop-base")
 SKIMAGE_PHOTOS = (
     "astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
@@ -54,31 +59,65 @@ def list_images(folder: Path) -> list[Path]:
 
 
 # ----------------------------------------------------------------------------------- emoji
-def fetch_emoji_package(cache: Path) -> Path:
-    """`npm pack` the emoji package into `cache` and unpack it; returns the package folder."""
-    package = cache / "package"
-    if not (package / "emoji.json").exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["npm", "pack", EMOJI_PACKAGE, "--silent"], cwd=cache, check=True, stdout=subprocess.DEVNULL)
-        tarball = next(cache.glob("emoji-datasource-google-*.tgz"))
+def fetch_npm_package(spec: str, cache: Path, marker: str) -> Path:
+    """`npm pack` an npm package into `cache/<name>` and unpack it; returns its `package` folder."""
+    name = spec.rsplit("@", 1)[0]
+    folder = cache / name
+    package = folder / "package"
+    if not (package / marker).exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["npm", "pack", spec, "--silent"], cwd=folder, check=True, stdout=subprocess.DEVNULL)
+        tarball = next(folder.glob(f"{name}-*.tgz"))
         with tarfile.open(tarball) as archive:
-            archive.extractall(cache, filter="data")
+            archive.extractall(folder, filter="data")
     return package
+
+
+def fetch_emoji_package(cache: Path) -> Path:
+    return fetch_npm_package(EMOJI_PACKAGE, cache, "emoji.json")
+
+
+def emoji_character(unified: str) -> str:
+    return "".join(chr(int(code, 16)) for code in unified.split("-"))
+
+
+def words(text: str) -> str:
+    """An emoji.json or emojilib identifier as words: `flag-eg` / `thumbs_up` -> `flag eg` / `thumbs up`."""
+    return " ".join(re.sub(r"[_\-]+", " ", text).lower().split())
+
+
+def emoji_captions(entry: dict, keywords: dict[str, list[str]], skin_key: str | None = None) -> list[str]:
+    """Several captions of one emoji image: its name, short names, subcategory, and (from emojilib) its keywords;
+    a skin-tone variation adds its tones to each ("thumbs up, medium skin tone")."""
+    character = emoji_character(entry["unified"])
+    found = keywords.get(character) or keywords.get(character.replace("\ufe0f", "")) or []
+    captions = [words(entry["name"]), *(words(name) for name in entry.get("short_names", [])), words(entry["subcategory"])]
+    if found:
+        captions += [words(found[0]), ", ".join(words(k) for k in found[:4])]
+    if skin_key:
+        tones = ", ".join(f"{SKIN_TONES[code]} skin tone" for code in skin_key.upper().split("-") if code in SKIN_TONES)
+        captions = [f"{caption}, {tones}" for caption in captions] if tones else captions
+    return list(dict.fromkeys(c for c in captions if c))
 
 
 def build_emoji(out: Path, cache: Path, sizes=(32, 64)) -> None:
     package = fetch_emoji_package(cache)
     entries = json.loads((package / "emoji.json").read_text())
+    keywords = json.loads((fetch_npm_package(KEYWORD_PACKAGE, cache, "dist/emoji-en-US.json")
+                           / "dist" / "emoji-en-US.json").read_text())
     entries.sort(key=lambda entry: entry["sort_order"])
     categories: list[str] = []
     items: list[tuple[str, str, str, bool]] = []  # (png name, category, subcategory, held out)
+    captions: dict[str, list[str]] = {}  # png name -> its captions
     for entry in entries:
         if entry["category"] not in categories:
             categories.append(entry["category"])
-        variants = [entry] + list(entry.get("skin_variations", {}).values())
+        variants = [(entry, None)] + [(v, key) for key, v in entry.get("skin_variations", {}).items()]
         held_out = is_held_out(entry["unified"])
-        items += [(v["image"], entry["category"], entry["subcategory"], held_out)
-                  for v in variants if v.get("has_img_google", True)]
+        for variant, skin_key in variants:
+            if variant.get("has_img_google", True):
+                items.append((variant["image"], entry["category"], entry["subcategory"], held_out))
+                captions[variant["image"]] = emoji_captions(entry, keywords, skin_key)
     source = package / "img" / "google" / "64"
     splits = [(f"{size}", size, None) for size in sizes] + [("64-train", 64, False), ("64-holdout", 64, True)]
     for folder_name, size, split in splits:
@@ -98,6 +137,7 @@ def build_emoji(out: Path, cache: Path, sizes=(32, 64)) -> None:
             labels[name] = category
             subcategories[name] = subcategory
         (folder / "labels.json").write_text(json.dumps(labels, indent=0))
+        (folder / "captions.json").write_text(json.dumps({name: captions[name] for name in labels}, indent=0))
         (folder / "subcategories.json").write_text(json.dumps(subcategories, indent=0))
         (folder / "classes.json").write_text(json.dumps(categories))
         print(f"emoji {folder_name}: {len(labels)} images in {len(categories)} categories -> {folder}")

@@ -11,6 +11,7 @@
     python -m genlab.eval train-judge --data data/emoji --out weights/emoji-judge
     python -m genlab.eval calibrate-judge --judge weights/emoji-judge --data data/emoji --model weights/ldm-emoji [--card]
     python -m genlab.eval emoji   --judge weights/emoji-judge --model weights/ldm-emoji --data data/emoji --out artifacts/ldm
+    python -m genlab.eval sd      --judge weights/emoji-judge --model weights/sd-emoji --data data/emoji [--guidance W] [--steps 25] [--card]
 
 vq: PSNR / SSIM per image and mean, code usage and perplexity over the folder, JPEG PSNR at no
     more than the same bits per pixel, and sharpness = mean |grad recon|^2 / mean |grad original|^2
@@ -36,6 +37,12 @@ prior: a token prior's code length on held-out images: bits per pixel of each im
     images; `--unconditional` adds the unconditional chain rule alone. `--positions P` estimates the
     unconditional chain rule instead, at P seeded random raster positions per image (the same positions of the
     same images for every prior over one VQ): runs compare in minutes, where the code length takes most of an hour.
+sd: a text-to-image model (Stable Diffusion layout) on emoji (genlab.tools.eval_sd): whether it follows held-out
+    emoji names (the judge's category and subcategory accuracy, beside ldm-emoji's), colour words (a sample's
+    colour against the one named, for colour-shape pairs emoji have and colour-object pairs none has), image quality
+    (Fréchet distance, precision, recall against the real held-out emoji beside the real floors and ldm-emoji), and
+    copying (each sample's nearest training image, beside the real held-out emoji's). 25 DPM-Solver++ steps;
+    `--words` held-out names (480), `--per-class` quality samples per category (54), `--seeds` per colour prompt (4).
 vae: a KL autoencoder (or a pipeline's vae/) on held-out images: PSNR and SSIM of the posterior-mean
     decode, PSNR of a posterior-sample decode, and the rate (KL bits per pixel).
 `--card` writes the printed section into the model card's "Measured quality".
@@ -60,6 +67,7 @@ from ..sampling import MAX_REFINE, check_choice_temperature
 from .data import list_images
 from .eval_emoji import eval_emoji
 from .eval_prior import estimate_prior, eval_prior
+from .eval_sd import check_sd_options, eval_sd
 from .judge_cli import add_judge_options, check_judge_options, run_judge_command
 
 
@@ -174,16 +182,21 @@ def write_card_section(model: str, text: str, section: str | None = None) -> Non
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m genlab.eval", description=__doc__.split("\n\n")[0])
-    parser.add_argument("kind", choices=["vq", "vae", "denoise", "emoji", "prior", "train-judge", "calibrate-judge"])
+    parser.add_argument("kind", choices=["vq", "vae", "denoise", "emoji", "sd", "prior", "train-judge",
+                                         "calibrate-judge"])
     parser.add_argument("--model", default=None, help="required except for train-judge and calibrate-judge")
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--out", type=Path, default=None, help="default: artifacts/eval (train-judge: weights/emoji-judge)")
     parser.add_argument("--sigmas", type=int, nargs="+", default=[15, 25, 50])
     parser.add_argument("--steps", type=int, default=None,
-                        help="denoise: 1; emoji: 50 DDIM steps (diffusion) or 12 MaskGIT steps (token prior)")
+                        help="denoise: 1; emoji: 50 DDIM steps (diffusion) or 12 MaskGIT steps (token prior); "
+                        "sd: 25 DPM-Solver++ steps")
     parser.add_argument("--guidance", type=float, default=None)
     parser.add_argument("--per-class", type=int, default=None,
-                        help="emoji: samples per category (default 16; with a judge 54)")
+                        help="emoji: samples per category (default 16; with a judge 54); sd: quality samples per "
+                        "category (default 54)")
+    parser.add_argument("--words", type=int, default=None, help="sd: held-out names sampled (default 480)")
+    parser.add_argument("--seeds", type=int, default=None, help="sd: seeds per colour prompt (default 4)")
     parser.add_argument("--refine", type=int, default=0, help="emoji, token prior: refine rounds after sampling (0-8)")
     parser.add_argument("--choice-temperature", type=float, default=None,
                         help="emoji, token prior: start of the confidence order's Gumbel noise (0-20; default: the "
@@ -198,7 +211,9 @@ def main(argv=None) -> None:
     parser.add_argument("--card", action="store_true", help="write the result into the model card")
     parser.add_argument("--section", default=None, help="with --card: write only this subsection of the card")
     args = parser.parse_args(argv)
-    check_judge_options(parser, args)
+    if args.kind != "sd" and (args.words is not None or args.seeds is not None):
+        parser.error(f"--words and --seeds are for sd, not {args.kind}")
+    (check_sd_options if args.kind == "sd" else check_judge_options)(parser, args)
     if args.kind in ("train-judge", "calibrate-judge"):
         print(run_judge_command(args))
         return
@@ -225,6 +240,9 @@ def main(argv=None) -> None:
         text = eval_autoencoder(args.model, args.data)
     elif args.kind == "denoise":
         text = eval_denoise(args.model, args.data, tuple(args.sigmas), args.steps or 1)
+    elif args.kind == "sd":
+        text = eval_sd(args.judge, args.data, args.model, args.out, steps=args.steps, guidance=args.guidance,
+                       words=args.words, per_class=args.per_class, seeds=args.seeds)
     elif args.kind == "prior" and args.positions:
         text = estimate_prior(args.model, args.data, args.limit, args.positions)
     elif args.kind == "prior":

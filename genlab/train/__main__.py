@@ -8,6 +8,9 @@
     python -m genlab.train ldm   --data data/emoji/64-train --out weights/ldm-emoji --vae runs/emoji-vae
     python -m genlab.train vqgan --data data/emoji/64-train --out runs/emoji-vq --preset emoji-vq
     python -m genlab.train prior --data data/emoji/64-train --out weights/maskgit-emoji --vq runs/emoji-vq
+    python -m genlab.train clip  --data data/emoji/64-train --out runs/emoji-clip
+    python -m genlab.train sd    --data data/emoji/64-train --out weights/sd-emoji --vae weights/ldm-emoji/vae \
+                                 --clip runs/emoji-clip
 
 Runs on CPU or CUDA (bf16 autocast on GPU) and across GPUs or nodes with `accelerate launch -m
 genlab.train ...`. Checkpoints (safetensors + JSON, no pickle) go to `--run-dir`; `--resume`
@@ -29,14 +32,16 @@ from accelerate import Accelerator
 
 from . import common
 from .cli import parse_args
+from .clip import train_clip
 from .config import TrainConfig
 from .ddpm import train_ddpm
 from .latent import train_vae
 from .prior import train_prior
+from .sd import train_sd
 from .vq import train_vq
 
 TRAINERS = {"vqvae": train_vq, "vqgan": train_vq, "vae": train_vae, "ddpm": train_ddpm, "ldm": train_ddpm,
-            "prior": train_prior}
+            "prior": train_prior, "clip": train_clip, "sd": train_sd}
 
 __all__ = ["TRAINERS", "main", "start_run"]
 

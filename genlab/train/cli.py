@@ -91,7 +91,13 @@ def _add_vq_options(parser: argparse.ArgumentParser) -> None:
     # KL autoencoder (vae) and latent diffusion (ldm)
     add("--latent-channels", type=int, help="vae: channels of the latent z")
     add("--kl-weight", type=float, help="vae: weight of KL(q(z|x) || N(0, I)) in nats per pixel value")
-    add("--vae", type=Path, help="ldm: the trained AutoencoderKL folder (kept frozen)")
+    add("--vae", type=Path, help="ldm, sd: the trained AutoencoderKL folder (kept frozen)")
+    # text to image: the CLIP (clip) and the text-conditional UNet (sd)
+    add("--clip", type=Path, help="sd: the trained CLIP folder (genlab.train.clip) whose text encoder conditions the UNet")
+    add("--vocab-size", type=int, help="clip: the tokenizer's vocabulary (byte symbols, merges, specials)")
+    add("--max-tokens", type=int, help="clip: the text encoder's positions (prompts are cut there)")
+    add("--patch-size", type=int, help="clip: the image tower's patch side in pixels")
+    add("--projection-dim", type=int, help="clip: the shared embedding dimension")
     add("--export-fp16", action="store_true",
         help="ldm, prior: store the exported networks in fp16 (ldm: unet/ and vae/, prior: "
         "transformer/; GenLab upcasts them on CPU)")
@@ -105,14 +111,14 @@ def _add_prior_options(parser: argparse.ArgumentParser) -> None:
         help="prior: the network that predicts the masked tokens: GenLab's MaskedTokenTransformer "
         "(--hidden-size, --num-layers, --num-heads) or MaskedTokenUNet, diffusers' UNet2DModel over "
         "the embedded token grid (--channels, --layers-per-block, --attention); default transformer")
-    add("--hidden-size", type=int, help="prior: transformer width")
-    add("--num-layers", type=int, help="prior: transformer blocks")
-    add("--num-heads", type=int, help="prior: attention heads")
+    add("--hidden-size", type=int, help="prior, clip: transformer width")
+    add("--num-layers", type=int, help="prior, clip: transformer blocks (clip: of each tower)")
+    add("--num-heads", type=int, help="prior, clip: attention heads")
     add("--raster-share", type=float, help="prior: share of masks that hide every token from a raster position on")
     add("--shift-share", type=float,
         help="prior: share of training grids taken from the image moved by one token in one of 8 "
         "directions (white fill; default 0)")
-    add("--weight-decay", type=float, help="AdamW weight decay (prior)")
+    add("--weight-decay", type=float, help="AdamW weight decay (prior, clip)")
     add("--dropout", type=float,
         help="prior: dropout on the transformer's attention and MLP outputs (default 0); with "
         "--init or --resume, overrides the config it starts from")
@@ -133,7 +139,7 @@ def _add_diffusion_options(parser: argparse.ArgumentParser) -> None:
     add("--sample-size", type=int)
     add("--beta-schedule", choices=list(BETA_SCHEDULES))
     add("--min-snr-gamma", type=float)
-    add("--label-dropout", type=float)
+    add("--label-dropout", type=float, help="share of labels (sd: captions) dropped for classifier-free guidance")
     add("--t-focus-max", type=int, help="focus part of the timesteps on [0, this)")
     add("--t-focus-share", type=float, help="share of each batch drawn from the focus range")
     add("--guidance-scale", type=float,

@@ -48,6 +48,7 @@ class ImageFolder:
         )
         self.images: list[np.ndarray] = []
         self.labels: list[int] = []
+        self.names: list[str] = []  # each image's file name (captions.json's keys)
         for path in paths:
             image = open_image(path)
             label = self.classes.index(labels[path.name]) if labels and path.name in labels else -1
@@ -57,6 +58,7 @@ class ImageFolder:
                 )
                 self.images.append(np.asarray(scaled))
                 self.labels.append(label)
+                self.names.append(path.name)
         self.labels_array = np.array(self.labels)
 
     def __len__(self) -> int:
@@ -179,6 +181,21 @@ def ema_copy(accelerator, model: torch.nn.Module, ema) -> torch.nn.Module:
     ema_model = type(unwrapped).from_config(unwrapped.config)
     ema.copy_to(ema_model.parameters())
     return ema_model.eval()
+
+
+def save_ema_checkpoint(accelerator, model: torch.nn.Module, ema, optimizer, state: "RunState", checkpoint: Path,
+                        *savers) -> torch.nn.Module:
+    """A resumable checkpoint of an EMA trainer: model/ and ema/ (save_pretrained), what each of `savers`
+    (callables of the folder) adds, the optimizer, then run.json last; returns the EMA network (to export)."""
+    checkpoint.mkdir(parents=True, exist_ok=True)
+    accelerator.unwrap_model(model).save_pretrained(checkpoint / "model")
+    ema_model = ema_copy(accelerator, model, ema)
+    ema_model.save_pretrained(checkpoint / "ema")
+    for save in savers:
+        save(checkpoint)
+    save_optimizer(optimizer, checkpoint)
+    state.save(checkpoint)
+    return ema_model
 
 
 def ema_step(accelerator, model: torch.nn.Module, loss: torch.Tensor, optimizer, schedule, ema, state: "RunState",

@@ -8,8 +8,10 @@ cannot start from is refused before any data is read.
     TrainConfig                 what every kind shares: data, output, steps, optimizer, logging
     ├── VQConfig                vqvae, vqgan     (genlab.train.vq)
     ├── VAEConfig               vae              (genlab.train.latent)
+    ├── ClipConfig              clip             (genlab.train.clip)
     └── GenerativeConfig        EMA, class labels and guidance of a generative model
         ├── DiffusionConfig     ddpm, ldm        (genlab.train.ddpm)
+        │   └── TextDiffusionConfig  sd          (genlab.train.sd)
         └── PriorConfig         prior            (genlab.train.prior, genlab.train.distill)
 """
 
@@ -212,6 +214,34 @@ class VAEConfig(TrainConfig):
 
 
 @dataclass(frozen=True, kw_only=True)
+class ClipConfig(TrainConfig):
+    """A small CLIP (transformers `CLIPModel`: a text and an image transformer) trained contrastively on a captioned
+    folder (`captions.json`), with its byte-level BPE tokenizer learned from the captions first."""
+
+    vocab_size: int = 4096  # the tokenizer's entries: 512 byte symbols, the merges, 2 specials
+    max_tokens: int = 32  # the text encoder's positions (prompts are cut there)
+    hidden_size: int | None = None  # width of both towers
+    num_layers: int | None = None  # transformer blocks of each tower
+    num_heads: int | None = None
+    patch_size: int = 8  # the image tower's patch side in pixels
+    projection_dim: int = 128  # the shared embedding space
+    weight_decay: float = 0.1
+
+    KINDS = ("clip",)
+    REQUIRED = TrainConfig.REQUIRED + ("hidden_size", "num_layers", "num_heads")
+
+    def rules(self) -> dict:
+        return {**super().rules(), "vocab_size": (lambda v: _is_int(v) and v > 514, "an integer > 514"),
+                "max_tokens": (lambda v: _is_int(v) and v >= 4, "an integer >= 4"), "hidden_size": POSITIVE_INT,
+                "num_layers": POSITIVE_INT, "num_heads": POSITIVE_INT, "patch_size": POSITIVE_INT,
+                "projection_dim": POSITIVE_INT, "weight_decay": NON_NEGATIVE}
+
+    def check(self) -> None:
+        if self.hidden_size and self.num_heads and self.hidden_size % self.num_heads:
+            raise ValueError(f"--hidden-size {self.hidden_size} must be a multiple of --num-heads {self.num_heads}")
+
+
+@dataclass(frozen=True, kw_only=True)
 class GenerativeConfig(TrainConfig):
     """A generative model trained with EMA weights, optionally class-conditional with classifier-free guidance."""
 
@@ -256,6 +286,28 @@ class DiffusionConfig(GenerativeConfig):
             raise ValueError("ldm needs --vae: the trained AutoencoderKL whose latents it models")
         if self.kind == "ddpm" and self.sample_size is None:
             raise ValueError("ddpm needs --sample-size (no preset gave it)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TextDiffusionConfig(DiffusionConfig):
+    """Stable Diffusion's recipe: a `UNet2DConditionModel` on a frozen KL autoencoder's latents, cross-attending to
+    a frozen CLIP text encoder's last hidden states; `label_dropout` is the caption dropout (empty prompt)."""
+
+    clip: Path | None = None  # the trained CLIP folder (genlab.train.clip): text_encoder/ + tokenizer/
+
+    KINDS = ("sd",)
+
+    def rules(self) -> dict:
+        return {**super().rules(), "clip": PATH}
+
+    def check(self) -> None:
+        check_attention(self.channels, self.attention)
+        if not self.resume and self.vae is None:
+            raise ValueError("sd needs --vae: the trained AutoencoderKL whose latents it models")
+        if not self.resume and self.clip is None:
+            raise ValueError("sd needs --clip: the trained CLIP whose text encoder conditions the UNet")
+        if self.attention is not None and not any(self.attention):
+            raise ValueError("--attention must give sd at least one cross-attention block")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -323,7 +375,7 @@ class PriorConfig(GenerativeConfig):
 
 
 CONFIGS = {"vqvae": VQConfig, "vqgan": VQConfig, "vae": VAEConfig, "ddpm": DiffusionConfig, "ldm": DiffusionConfig,
-           "prior": PriorConfig}
+           "prior": PriorConfig, "clip": ClipConfig, "sd": TextDiffusionConfig}
 
 
 def config_fields(kind: str) -> set[str]:
@@ -351,6 +403,13 @@ PRESETS = {
     "emoji-ldm": dict(channels="64,128,128", layers_per_block=1, attention="0,0,1", crop=64, batch_size=32,
                       lr=1e-3, lr_schedule="cosine", warmup_steps=500, beta_schedule="squaredcos_cap_v2",
                       min_snr_gamma=5.0, label_dropout=0.1, class_power=0.5),
+    # the CLIP of sd-emoji (64 px emoji and their captions), and its text-conditional UNet on ldm-emoji's latents:
+    # cross-attention at 8 x 8 and 4 x 4, caption dropout 0.1 for classifier-free guidance
+    "emoji-clip": dict(hidden_size=128, num_layers=4, num_heads=4, batch_size=128, lr=1e-3, lr_schedule="cosine",
+                       warmup_steps=200),
+    "emoji-sd": dict(channels="64,128,128", layers_per_block=1, attention="0,1,1", crop=64, batch_size=32, lr=1e-3,
+                     lr_schedule="cosine", warmup_steps=500, beta_schedule="squaredcos_cap_v2", min_snr_gamma=5.0,
+                     label_dropout=0.1, class_power=0.5, guidance_scale=3.0),
     # class-conditional masked-token transformer over emoji-vq's 16 x 16 tokens (maskgit-emoji)
     "emoji-prior": dict(hidden_size=128, num_layers=4, num_heads=4, batch_size=32, lr=1e-3, lr_schedule="cosine",
                         warmup_steps=300, label_dropout=0.1, class_power=0.5, raster_share=0.25, weight_decay=0.01),
@@ -361,9 +420,9 @@ PRESETS = {
 }
 PRESET_KINDS = {"vq-photo": ("vqvae", "vqgan"), "emoji-vq": ("vqvae", "vqgan"), "emoji": ("ddpm",),
                 "photo-denoiser": ("ddpm",), "emoji-vae": ("vae",), "emoji-ldm": ("ldm",), "emoji-prior": ("prior",),
-                "emoji-prior-unet": ("prior",)}
+                "emoji-prior-unet": ("prior",), "emoji-clip": ("clip",), "emoji-sd": ("sd",)}
 DEFAULT_PRESET = {"vqvae": "vq-photo", "vqgan": "vq-photo", "ddpm": "emoji", "vae": "emoji-vae", "ldm": "emoji-ldm",
-                  "prior": "emoji-prior"}
+                  "prior": "emoji-prior", "clip": "emoji-clip", "sd": "emoji-sd"}
 
 
 def parse_list(name: str, value, item=int) -> tuple | None:
@@ -389,7 +448,7 @@ def build_config(kind: str, values: dict) -> TrainConfig:
 
 
 def _check_presets() -> None:
-    placeholders = dict(data=Path("data"), out=Path("out"), vae=Path("vae"), vq=Path("vq"))
+    placeholders = dict(data=Path("data"), out=Path("out"), vae=Path("vae"), vq=Path("vq"), clip=Path("clip"))
     for name, kinds in PRESET_KINDS.items():
         for kind in kinds:
             try:

@@ -149,15 +149,10 @@ def train_ddpm(config: DiffusionConfig, accelerator: Accelerator, data: common.I
     def save():
         state.wall_seconds = timer.total
         if accelerator.is_main_process:
-            checkpoint.mkdir(parents=True, exist_ok=True)
-            accelerator.unwrap_model(unet).save_pretrained(checkpoint / "model")
-            scheduler.save_pretrained(checkpoint / "model")
-            ema_model = common.ema_copy(accelerator, unet, ema)
-            ema_model.save_pretrained(checkpoint / "ema")
+            savers = [lambda folder: scheduler.save_pretrained(folder / "model")]
             if vae is not None:
-                latent.save_autoencoder(vae, vae_source, checkpoint / "vae")
-            common.save_optimizer(optimizer, checkpoint)
-            state.save(checkpoint)
+                savers.append(lambda folder: latent.save_autoencoder(vae, vae_source, folder / "vae"))
+            ema_model = common.save_ema_checkpoint(accelerator, unet, ema, optimizer, state, checkpoint, *savers)
             export_ddpm(config, ema_model, scheduler, classes, state, vae, vae_source, latent_range)
 
     while common.keep_training(state, timer, config):

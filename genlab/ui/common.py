@@ -26,29 +26,12 @@ from ..config import AppConfig, prior_autoencoder
 from ..imaging.io import InputError, open_image
 from ..loading.registry import embedded_status
 from .compat import SafeImageEditor
+from .display import DISPLAY_SIDE, upscale  # noqa: F401  (the tabs import them from here)
 from ..loading.loaders import ModelLoadError, ModelSpec
 
 log = logging.getLogger("genlab")
 OUTPUT_HEIGHT = 256  # output images get a fixed height so small results are not squashed under their labels
 NOT_TRAINED = "not trained yet"
-DISPLAY_SIDE = 256
-
-
-def upscale_factor(size: tuple[int, int]) -> int:
-    """The whole-number scale that makes an image of `size` (width, height) at least DISPLAY_SIDE on its longer
-    side: 8 for a 32 px emoji, 2 for a 134 px grid of them, 1 for anything already that large."""
-    longest = max(size)
-    return -(-DISPLAY_SIDE // longest) if 0 < longest < DISPLAY_SIDE else 1
-
-
-def upscale(image: Image.Image) -> Image.Image:
-    """A small output (a 32 px emoji, a grid of them, a 64 px sample) enlarged by nearest neighbour to fill its
-    panel: every pixel becomes an equal square block, so the model's pixels stay visible instead of a thumbnail
-    in a large empty box or a browser's blur. The one helper for every small sample the app shows."""
-    scale = upscale_factor(image.size)
-    if scale > 1:
-        image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
-    return image
 
 
 def image_panel(label: str, value=None) -> gr.Image:
@@ -260,6 +243,20 @@ class Registry:
         folder = Path(spec.source) / (spec.subfolder or "")
         return folder.is_dir() and models.is_pipeline(folder) and any((folder / p).is_dir() for p in ("vae", "vqvae"))
 
+    def is_text(self, label: str | None) -> bool:
+        """Whether a diffusion model takes a prompt (a Stable Diffusion layout): known without loading it for local
+        folders (a `text_encoder/`), else from the loaded model; False when it cannot be loaded."""
+        spec = self.config.diffusion_models.get(label) if label else None
+        if spec is None:
+            return False
+        folder = Path(spec.source) / (spec.subfolder or "")
+        if folder.is_dir():
+            return (folder / "text_encoder").is_dir()
+        try:
+            return self.diffusion(label).is_text_conditional
+        except Exception:
+            return False
+
     def choices(self, kind: str) -> list[tuple[str, str]]:
         shown = []
         for label in self.config.table(kind):
@@ -377,7 +374,8 @@ class Conditioning:
 
     def update(self, model) -> dict:
         """The controls for `model` (a ConditionalModel, or None when it cannot be loaded): class picker and
-        guidance for class models, prompt, negative prompt and guidance for text models, none otherwise."""
+        guidance for class models, prompt, negative prompt and guidance for text models, none otherwise. A hidden
+        prompt box is emptied: a model without text refuses any prompt, and the visitor cannot see one to delete."""
         text = model is not None and model.text is not None
         classes = model is not None and model.is_conditional and not text
         choices = [("(unconditional)", "")] + [(name, name) for name in model.classes] if classes else []
@@ -385,6 +383,6 @@ class Conditioning:
             self.class_name: gr.Dropdown(choices=choices, value=model.classes[0] if classes else None, visible=classes),
             self.guidance: (gr.Slider(value=model.default_guidance_scale, visible=True) if text or classes
                             else gr.Slider(visible=False)),
-            self.prompt: gr.Textbox(visible=text),
-            self.negative_prompt: gr.Textbox(visible=text),
+            self.prompt: gr.Textbox(visible=True) if text else gr.Textbox(value="", visible=False),
+            self.negative_prompt: gr.Textbox(visible=True) if text else gr.Textbox(value="", visible=False),
         }

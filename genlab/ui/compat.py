@@ -2,6 +2,8 @@
 
 - `SafeImage` and `SafeImageEditor` hand uploads to GenLab as file paths, undecoded, so every upload is
   decoded by `genlab.open_image` in the event function, which explains what is wrong with a bad file.
+- `TextOnly` refuses a value that is not text (gradio's Textbox turns any JSON value sent through the API into
+  its `str`, so `123` or `{"a": 1}` would become a prompt).
 - `install_atomic_image_cache` makes gradio write cached output images atomically.
 
 Each reaches into gradio internals (`preprocess` payloads, `blob_storage`, `processing_utils`), so this
@@ -118,6 +120,27 @@ class SafeImageEditor(gr.ImageEditor):
         except InputError as error:
             raise gr.Error(f"A painted layer cannot be read: {error}", print_exception=False) from None
         return path
+
+
+class TextOnly(gr.Textbox):
+    """gr.Textbox that hands GenLab text or None, and refuses any other value sent through the API with a
+    gr.Error naming its type (gradio's own preprocessing returns `str(payload)`)."""
+
+    @classmethod
+    def get_component_class_id(cls) -> str:
+        return gr.Textbox.get_component_class_id()
+
+    def get_block_name(self) -> str:
+        return "textbox"
+
+    def preprocess(self, payload):
+        if payload is not None and not isinstance(payload, str):
+            raise gr.Error(f"{self.label or 'This box'} must be text, got {type(payload).__name__}: send a string.",
+                           print_exception=False)
+        return payload
+
+    def api_info(self):
+        return gr.Textbox.api_info(self)
 
 
 def install_atomic_image_cache() -> None:

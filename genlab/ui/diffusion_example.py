@@ -2,9 +2,10 @@
 
 A visitor should see the scrub row (x_t, x̂0, ε̂ and, for latent models, the latent) filled before pressing
 anything. `ExampleRuns` samples one example per model (seed 0, 50 DDIM steps, one image, the model's first class
-at its default guidance: what the tab's controls start at, batch aside) the first time the model is shown, and
-keeps the packed trajectory: every later page load or model switch reuses it, so the cost is paid once per model
-per process. The tab stores it as the session's last run, so the step slider scrubs it at once.
+at its default guidance: what the tab's controls start at, batch aside; a text-to-image model the first of
+EXAMPLE_PROMPTS, with its word heat maps) the first time the model is shown, and keeps the packed trajectory:
+every later page load or model switch reuses it, so the cost is paid once per model per process. The tab stores
+it as the session's last run, so the step slider scrubs it at once.
 
 A photo denoiser (`ddpm-photo`) is trained to undo noise on photos; sampled from pure noise it draws texture.
 `is_denoiser` decides which models say so: the embedded `ddpm-photo`, or any checkpoint trained with the
@@ -27,6 +28,8 @@ from .common import Registry, upscale
 from .diffusion_views import example_result, pack_trajectory
 
 EXAMPLE_SEED, EXAMPLE_STEPS, EXAMPLE_SCHEDULER = 0, 50, "ddim"
+# one click each under the prompt box; the first is a text-to-image model's example run (sd-emoji's captions)
+EXAMPLE_PROMPTS = ("red heart", "blue heart", "grinning face", "thumbs up, dark skin tone", "pizza", "purple apple")
 DENOISER_NAME = "ddpm-photo"  # the embedded photo denoiser
 DENOISER_PRESET = "--preset photo-denoiser"  # genlab.train's recipe for a photo denoiser
 
@@ -75,6 +78,7 @@ class Example:
     trajectory: dict  # pack_trajectory's dict: the session's last run, shared read-only between sessions
     samples: Image.Image  # the live panels' picture: the model card's samples, else the example's image; enlarged
     description: str  # the status line
+    prompt: str | None = None  # a text-to-image model's example prompt
 
 
 class ExampleRuns:
@@ -85,18 +89,22 @@ class ExampleRuns:
         self.runs: dict[str, Example] = {}
         self.lock = threading.Lock()
 
-    def get(self, label: str) -> Example | None:
-        """The model's example (None for a text-to-image model, whose unprompted run says little at a high cost).
-        Loading or sampling errors propagate."""
+    def get(self, label: str) -> Example:
+        """The model's example. Loading or sampling errors propagate."""
         dm = self.registry.diffusion(label)
-        if dm.is_text_conditional:
-            return None
         with self.lock:
             if label not in self.runs:
                 self.runs[label] = self.compute(label, dm)
             return self.runs[label]
 
+    def cached(self, label: str | None) -> Example | None:
+        """The model's example when it has been computed, else None (nothing is loaded or sampled)."""
+        with self.lock:
+            return self.runs.get(label)
+
     def compute(self, label: str, dm: DiffusionModel) -> Example:
+        if dm.is_text_conditional:
+            return self.compute_prompted(dm)
         class_label = dm.classes[0] if dm.is_conditional else None
         run = dm.sample(seed=EXAMPLE_SEED, steps=EXAMPLE_STEPS, scheduler=EXAMPLE_SCHEDULER, batch=1,
                         class_label=class_label)
@@ -111,3 +119,17 @@ class ExampleRuns:
         if is_denoiser(self.registry, label):
             description = denoiser_note(label) + " " + description
         return Example(trajectory, card or upscale(run.image), description)
+
+    def compute_prompted(self, dm: DiffusionModel) -> Example:
+        """A text-to-image model's example: the first example prompt with its word heat maps, its own image shown
+        (not the card's grid of other prompts)."""
+        prompt = EXAMPLE_PROMPTS[0]
+        run = dm.sample(seed=EXAMPLE_SEED, steps=EXAMPLE_STEPS, scheduler=EXAMPLE_SCHEDULER, batch=1, prompt=prompt,
+                        attention_maps=True)
+        trajectory = pack_trajectory(run)
+        count = len(trajectory["timesteps"])
+        description = (f"Example: the prompt {prompt!r} (seed {EXAMPLE_SEED}, {EXAMPLE_STEPS} "
+                       f"{EXAMPLE_SCHEDULER.upper()} steps, guidance {dm.default_guidance_scale:g}) and where each word acted over the run; below, "
+                       f"step {count // 2 + 1} of {count} with that step's word maps: drag the step slider. Type a "
+                       "prompt or click an example prompt to sample your own.")
+        return Example(trajectory, upscale(run.image), description, prompt)

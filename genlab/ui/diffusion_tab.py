@@ -1,129 +1,38 @@
 """Step-by-step diffusion tab: sample with streamed frames, scrub the trajectory, denoise uploads, compare samplers.
 
 `DiffusionTab` holds the registry and the tab's components; its handlers take one request dataclass
-(`SampleRequest`, `DenoiseRequest`, ...) whose fields are the API's parameters in order, and return or
-yield a dict keyed by output component (a component left out keeps its value).
+(`SampleRequest`, `DenoiseRequest`, ...; `diffusion_requests`) whose fields are the API's parameters in order, and
+return or yield a dict keyed by output component (a component left out keeps its value). It opens on the
+text-to-image model, whose own panels (example prompts, word heat maps, compare prompts, image to image, the
+nearest training image) `text_to_image.TextToImage` adds.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import gradio as gr
 import numpy as np
-from PIL import Image
 
 from ..autoencoders.kl import channels_image
-from ..diffusion import DiffusionModel, DiffusionRun, Step, estimate_sigma
-from ..imaging.io import InputError, as_image, open_image
+from ..diffusion import DiffusionRun, Step, estimate_sigma
+from ..imaging.io import as_image, open_image
 from ..loading.registry import example_images
 from .common import (Conditioning, Registry, file_stem, image_panel, mask_editor, mask_from_editor, on_model_thread,
                      positional, upscale, user_errors)
+from .compat import SafeImage, TextOnly
 from .diffusion_example import ExampleRuns, about_line, denoiser_note, is_denoiser, step_slider
+from .diffusion_requests import (CompareRequest, DenoiseRequest, InpaintRequest, PreviewRequest, SampleRequest,
+                                 check_work, conditions, is_guided)
 from .diffusion_views import (cost_line, denoise_summary, example_result, export_files, live_panels, nlm,
-                              pack_trajectory)
-from .compat import SafeImage
+                              pack_trajectory, step_images)
 from .plots import schedule_figure
+from .text_to_image import OTHER_BATCH, TEXT_BATCH, TEXT_MODEL, TextToImage
 
 SCHEDULER_CHOICES = [("DDPM", "ddpm"), ("DDIM", "ddim"), ("DPM-Solver++", "dpm++")]
 COMPARE_CHOICES = ["DDIM 10", "DDIM 50", "DPM-Solver++ 10", "DPM-Solver++ 25", "DDPM 100", "DDPM 1000"]
 COMPARE_NAMES = {"DDIM": "ddim", "DPM-Solver++": "dpm++", "DDPM": "ddpm"}
 STATE_TTL_S = 3600  # a visitor's trajectory is dropped an hour after their last run
-# One request's work: UNet evaluations x positions of the sample (latent or pixel), guidance counted
-# twice. ddpm-emoji at 1000 steps x batch 16 x guidance (32.8M) and every default pass; a 512^2 photo
-# denoised in 1000 steps (262M) does not.
-MAX_WORK = 40_000_000
-
-
-def check_work(dm: DiffusionModel, runs: list[tuple[int, int, bool]], side: tuple[int, int]) -> int:
-    """Refuse requests over MAX_WORK; `runs` holds (UNet calls, batch, guided) per run, `side` the pixel
-    (height, width). Returns the work units."""
-    f = dm.codec.factor
-    positions = -(-side[0] // f) * -(-side[1] // f)
-    work = sum(steps * batch * (2 if guided else 1) * positions for steps, batch, guided in runs)
-    if work > MAX_WORK:
-        raise InputError(
-            f"This request asks for {work / 1e6:.0f}M units of work (UNet calls x batch x sample positions, "
-            f"guidance counted twice), over the {MAX_WORK / 1e6:.0f}M a request may use so the model stays "
-            "free for other visitors. Lower the steps, the batch, the image size or set guidance to 1.")
-    return work
-
-
-def is_guided(dm: DiffusionModel, class_name, guidance) -> bool:
-    guidance = dm.default_guidance_scale if guidance is None else float(guidance)
-    return guidance != 1.0 and (dm.is_text_conditional or (dm.is_conditional and bool(class_name)))
-
-
-# ------------------------------------------------------------------------------ requests (the API's parameters)
-@dataclass
-class SampleRequest:
-    label: str
-    scheduler: str
-    steps: float
-    seed: float
-    batch: float
-    class_name: str | None
-    guidance: float | None
-    eta: float
-    prompt: str = ""
-    negative_prompt: str = ""
-
-
-@dataclass
-class DenoiseRequest:
-    label: str
-    image_path: str | None
-    mode: str  # "clean": noise the upload to t; "noisy": it already holds noise of sigma_255
-    t: float
-    sigma_255: float
-    steps: float | None  # 0 or None: the default
-    seed: float
-    scheduler: str
-    class_name: str | None
-    guidance: float | None
-    prompt: str = ""
-    negative_prompt: str = ""
-
-
-@dataclass
-class InpaintRequest:
-    label: str
-    editor: dict | None
-    steps: float
-    seed: float
-    scheduler: str
-    class_name: str | None
-    guidance: float | None
-    prompt: str = ""
-    negative_prompt: str = ""
-
-
-@dataclass
-class CompareRequest:
-    label: str
-    settings: list[str] | None  # 2 to 4 of COMPARE_CHOICES
-    seed: float
-    class_name: str | None
-    guidance: float | None
-    prompt: str = ""
-    negative_prompt: str = ""
-
-
-@dataclass
-class PreviewRequest:
-    label: str
-    image_path: str | None
-    mode: str
-    t: float
-    sigma_255: float
-    seed: float
-
-
-def conditions(request) -> dict:
-    """A request's conditioning as keyword arguments of the DiffusionModel calls."""
-    return dict(class_label=request.class_name or None, guidance_scale=request.guidance,
-                prompt=request.prompt or None, negative_prompt=request.negative_prompt or None)
 
 
 # ------------------------------------------------------------------------------ the tab
@@ -132,10 +41,11 @@ class DiffusionTab:
 
     def __init__(self, registry: Registry):
         self.registry = registry
-        # Each sub-tab has its natural embedded model: the emoji sampler, the photo denoiser.
-        self.sampler_default = registry.default("diffusion", "ddpm-emoji")
+        # Each sub-tab has its natural embedded model: the text-to-image emoji sampler, the photo denoiser.
+        self.sampler_default = registry.default("diffusion", TEXT_MODEL)
         self.denoiser_default = registry.default("diffusion", "ddpm-photo")
         self.examples = ExampleRuns(registry)
+        self.text = TextToImage(self)
 
     # -------------------------------------------------------------------------- handlers
     def conditioning_update(self, label) -> dict:
@@ -174,8 +84,9 @@ class DiffusionTab:
         dm = self.registry.diffusion(request.label)
         seed, steps, batch = int(request.seed), int(request.steps), int(request.batch)
         check_work(dm, [(steps, batch, is_guided(dm, request.class_name, request.guidance))], (dm.sample_size,) * 2)
+        maps = dm.is_text_conditional and request.prompt is not None  # a text model's word heat maps
         stream = dm.sample_stream(seed=seed, steps=steps, scheduler=request.scheduler, batch=batch, eta=request.eta,
-                                  **conditions(request))
+                                  attention_maps=maps, **conditions(request, dm))
         schedule = dm.schedule()
         # x_T first: the visitor sees the run start before the first (batched, guided) UNet call
         noise = dm.initial_noise(seed, batch)
@@ -186,9 +97,10 @@ class DiffusionTab:
         started = time.perf_counter()
         for item in stream:
             if isinstance(item, Step):
-                latent_xt, x_t, x0, eps = live_panels(dm.frame(item, preview=True))
+                frame = dm.frame(item, preview=True)
+                latent_xt, x_t, x0, eps = live_panels(frame)
                 yield {self.live_xt: x_t, self.live_x0: x0, self.status: f"t = {item.timestep}",
-                       self.live_latent: latent_xt, self.live_eps: eps}
+                       self.live_latent: latent_xt, self.live_eps: eps, **self.text.live(frame)}
         run = item
         seconds = time.perf_counter() - started
         finished = self.finish(run, request.label, steps, "sample")
@@ -200,29 +112,19 @@ class DiffusionTab:
                self.status: f"{note}done: {len(run.trajectory.steps)} steps, seed {run.seed}{notes}. "
                             f"{cost_line(dm, run, seconds)}",
                **finished, self.schedule_plot: schedule_figure(schedule, timesteps[0] if timesteps else None),
-               self.live_latent: final_latent, self.live_eps: None}
+               self.live_latent: final_latent, self.live_eps: None, **self.text.done(run)}
 
     @user_errors
     def scrub(self, label, index, trajectory) -> dict:
         if not trajectory or not trajectory.get("timesteps"):
             raise gr.Error("Run a sample or a denoise first; then scrub through its steps.")
         index = int(min(max(index, 0), len(trajectory["timesteps"]) - 1))
-        t = trajectory["timesteps"][index]
         dm = self.registry.diffusion(label)
-        if trajectory.get("latent"):
-            if not dm.is_latent:
-                raise gr.Error("That trajectory came from a latent model; run the selected model first.")
-            import torch
-
-            step = Step(t, *(torch.from_numpy(np.asarray(trajectory[key][index], dtype=np.float32))
-                             for key in ("x_t", "x0", "eps")))
-            latent_xt, x_t, x0, eps = live_panels(dm.frame(step, preview=False, crop=tuple(trajectory["crop"]) or None))
-        else:
-            latent_xt = None
-            x_t, x0, eps = (upscale(Image.fromarray(np.asarray(trajectory[key][index], dtype=np.uint8)))
-                            for key in ("x_t", "x0", "eps"))
-        return {self.scrub_xt: x_t, self.scrub_x0: x0, self.scrub_eps: eps,
-                self.schedule_plot: schedule_figure(dm.schedule(), t), self.scrub_latent: latent_xt}
+        images = {key: None if image is None else upscale(image)
+                  for key, image in step_images(dm, trajectory, index).items()}
+        return {self.scrub_xt: images["x_t"], self.scrub_x0: images["x0"], self.scrub_eps: images["eps"],
+                self.schedule_plot: schedule_figure(dm.schedule(), trajectory["timesteps"][index]),
+                self.scrub_latent: images["latent"]}
 
     @user_errors
     def noise_preview(self, request: PreviewRequest) -> dict:
@@ -258,7 +160,7 @@ class DiffusionTab:
         dm = self.registry.diffusion(request.label)
         image = open_image(request.image_path)
         kwargs = dict(seed=int(request.seed), scheduler=request.scheduler,
-                      steps=int(request.steps) if request.steps else None, **conditions(request))
+                      steps=int(request.steps) if request.steps else None, **conditions(request, dm))
         if request.mode == "noisy":
             if not 0 < request.sigma_255 <= 255:
                 raise gr.Error("Set the noise level sigma (0-255 units) above 0, or press Estimate.")
@@ -281,7 +183,8 @@ class DiffusionTab:
         side = (min(image.height, 512), min(image.width, 512))
         check_work(dm, [(int(request.steps), 1, is_guided(dm, request.class_name, request.guidance))], side)
         stream = dm.inpaint_stream(image, mask, steps=int(request.steps), seed=int(request.seed),
-                                   scheduler=request.scheduler, **conditions(request))
+                                   scheduler=request.scheduler, **conditions(request, dm),
+                                   attention_maps=dm.is_text_conditional and request.prompt is not None)
         run = yield from self.stream_x0(dm, stream, self.inpainted, self.inpaint_text)
         painted = int(np.count_nonzero(np.asarray(mask)))
         text = (f"Repainted {painted:,} of {image.width * image.height:,} pixels in {len(run.trajectory.steps)} steps; "
@@ -302,13 +205,14 @@ class DiffusionTab:
         items = []
         for setting, name, steps in plans:
             run = dm.sample(seed=int(request.seed), steps=int(steps), scheduler=COMPARE_NAMES[name], record=False,
-                            **conditions(request))
+                            **conditions(request, dm))
             items.append((upscale(run.image), setting))
         return {self.gallery: items}
 
     def switch_model(self, current: str, source: str, target: str) -> dict:
         """Entering a sub-tab while the other sub-tab's embedded default is chosen picks this one's
-        (Sample and Compare: ddpm-emoji, Denoise: ddpm-photo); any other model (e.g. a --model checkpoint) stays."""
+        (Sample and Compare samplers: sd-emoji, Denoise: ddpm-photo); any other model (e.g. a --model checkpoint)
+        stays."""
         return {self.model: target if current == source and target else gr.skip()}
 
     def to_denoiser(self, current: str) -> dict:
@@ -339,6 +243,10 @@ class DiffusionTab:
             self.inpaint_panels()
         with gr.Tab("Compare samplers") as self.compare_tab:
             self.compare_panels()
+        with gr.Tab("Compare prompts") as self.prompts_tab:
+            self.text.compare_panels()
+        with gr.Tab("Image to image") as self.img2img_tab:
+            self.text.img2img_panels()
         self.scrub_panels()
         self.wire(demo)
 
@@ -349,23 +257,25 @@ class DiffusionTab:
             self.scheduler = gr.Radio(SCHEDULER_CHOICES, value="ddim", label="Scheduler")
             class_name = gr.Dropdown([], label="Category", visible=False, allow_custom_value=True)
             guidance = gr.Slider(0, 10, value=3.0, step=0.5, label="Guidance scale", visible=False)
+        text = registry.is_text(self.sampler_default)  # shown from the start; page load sets every control
         with gr.Row():
-            prompt = gr.Textbox("", label="Prompt", visible=False, max_lines=3,
-                                placeholder="a photo of an astronaut riding a horse")
-            negative_prompt = gr.Textbox("", label="Negative prompt", visible=False, max_lines=2,
-                                         placeholder="blurry, low quality")
+            prompt = TextOnly("", label="Prompt", visible=text, max_lines=3, placeholder="red heart")
+            negative_prompt = TextOnly("", label="Negative prompt", visible=text, max_lines=2,
+                                       placeholder="blurry, low quality")
         self.conditioning = Conditioning(class_name, guidance, prompt, negative_prompt)
 
     def sample_panels(self) -> None:
         example = example_result(self.registry, self.sampler_default)
+        text = self.registry.is_text(self.sampler_default)
         with gr.Row():
             self.steps = gr.Slider(1, 1000, value=50, step=1, label="Steps")
             self.seed = gr.Number(0, label="Seed", precision=0, minimum=0)
-            self.batch = gr.Slider(1, 16, value=16, step=1, label="Batch (grid)")
+            self.batch = gr.Slider(1, 16, value=TEXT_BATCH if text else OTHER_BATCH, step=1, label="Batch (grid)")
             self.eta = gr.Slider(0, 1, value=0, step=0.1, label="η (DDIM only)")
         with gr.Row():
             self.sample_button = gr.Button("Sample", variant="primary")
             self.stop_button = gr.Button("Stop", variant="stop")
+        self.text.prompt_examples(text)
         self.status = gr.Markdown("Example: the model card's 16 samples (50 DDIM steps, seed 0). Press Sample to "
                                   "watch a run step by step." if example else "")
         with gr.Row():
@@ -373,6 +283,7 @@ class DiffusionTab:
             self.live_xt = image_panel("x_t (live)", example)
             self.live_x0 = image_panel("x̂0 (live)", example)
             self.live_eps = image_panel("ε̂ (live)")
+        self.text.sample_panels(text)
 
     def denoise_panels(self) -> None:
         with gr.Row():
@@ -431,6 +342,7 @@ class DiffusionTab:
             self.scrub_x0 = image_panel("x̂0")
             self.scrub_eps = image_panel("ε̂ (predicted noise)")
             self.schedule_plot = image_panel("Noise schedule (ᾱ_t, log-SNR)")
+        self.text.scrub_panels(self.registry.is_text(self.sampler_default))
         self.downloads = gr.File(label="Downloads (PNG, GIF; MP4 when ffmpeg is installed)", file_count="multiple",
                                  interactive=False)
 
@@ -446,22 +358,14 @@ class DiffusionTab:
         example_outputs = [self.status, self.live_xt, self.live_x0, self.live_latent, self.live_eps, self.trajectory,
                            self.scrub_slider, self.scrub_xt, self.scrub_x0, self.scrub_eps, self.schedule_plot,
                            self.scrub_latent]
-        demo.load(self.example, model, example_outputs, api_name="diffusion_example", api_visibility="undocumented",
-                  concurrency_id="heavy")
-        model.change(self.example, model, example_outputs, api_visibility="private", concurrency_id="heavy")
-        trajectory_outputs = [self.trajectory, self.scrub_slider]
-        sample_event = self.sample_button.click(
-            positional(self.sample, SampleRequest),
-            [model, self.scheduler, self.steps, self.seed, self.batch, *conditioning[:2], self.eta, *conditioning[2:]],
-            [self.live_xt, self.live_x0, self.status, *trajectory_outputs, self.schedule_plot, self.downloads,
-             self.live_latent, self.live_eps], api_name="sample", concurrency_id="heavy")
-        self.stop_button.click(None, None, None, cancels=[sample_event], api_visibility="private")
-        scrub_inputs = [model, self.scrub_slider, self.trajectory]
-        scrub_outputs = [self.scrub_xt, self.scrub_x0, self.scrub_eps, self.schedule_plot, self.scrub_latent]
-        sample_event.success(self.scrub, scrub_inputs, scrub_outputs, api_name="scrub_after_sample",
-                             api_visibility="private", show_progress="hidden")
-        self.scrub_slider.change(self.scrub, scrub_inputs, scrub_outputs, api_name="scrub", show_progress="hidden",
+        examples = [demo.load(self.example, model, example_outputs, api_name="diffusion_example",
+                              api_visibility="undocumented", concurrency_id="heavy"),
+                    model.change(self.example, model, example_outputs, api_visibility="private",
+                                 concurrency_id="heavy")]
+        self.wire_sample(self.sample_button.click)
+        self.scrub_slider.change(self.scrub, *self.scrub_io, api_name="scrub", show_progress="hidden",
                                  trigger_mode="always_last")
+        self.text.wire(demo, examples, self.wire_sample)
         preview = positional(self.noise_preview, PreviewRequest)
         preview_inputs = [model, self.upload, self.mode, self.t, self.sigma, self.noise_seed]
         preview_outputs = [self.noisy, self.schedule_plot]
@@ -470,22 +374,20 @@ class DiffusionTab:
         self.upload.upload(preview, preview_inputs, preview_outputs, api_visibility="private")
         self.mode.change(preview, preview_inputs, preview_outputs, api_visibility="private")
         self.estimate_button.click(self.estimate, self.upload, self.sigma, api_name="estimate_sigma")
-        run_outputs = [*trajectory_outputs, self.downloads]
+        run_outputs = [self.trajectory, self.scrub_slider, self.downloads]
         denoise_event = self.denoise_button.click(
             positional(self.denoise, DenoiseRequest),
             [model, self.upload, self.mode, self.t, self.sigma, self.denoise_steps, self.noise_seed, self.scheduler,
              *conditioning], [self.denoised, self.baseline, self.denoise_text, *run_outputs], api_name="denoise",
             concurrency_id="heavy")
         self.stop_button.click(None, None, None, cancels=[denoise_event], api_visibility="private")
-        denoise_event.success(self.scrub, scrub_inputs, scrub_outputs, api_name="scrub_after_denoise",
-                              api_visibility="private", show_progress="hidden")
+        self.follow_run(denoise_event, "denoise")
         inpaint_event = self.inpaint_button.click(
             positional(self.inpaint, InpaintRequest),
             [model, self.editor, self.inpaint_steps, self.inpaint_seed, self.scheduler, *conditioning],
             [self.inpainted, self.mask_view, self.inpaint_text, *run_outputs], api_name="inpaint",
             concurrency_id="heavy")
-        inpaint_event.success(self.scrub, scrub_inputs, scrub_outputs, api_name="scrub_after_inpaint",
-                              api_visibility="private", show_progress="hidden")
+        self.follow_run(inpaint_event, "inpaint")
         self.mode.change(self.mode_controls, self.mode, [self.t, self.sigma, self.estimate_button],
                          api_visibility="private")
         self.compare_button.click(positional(self.compare, CompareRequest),
@@ -493,6 +395,37 @@ class DiffusionTab:
                                   api_name="compare", concurrency_id="heavy")
         demo.load(self.conditioning_update, model, conditioning, api_visibility="private")
 
+    @property
+    def scrub_io(self) -> tuple[list, list]:
+        """The scrub event's inputs (the API's label and step; the trajectory is the session's) and outputs."""
+        return ([self.model, self.scrub_slider, self.trajectory],
+                [self.scrub_xt, self.scrub_x0, self.scrub_eps, self.schedule_plot, self.scrub_latent])
+
+    def follow_run(self, event, kind: str) -> None:
+        """After a run that became the session's last one: the scrub row, and its word maps, at its first step."""
+        event.success(self.scrub, *self.scrub_io, api_name=f"scrub_after_{kind}", api_visibility="private",
+                      show_progress="hidden")
+        event.success(self.text.scrub_maps, self.scrub_io[0], self.text.step_maps, api_name=f"scrub_maps_after_{kind}",
+                      api_visibility="private", show_progress="hidden")
+
+    def wire_sample(self, listener, public: bool = True):
+        """The streamed sample on `listener` (the Sample button's click, public: /sample then /nearest; or an example
+        prompt's), cancelled by Stop, followed by the scrub row and the nearest training image."""
+        conditioning = self.conditioning.components
+        kind, visibility = ("sample", "public") if public else ("example_prompt", "private")
+        event = listener(
+            positional(self.sample, SampleRequest),
+            [self.model, self.scheduler, self.steps, self.seed, self.batch, *conditioning[:2], self.eta,
+             *conditioning[2:]],
+            [self.live_xt, self.live_x0, self.status, self.trajectory, self.scrub_slider, self.schedule_plot,
+             self.downloads, self.live_latent, self.live_eps, self.text.live_maps],
+            api_name="sample" if public else "sample_example_prompt", api_visibility=visibility, concurrency_id="heavy")
+        self.stop_button.click(None, None, None, cancels=[event], api_visibility="private")
+        self.follow_run(event, kind)
+        event.success(self.text.nearest, [self.model, self.trajectory],
+                      [self.text.nearest_image, self.text.nearest_text], api_name="nearest" if public else "nearest_example_prompt", api_visibility=visibility,
+                      show_progress="hidden")
+        return event
 
 def build(registry: Registry, demo: gr.Blocks) -> DiffusionTab:
     tab = DiffusionTab(registry)
