@@ -284,7 +284,8 @@ def write_sd_card(config: TextDiffusionConfig, unet, vae, vae_source, tokenizer,
     text = text_encoder.config
     summary = (
         f"GenLab's own Stable Diffusion: a noise-prediction diffusers `UNet2DConditionModel` ({cards.millions(unet)} "
-        f"parameters; cross-attention at {', '.join(b for b in unet.config.down_block_types)}) over the "
+        f"parameters: blocks of {', '.join(map(str, unet.config.block_out_channels))} channels, cross-attention in "
+        f"{', '.join(b for b in unet.config.down_block_types if b.startswith('CrossAttn'))} and the middle) over the "
         f"{unet.config.in_channels}x{size}x{size} latents of the KL autoencoder in `vae/` (from `{vae_source}`, "
         f"frozen), conditioned on the last hidden states ({text.max_position_embeddings} x {text.hidden_size}) of "
         f"the CLIP text encoder in `text_encoder/` ({cards.millions(text_encoder)} parameters, trained here, frozen) "
