@@ -70,13 +70,16 @@ class TextEncoder:
 
         Stable Diffusion: {"encoder_hidden_states": (B, L, D)}, the last hidden states. aMUSEd (a
         `CLIPTextModelWithProjection`): the penultimate hidden states and the projected pooled
-        embedding {"pooled_text_emb": (B, P)}, as its pipeline feeds `UVit2DModel`."""
-        tokens = self.tokenizer(prompts, padding="max_length", max_length=self.max_tokens, truncation=True,
+        embedding {"pooled_text_emb": (B, P)}, as its pipeline feeds `UVit2DModel`. Each distinct prompt runs
+        through the encoder once (a batch of one prompt, or the negative prompt of every row, is one row)."""
+        distinct = list(dict.fromkeys(prompts))
+        rows = torch.tensor([distinct.index(prompt) for prompt in prompts])  # (B,) each prompt's encoded row
+        tokens = self.tokenizer(distinct, padding="max_length", max_length=self.max_tokens, truncation=True,
                                 return_overflowing_tokens=False, return_length=False, return_tensors="pt")
-        truncated = any(self.is_cut(prompt) for prompt in set(prompts))
+        truncated = any(self.is_cut(prompt) for prompt in distinct)
         if hasattr(self.model, "text_projection"):  # aMUSEd
             output = self.model(tokens.input_ids.to(self.device), output_hidden_states=True)
             kwargs = {"encoder_hidden_states": output.hidden_states[-2], "pooled_text_emb": output.text_embeds}
         else:
             kwargs = {"encoder_hidden_states": self.model(tokens.input_ids.to(self.device))[0]}  # (B, L, D)
-        return {k: v.float().cpu() for k, v in kwargs.items()}, truncated
+        return {k: v.float().cpu()[rows] for k, v in kwargs.items()}, truncated

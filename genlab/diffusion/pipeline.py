@@ -265,7 +265,8 @@ class DiffusionModel(TextToImage, ConditionalModel):
                              "and it takes no prompt")
         if any(prompt is None for prompt in prompts):
             raise ValueError("attention maps show where the prompt's words act; give a prompt")
-        return [self.text.words(prompt) for prompt in prompts]
+        words = {prompt: self.text.words(prompt) for prompt in set(prompts)}  # a batch repeats one prompt
+        return [words[prompt] for prompt in prompts]
 
     def _stream(self, run: DiffusionRun, sampler, x_t: torch.Tensor, settings: SamplingSettings, conditioning,
                 known: KnownRegion | None = None, record: bool = True, words: list | None = None):

@@ -212,6 +212,19 @@ def ema_step(accelerator, model: torch.nn.Module, loss: torch.Tensor, optimizer,
     return loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
 
 
+def end_step(accelerator, progress, state: "RunState", config, running: float, schedule, ema, save, sample) -> None:
+    """The bookkeeping after an EMA trainer's step: the progress bar (and every `log_every` steps its loss, rate
+    and EMA decay), `save()` every `save_every` steps, `sample()` (main process) every `sample_every` steps."""
+    progress.update(1)
+    if state.step % config.log_every == 0:
+        progress.set_postfix(loss=round(running, 4), lr=f"{schedule.get_last_lr()[0]:.2e}",
+                             ema_decay=round(ema.cur_decay_value or 0.0, 5))
+    if state.step % config.save_every == 0:
+        save()
+    if state.step % config.sample_every == 0 and accelerator.is_main_process:
+        sample()
+
+
 def save_modules(modules: dict[str, torch.nn.Module], folder: Path) -> None:
     """Plain (non-diffusers) modules, e.g. the discriminator, as safetensors state dicts."""
     for name, module in modules.items():

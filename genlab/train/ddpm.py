@@ -166,15 +166,9 @@ def train_ddpm(config: DiffusionConfig, accelerator: Accelerator, data: common.I
         with accelerator.autocast():
             loss = diffusion_loss(unet, scheduler, clean, timesteps, class_labels, config.min_snr_gamma)
         running = common.ema_step(accelerator, unet, loss, optimizer, schedule, ema, state, running)
-        progress.update(1)
-        if state.step % config.log_every == 0:
-            progress.set_postfix(loss=round(running, 4), lr=f"{schedule.get_last_lr()[0]:.2e}",
-                                 ema_decay=round(ema.cur_decay_value or 0.0, 5))
-        if state.step % config.save_every == 0:
-            save()
-        if state.step % config.sample_every == 0 and accelerator.is_main_process:
-            save_ddpm_samples(common.ema_copy(accelerator, unet, ema), scheduler, classes,
-                              config.run_dir / "samples" / f"{state.step:06d}.png", guidance_scale=config.guidance_scale, vae=vae, latent_range=latent_range)
+        common.end_step(accelerator, progress, state, config, running, schedule, ema, save, lambda: save_ddpm_samples(
+            common.ema_copy(accelerator, unet, ema), scheduler, classes, config.run_dir / "samples" / f"{state.step:06d}.png",
+            guidance_scale=config.guidance_scale, vae=vae, latent_range=latent_range))
     save()
     progress.close()
 

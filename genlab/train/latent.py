@@ -94,11 +94,12 @@ class LatentBank(EncodedBank):
     """
 
     def __init__(self, vae: AutoencoderKL, data: common.ImageFolder, batch_size: int, seed: int,
-                 class_power: float = 1.0, encode_batch: int = 64):
+                 class_power: float = 1.0, encode_batch: int = 64, mirrored: bool = True):
         super().__init__(data, batch_size, seed, class_power, "latent")
         self.scaling_factor = float(vae.config.scaling_factor)
         vae.eval()
-        posteriors = {False: ([], []), True: ([], [])}  # flipped -> (means, stds)
+        # flipped -> (means, stds); without mirror images (captions that name directions) only the images
+        posteriors = {False: ([], []), True: ([], [])} if mirrored else {False: ([], [])}
         with torch.no_grad():
             for start in range(0, len(data), encode_batch):
                 pixels = images_to_tensor(data.images[start:start + encode_batch]).to(vae.device)
@@ -106,8 +107,8 @@ class LatentBank(EncodedBank):
                     posterior = vae.encode(pixels.flip(-1) if flipped else pixels).latent_dist
                     means.append(posterior.mean.float().cpu())
                     stds.append(posterior.std.float().cpu())
-        self.mean = torch.stack([torch.cat(posteriors[f][0]) for f in (False, True)], dim=1)  # (N, 2, C, h, w)
-        self.std = torch.stack([torch.cat(posteriors[f][1]) for f in (False, True)], dim=1)
+        self.mean = torch.stack([torch.cat(means) for means, _ in posteriors.values()], dim=1)  # (N, 2 or 1, C, h, w)
+        self.std = torch.stack([torch.cat(stds) for _, stds in posteriors.values()], dim=1)
         self.generator = torch.Generator().manual_seed(seed)
 
     def value_range(self) -> float:
@@ -118,6 +119,7 @@ class LatentBank(EncodedBank):
     def __iter__(self):
         while True:
             index, flip = self.draw()
+            flip = flip % self.mean.shape[1]  # a bank without mirror images draws the image itself
             mean, std = self.mean[index, flip], self.std[index, flip]  # (B, C, h, w)
             noise = torch.randn(mean.shape, generator=self.generator)
             yield self.scaling_factor * (mean + std * noise), self.labels[index]

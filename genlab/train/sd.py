@@ -159,7 +159,7 @@ def train_sd(config: TextDiffusionConfig, accelerator: Accelerator, data: common
     unet, optimizer, ema, schedule = common.prepare_ema_training(accelerator, unet, ema_start, optimizer, config, state,
                                                                  checkpoint, resuming)
     seed = config.seed + state.step + accelerator.process_index
-    latents = latent.LatentBank(vae, data, config.batch_size, seed, class_power=config.class_power)
+    latents = latent.LatentBank(vae, data, config.batch_size, seed, class_power=config.class_power, mirrored=False)
     latent_range = round(latents.value_range(), 2)
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -179,7 +179,7 @@ def train_sd(config: TextDiffusionConfig, accelerator: Accelerator, data: common
                       latent_range, data)
 
     while common.keep_training(state, timer, config):
-        index, _ = latents.draw()  # no mirror images: captions name directions ("facing right")
+        index, _ = latents.draw()  # no mirror images (the bank holds none): captions name directions ("facing right")
         mean, std = latents.mean[index, 0], latents.std[index, 0]
         clean = (latents.scaling_factor * (mean + std * torch.randn(mean.shape, generator=generator))).to(accelerator.device)
         hidden = bank.draw(index.tolist(), config.label_dropout, rng).to(accelerator.device)
@@ -192,15 +192,9 @@ def train_sd(config: TextDiffusionConfig, accelerator: Accelerator, data: common
             per_sample = F.mse_loss(prediction.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))  # (B,)
             loss = (per_sample * min_snr_weights(scheduler.alphas_cumprod, timesteps, config.min_snr_gamma)).mean()
         running = common.ema_step(accelerator, unet, loss, optimizer, schedule, ema, state, running)
-        progress.update(1)
-        if state.step % config.log_every == 0:
-            progress.set_postfix(loss=round(running, 4), lr=f"{schedule.get_last_lr()[0]:.2e}",
-                                 ema_decay=round(ema.cur_decay_value or 0.0, 5))
-        if state.step % config.save_every == 0:
-            save()
-        if state.step % config.sample_every == 0 and accelerator.is_main_process:
-            save_sd_samples(common.ema_copy(accelerator, unet, ema), scheduler, vae, tokenizer, text_encoder,
-                            config.run_dir / "samples" / f"{state.step:06d}.png", config.guidance_scale)
+        common.end_step(accelerator, progress, state, config, running, schedule, ema, save, lambda: save_sd_samples(
+            common.ema_copy(accelerator, unet, ema), scheduler, vae, tokenizer, text_encoder,
+            config.run_dir / "samples" / f"{state.step:06d}.png", config.guidance_scale))
     save()
     progress.close()
 
