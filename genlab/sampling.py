@@ -55,6 +55,17 @@ def check_number(value, name: str, low: float, high: float, *, open_low: bool = 
     return float(value)
 
 
+def check_guidance_interval(value, name: str = "guidance interval") -> tuple[float, float]:
+    """`value` as (low, high) floats when it is a pair of noise levels 0 <= low < high (high may be math.inf), else
+    ValueError naming it. Guidance then acts where low < sigma_t <= high (`guides_at`)."""
+    pair = tuple(value) if isinstance(value, (tuple, list)) else None
+    if (pair is None or len(pair) != 2 or not is_number(pair[0])
+            or not (is_number(pair[1]) or (isinstance(pair[1], float) and pair[1] == math.inf))
+            or not 0 <= pair[0] < pair[1]):
+        raise ValueError(f"{name} must be two noise levels (low, high) with 0 <= low < high, got {value!r}")
+    return float(pair[0]), float(pair[1])
+
+
 def check_choice_temperature(value, name: str = "choice temperature") -> float:
     """`value` as a float when it is a number in [0, MAX_CHOICE_TEMPERATURE], else ValueError."""
     return check_number(value, name, 0.0, MAX_CHOICE_TEMPERATURE)
@@ -71,6 +82,7 @@ class SamplingSettings:
     order: str | None = None  # token priors: which masked tokens each step fixes
     batch: int = 1  # samples drawn at once
     guidance_scale: float = 1.0  # classifier-free guidance w (1: the conditional model alone)
+    guidance_interval: tuple[float, float] | None = None  # diffusion: guide only where low < sigma_t <= high
     eta: float = 0.0  # DDIM's stochasticity (0: deterministic)
     temperature: float = 1.0  # token priors: divides the logits
     top_k: int | None = None  # token priors: draw among the k likeliest codes (None: all)
@@ -98,10 +110,23 @@ class SamplingSettings:
         if self.order != "raster":
             max_steps = MAX_TOKEN_STEPS if self.order is not None else MAX_DIFFUSION_STEPS
             checked["steps"] = check_int(self.steps, "steps", 1, max_steps)
+        if self.guidance_interval is not None:
+            checked["guidance_interval"] = check_guidance_interval(self.guidance_interval)
         if self.top_k is not None:
             checked["top_k"] = check_int(self.top_k, "top_k", 1, self.num_codes or self.top_k)
         for name, value in checked.items():  # plain Python numbers from here on
             object.__setattr__(self, name, value)
+
+
+def guides_at(settings: SamplingSettings, sigma: float) -> bool:
+    """Whether a guided run applies its guidance at noise level sigma_t = sqrt((1 - abar_t) / abar_t): everywhere
+    without an interval, else inside (low, high] (guidance in a limited interval, Kynkäänniemi et al. 2024,
+    arXiv:2404.07724: off at the highest noise levels, where it collapses the sample's layout to the class's
+    typical one, and at the lowest, where it does little)."""
+    if settings.guidance_interval is None:
+        return True
+    low, high = settings.guidance_interval
+    return low < sigma <= high
 
 
 def last(stream):

@@ -327,3 +327,28 @@ def test_prior_eval_reports_the_reserved_background_code(tiny_prior_dir, tiny_em
         f"{on_code.sum() / total:.1%} of the token bits")
     genlab_eval.main(["prior", "--model", str(tiny_prior_dir), "--data", str(tiny_emoji_dir), "--limit", "1"])
     assert "reserved background code" not in capsys.readouterr().out  # a VQ without one: no such row
+
+
+def test_guidance_interval_samples_inside_it_only(tiny_cond_ddpm_dir, tiny_prior_dir):
+    dm = genlab.load_diffusion(tiny_cond_ddpm_dir, device="cpu")
+    _, sample, how = eval_emoji.emoji_sampler(str(tiny_cond_ddpm_dir), 4, 3.0, guidance_interval=(0.5, 8.0))
+    assert how == "4 DDIM steps (guidance where 0.5 < sigma <= 8)"
+    expected = dm.sample(seed=1, steps=4, batch=2, class_label="b", guidance_scale=3.0, guidance_interval=(0.5, 8.0))
+    assert torch.equal(sample(1, "b", 2)[0], expected.final_pixels)
+    with pytest.raises(SystemExit, match="--guidance-interval is for diffusion models"):
+        eval_emoji.emoji_sampler(str(tiny_prior_dir), 4, None, guidance_interval=(0, 1))
+
+
+@pytest.mark.parametrize("kind, value, message", [
+    ("emoji", "5,1", "--guidance-interval must be two noise levels (low, high) with 0 <= low < high, got (5.0, 1.0)"),
+    ("emoji", "-1,1", "--guidance-interval must be two noise levels (low, high) with 0 <= low < high"),
+    ("emoji", "1", "--guidance-interval must be two noise levels"),
+    ("emoji", "0.5,nan", "--guidance-interval must be two noise levels"),
+    ("sd", "a,b", "--guidance-interval must be LOW,HIGH, got 'a,b'"),
+    ("vq", "0.5,5", "--guidance-interval is for emoji and sd, not vq"),
+])
+def test_bad_guidance_intervals_are_refused(tiny_cond_ddpm_dir, tmp_path, capsys, kind, value, message):
+    with pytest.raises(SystemExit):
+        genlab_eval.main([kind, "--model", str(tiny_cond_ddpm_dir), "--data", str(tmp_path),
+                          f"--guidance-interval={value}"])
+    assert message in capsys.readouterr().err

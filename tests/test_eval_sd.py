@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 
 from genlab.loading.loaders import load_diffusion
 from genlab.tools import eval as genlab_eval
-from genlab.tools.eval_sd import colour_name, evenly, sample_prompts
+from genlab.tools.eval_sd import colour_name, evenly, lesson, sample_prompts, training_phrases
 from genlab.tools.judge import train_and_store
 
 SIDE = 16
@@ -157,6 +157,8 @@ def test_the_report_has_four_sections_and_goes_into_the_card(captioned_root, cap
     assert rows["ldm-emoji samples (its card; class-conditioned, guidance 2, 50 DDIM steps)"][1:3] == ["540", "84.4%"]
     assert rows["red heart"][1:2] == ["yes"] and rows["red heart"][4].startswith("1/1")  # the real emoji: red
     assert rows["purple apple"][1] == "no" and rows["purple apple"][4].strip(" |") == "–"
+    assert rows["red heart"][5].strip(" |") == "1: red heart (red)" and rows["green cat"][5].strip(" |") == "none"
+    assert "the known pairs pass: taught the colour " in printed and "; never in training " in printed
     assert rows["sd samples"][1] == "12"  # 4 per category, c from training names only
     assert rows["real train (floor)"][1] == "9"  # 4 of a, 4 of b, the one c
     assert rows["real held-out emoji (never trained on)"][1] == "9"
@@ -170,6 +172,20 @@ def test_the_report_has_four_sections_and_goes_into_the_card(captioned_root, cap
     card = (sd_with_card / "README.md").read_text()
     assert card.startswith("# tiny sd\n\nIntro.") and card.count("## Measured quality") == 1
     assert "python -m genlab.eval sd --judge" in card and "#### Colour words" in card and "Not measured" not in card
+
+
+def test_training_phrases_find_the_words_inside_longer_captions(tmp_path):
+    """What the captions teach a colour prompt: "black heart" inside the red heart's old Unicode name is a lesson
+    that black hearts are red; "red hear" is no phrase of "red heart"."""
+    write_captioned_split(tmp_path / "64-train", [("heavy black heart", "a", "a-one", PURE["red"]),
+                                                  ("blue book", "a", "a-two", PURE["blue"]),
+                                                  ("black heart suit", "b", "b-one", PURE["red"])])
+    found = training_phrases(["black heart", "blue book", "red hear", "book"], tmp_path)
+    assert found == {"black heart": [("heavy black heart", "red"), ("black heart suit", "red")],
+                     "blue book": [("blue book", "blue")], "book": [("blue book", "blue")]}
+    assert lesson("black", found["black heart"]) == "taught another colour"
+    assert lesson("blue", found["blue book"]) == "taught the colour"
+    assert lesson("red", found.get("red hear", [])) == "never in training"
 
 
 @pytest.mark.parametrize("argv, message", [

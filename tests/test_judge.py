@@ -16,7 +16,7 @@ from genlab.tools import eval as genlab_eval
 from genlab.tools.judge import (EmojiJudge, LabelledEmoji, augment, class_index, load_judge, merge_subcategories,
                                 save_judge, train_and_store)
 from genlab.tools.judge_metrics import balanced_weights, frechet_distance, knn_radii, precision_recall
-from genlab.tools.judge_report import Row, draw_per_category, gaussian_blur, ranking
+from genlab.tools.judge_report import Judge, JudgedSet, Row, category_bars, draw_per_category, gaussian_blur, ranking
 
 TINY = {"block_out_channels": (4, 8), "image_size": 16}
 SIDE = 16
@@ -182,6 +182,37 @@ def test_ranking_names_the_measures_out_of_order():
     assert "recall: NO" in ranking(rows)
 
 
+def test_recall_within_a_category_falls_when_its_samples_repeat_one_shape():
+    """The mode-collapse check: samples of a category spread like its real emoji cover most of them; samples that
+    are all (nearly) one point cover few, though every one of them may lie inside the real manifold."""
+    rng = np.random.default_rng(0)
+    real = torch.from_numpy(rng.normal(size=(60, 4)).astype(np.float32))
+    judge = object.__new__(Judge)  # the scoring needs only the reference set
+    judge.reference = JudgedSet("real held-out", real, torch.zeros(60, 2), ["a"] * 40 + ["b"] * 20)
+    spread = torch.from_numpy(rng.normal(size=(40, 4)).astype(np.float32))
+    collapsed = real[:1] + 0.01 * torch.from_numpy(rng.normal(size=(40, 4)).astype(np.float32))
+    mine = np.ones(40, bool)
+    healthy = judge.recall_within(JudgedSet("s", spread, torch.zeros(40, 2), ["a"] * 40), "a", mine)
+    collapse = judge.recall_within(JudgedSet("s", collapsed, torch.zeros(40, 2), ["a"] * 40), "a", mine)
+    assert healthy > 0.5 and collapse < 0.1
+    few = np.zeros(40, bool)
+    few[:3] = True  # k = 3 needs 4 points a side
+    assert np.isnan(judge.recall_within(JudgedSet("s", spread, torch.zeros(40, 2), ["a"] * 40), "a", few))
+
+
+def test_category_bars_name_the_categories_below_half_the_floor():
+    floor = Row("real train (floor)", 30, 7.0, 0.8, 0.9, 0.99,
+                {"a": (0.8, 0.9, 1.0), "b": (0.2, 0.8, 1.0), "c": (0.9, float("nan"), 1.0)})
+    good = Row("model samples", 30, 8.0, 0.8, 0.8, 0.9, {"a": (0.5, 0.5, 1.0), "b": (0.1, 0.4, 0.9), "c": (0.5, 0.2, 1.0)})
+    assert category_bars(floor, good) == (
+        "- model samples, every category drawn (precision ≥ half the real floor's): yes, 3 categories\n"
+        "- model samples, no mode collapse (recall within each category ≥ half the real floor's): yes, 2 categories")
+    bad = Row("model samples", 30, 8.0, 0.8, 0.8, 0.9, {"a": (0.3, 0.44, 1.0), "b": (0.1, 0.4, 0.9), "c": (0.2, 0.1, 1.0)})
+    assert category_bars(floor, bad) == (
+        "- model samples, every category drawn (precision ≥ half the real floor's): NO (a 0.30 vs 0.80; c 0.20 vs 0.90)\n"
+        "- model samples, no mode collapse (recall within each category ≥ half the real floor's): NO (a 0.44 vs 0.90)")
+
+
 # ------------------------------------------------------------------------------ data + commands
 def write_split(folder, per_subcategory: dict, seed: int) -> None:
     """Synthetic 16 px emoji: a coloured square on white whose colour says the category and whose position
@@ -247,6 +278,8 @@ def test_emoji_with_a_judge_prints_the_floors_beside_the_model(tiny_judge_dir, t
     assert lines[4].split(" | ")[1] == "34"  # 17 samples per category, in two batches (the samplers take 16)
     assert (tmp_path / "out" / "judge_samples.png").is_file()
     assert "2 DDIM steps" in printed and "every category weighted equally" in printed
+    assert "Per category: precision / recall within the category / category accuracy." in printed
+    assert f"- {tiny_cond_ddpm_dir.name} samples, no mode collapse (recall within each category" in printed
 
 
 def test_calibrate_writes_its_table_into_the_judge_card(tiny_judge_dir, tiny_emoji_root, tiny_cond_ddpm_dir,

@@ -7,11 +7,14 @@ import dataclasses
 
 import numpy as np
 import pytest
+import torch
+
+import genlab
 
 import genlab.diffusion.loop
 import genlab.priors.sampling
 from genlab.sampling import (MAX_DIFFUSION_STEPS, MAX_TOKEN_STEPS, SamplingSettings, check_int, check_number,
-                             is_integer, is_number, last)
+                             guides_at, is_integer, is_number, last)
 
 
 def test_settings_are_frozen_and_plain_python_numbers():
@@ -39,10 +42,29 @@ def test_settings_are_frozen_and_plain_python_numbers():
     (dict(refine=9), r"refine must be an integer in \[0, 8\]"),
     (dict(top_k=0, num_codes=16), r"top_k must be an integer in \[1, 16\], got 0"),
     (dict(top_k=17, num_codes=16), r"top_k must be an integer in \[1, 16\], got 17"),
+    (dict(guidance_interval=(5.0, 1.0)), r"guidance interval must be two noise levels \(low, high\) with 0 <= low < high"),
+    (dict(guidance_interval=(1.0, 1.0)), "0 <= low < high, got"),
+    (dict(guidance_interval=(-0.5, 1.0)), "0 <= low < high, got"),
+    (dict(guidance_interval=(0.5,)), "two noise levels"),
+    (dict(guidance_interval=(0.1, 1.0, 2.0)), "two noise levels"),
+    (dict(guidance_interval="0.5,5"), "two noise levels"),
+    (dict(guidance_interval=(float("nan"), 1.0)), "two noise levels"),
+    (dict(guidance_interval=(0.5, float("nan"))), "two noise levels"),
+    (dict(guidance_interval=(float("inf"), float("inf"))), "two noise levels"),
+    (dict(guidance_interval=(False, 1.0)), "two noise levels"),
+    (dict(guidance_interval=3.0), "two noise levels"),
 ])
 def test_every_range_is_checked_on_construction(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SamplingSettings(**kwargs)
+
+
+def test_guidance_interval_is_open_below_closed_above():
+    settings = SamplingSettings(guidance_interval=[np.float32(0.5), 4])  # any pair of reals; stored as floats
+    assert settings.guidance_interval == (0.5, 4.0) and type(settings.guidance_interval[0]) is float
+    assert [guides_at(settings, s) for s in (0.5, 0.51, 4.0, 4.01)] == [False, True, True, False]
+    assert all(guides_at(SamplingSettings(), s) for s in (0.0, 1.0, 1e6))  # no interval: every step
+    assert guides_at(SamplingSettings(guidance_interval=(0, float("inf"))), 1e9)
 
 
 def test_raster_order_takes_any_step_count():
@@ -90,3 +112,58 @@ def test_token_loop_takes_the_settings_object(tiny_prior_dir, monkeypatch):
     assert seen == [SamplingSettings(seed=1, steps=3, order="random", top_k=4, num_codes=prior.num_codes,
                                      guidance_scale=prior.default_guidance_scale,
                                      choice_temperature=prior.default_choice_temperature)]
+
+
+def _batch_sizes(dm, monkeypatch) -> list[int]:
+    """Spy on the UNet: the batch size of every call (2B for a guided step, B for the conditional branch alone)."""
+    sizes = []
+    forward = dm.unet.forward
+
+    def spy(sample, *args, **kwargs):
+        sizes.append(sample.shape[0])
+        return forward(sample, *args, **kwargs)
+
+    monkeypatch.setattr(dm.unet, "forward", spy)
+    return sizes
+
+
+def test_guidance_interval_guides_only_the_steps_inside_it(tiny_cond_dm, monkeypatch):
+    """Guidance in a limited interval (Kynkäänniemi et al. 2024): steps whose sigma_t lies in (low, high] run both
+    branches; the others the conditional branch alone, so an interval holding every step changes nothing and one
+    holding none is the unguided sample."""
+    dm = tiny_cond_dm
+    sizes = _batch_sizes(dm, monkeypatch)
+    run = dict(seed=3, steps=6, scheduler="ddim", batch=2, class_label="a", guidance_scale=3.0, record=True)
+    full = dm.sample(**run)
+    assert sizes == [4] * 6
+    sizes.clear()
+    assert torch.equal(dm.sample(**run, guidance_interval=(0, float("inf"))).final_pixels, full.final_pixels)
+    sigmas = [float(((1 - dm.alphas_cumprod[t]) / dm.alphas_cumprod[t]) ** 0.5) for t in full.timesteps]
+    low, high = sorted(sigmas)[1], sorted(sigmas)[4]  # (low, high] holds the 3rd to 5th lowest noise levels
+    sizes.clear()
+    partial = dm.sample(**run, guidance_interval=(low, high))
+    assert sizes == [4 if low < s <= high else 2 for s in sigmas] and sizes.count(4) == 3
+    unguided = dm.sample(**{**run, "guidance_scale": 1.0}).final_pixels
+    outside = dm.sample(**run, guidance_interval=(max(sigmas) + 1, max(sigmas) + 2)).final_pixels
+    assert torch.equal(outside, unguided)
+    assert not torch.equal(partial.final_pixels, full.final_pixels)
+    assert not torch.equal(partial.final_pixels, unguided)
+
+
+def test_a_models_default_interval_comes_from_genlab_json(tiny_cond_ddpm_dir, tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    folder = shutil.copytree(tiny_cond_ddpm_dir, tmp_path / "interval")
+    info = json.loads((folder / "genlab.json").read_text())
+    (folder / "genlab.json").write_text(json.dumps({**info, "default_guidance_interval": [0.0, 1e-9]}))
+    dm = genlab.load_diffusion(folder, device="cpu")
+    assert dm.default_guidance_interval == (0.0, 1e-9)
+    sizes = _batch_sizes(dm, monkeypatch)
+    dm.sample(seed=0, steps=3, class_label="a", guidance_scale=3.0)
+    assert sizes == [1, 1, 1]  # no step's sigma is in (0, 1e-9]: the default interval guides none
+    sizes.clear()
+    dm.sample(seed=0, steps=3, class_label="a", guidance_scale=3.0, guidance_interval=(0, float("inf")))
+    assert sizes == [2, 2, 2]  # an explicit interval overrides the default
+    with pytest.raises(ValueError, match="guidance interval must be two noise levels"):
+        dm.sample(seed=0, steps=3, class_label="a", guidance_interval=(2.0, 1.0))

@@ -42,6 +42,11 @@ def test_a_folder_without_genlab_json_has_empty_info(tmp_path):
     ({"null_class": 1.5}, r"null_class in genlab.json must be an integer >= 0, got 1.5"),
     ({"default_guidance_scale": "7"}, r"default_guidance_scale in genlab.json must be a number in \[0, 30\]"),
     ({"default_guidance_scale": 31}, r"default_guidance_scale in genlab.json must be a number in \[0, 30\], got 31"),
+    ({"default_guidance_interval": [5, 1]}, r"default_guidance_interval in genlab.json must be two noise levels"),
+    ({"default_guidance_interval": [0.5]}, r"default_guidance_interval in genlab.json must be two noise levels"),
+    ({"default_guidance_interval": "0.5,5"}, r"default_guidance_interval in genlab.json must be \[low, high\]"),
+    ({"default_guidance_interval": [0, 1e400]}, r"default_guidance_interval in genlab.json must be \[low, high\], two"),
+    ({"default_guidance_interval": [True, 2]}, r"default_guidance_interval in genlab.json must be \[low, high\]"),
     ({"default_choice_temperature": 21}, r"default_choice_temperature in genlab.json must be a number in \[0, 20\]"),
     ({"default_choice_temperature": True}, r"default_choice_temperature in genlab.json must be a number in \[0, 20\]"),
     ({"clip_sample_range": 0}, "clip_sample_range in genlab.json must be a number > 0 or per-channel"),
@@ -80,8 +85,9 @@ def test_unreadable_json_is_refused(tmp_path):
 
 def test_values_are_stored_typed():
     info = ModelInfo.from_dict({"classes": ["a", "b"], "clip_sample_range": [[-1, 1], [-2, 2]],
-                                "default_guidance_scale": 3})
+                                "default_guidance_scale": 3, "default_guidance_interval": [0, 5]})
     assert info.classes == ("a", "b") and info.clip_sample_range == ((-1.0, 1.0), (-2.0, 2.0))
+    assert info.default_guidance_interval == (0.0, 5.0) and info.to_dict()["default_guidance_interval"] == [0.0, 5.0]
     assert isinstance(info.default_guidance_scale, float)
     assert ModelInfo.from_dict(info.to_dict()) == info
 

@@ -17,6 +17,7 @@ from PIL import Image
 
 gr = pytest.importorskip("gradio")
 
+import genlab  # noqa: E402
 from genlab.config import parse_args  # noqa: E402
 from genlab.toy import views  # noqa: E402
 from genlab.ui import compat, diffusion_example, diffusion_tab, foundations_tab  # noqa: E402
@@ -91,8 +92,16 @@ def test_conditioning_controls_follow_the_model(tabs, tiny_cond_ddpm_dir):
     controls = tab.conditioning
     assert set(shown) == set(controls.components)
     assert shown[controls.class_name].visible and not shown[controls.prompt].visible
+    assert shown[controls.guidance].info == "classifier-free: 1 is the conditional model alone"
     hidden = tab.conditioning_update("no-such-model")
     assert not any(update.visible for update in hidden.values())
+
+
+def test_the_guidance_slider_names_a_models_guidance_interval(tabs, tiny_cond_ddpm_dir):
+    model = genlab.load_diffusion(tiny_cond_ddpm_dir, device="cpu")
+    model.default_guidance_interval = (0.5, 10.0)  # as genlab.json's default_guidance_interval loads it
+    shown = tabs[0].conditioning.update(model)[tabs[0].conditioning.guidance]
+    assert shown.info == "classifier-free, applied where 0.5 < σ_t ≤ 10 (this model's guidance interval)"
 
 
 def test_prior_handlers_take_a_request_and_refuse_bad_settings(tabs, tiny_prior_dir):

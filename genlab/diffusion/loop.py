@@ -3,7 +3,8 @@
 Reverse process: Ho et al. (arXiv:2006.11239, Algorithm 2), stepped by a diffusers scheduler
   (`scheduler.step`), which computes x_{t-1} from x_t and the UNet's output.
 Classifier-free guidance: Ho & Salimans (arXiv:2207.12598), eps = eps_uncond + w (eps_cond - eps_uncond);
-  both branches run in one batch.
+  both branches run in one batch; with a guidance interval (Kynkäänniemi et al., arXiv:2404.07724) only at the
+  steps whose noise level sigma_t = sqrt((1 - abar_t) / abar_t) lies in it, the conditional branch alone elsewhere.
 Inpainting by replacement: after every step the known region is re-imposed from q(x_{t-1} | x_0) and only
   the masked region keeps the model's sample (the conditioning step of RePaint, Lugmayr et al.,
   arXiv:2201.09865, eq. 8, without its resampling jumps).
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..conditioning.guidance import Conditioning
-from ..sampling import SamplingSettings
+from ..sampling import SamplingSettings, guides_at
 from .schedule import add_noise, alphas_cumprod_of, clip_range, model_output_for, predict_x0_and_eps
 
 
@@ -74,7 +75,8 @@ def iterate_reverse(unet, scheduler, x_t: torch.Tensor, settings: SamplingSettin
     """Generator over `scheduler.timesteps` from x_t: yields (Step, next sample) after each step.
 
     `conditioning` gives the UNet's keyword arguments; with an unconditional branch and
-    settings.guidance_scale != 1 both branches run in one batch (CFG); settings.eta goes to DDIM.
+    settings.guidance_scale != 1 both branches run in one batch (CFG), at the steps inside
+    settings.guidance_interval when it is set (the conditional branch alone at the others); settings.eta goes to DDIM.
     `known` re-imposes q(x_{t-1} | x_0) outside the mask after every step (inpainting). The recorded
     x0_hat is clipped to [-clip_x0, clip_x0] or per channel to clip_x0 = (lows, highs) (pixels: 1; latents:
     their training range, or None). With `enforce_clip` the scheduler steps with that clipped x0_hat too,
@@ -87,16 +89,22 @@ def iterate_reverse(unet, scheduler, x_t: torch.Tensor, settings: SamplingSettin
     placement = (unet.device, unet.dtype)
     sample = x_t.to(device=placement[0], dtype=torch.float32)
     guided = conditioning is not None and conditioning.uncond is not None and settings.guidance_scale != 1.0
-    unet_kwargs = conditioning.batched(guided, placement[0]) if conditioning is not None else {}
-    unet_kwargs = {k: (v.to(placement[1]) if v.is_floating_point() else v) for k, v in unet_kwargs.items()}
+
+    def kwargs(both: bool) -> dict:
+        batched = conditioning.batched(both, placement[0]) if conditioning is not None else {}
+        return {k: (v.to(placement[1]) if v.is_floating_point() else v) for k, v in batched.items()}
+
+    unet_kwargs = {both: kwargs(both) for both in {guided, False}}  # (2B or B) rows of conditioning each
+    sigmas = ((1 - alphas_cumprod) / alphas_cumprod).sqrt()  # (T,) noise level of each training timestep
     step_kwargs = _step_kwargs(scheduler, settings.eta, generator)
     timesteps = [int(t) for t in scheduler.timesteps]
     for index, timestep in enumerate(scheduler.timesteps):
         t = int(timestep)
         with torch.inference_mode():
             model_input = scheduler.scale_model_input(sample, timestep)
-            output = _guided_output(unet, model_input, timestep, unet_kwargs, settings.guidance_scale if guided else None,
-                                    placement)
+            guides = guided and guides_at(settings, float(sigmas[t]))
+            output = _guided_output(unet, model_input, timestep, unet_kwargs[guides],
+                                    settings.guidance_scale if guides else None, placement)
             pred_x0, pred_eps = predict_x0_and_eps(output, sample, t, alphas_cumprod, prediction_type)
             if clip_x0 is not None:
                 clipped = clip_range(pred_x0, clip_x0)

@@ -193,6 +193,7 @@ class DiffusionModel(TextToImage, ConditionalModel):
         default_guidance = 7.5 if text is not None else 1.0  # Stable Diffusion's default
         self.default_guidance_scale = (default_guidance if info.default_guidance_scale is None
                                        else info.default_guidance_scale)
+        self.default_guidance_interval = info.default_guidance_interval  # None: guidance at every step
         self.latent_clip = self._latent_clip(info.clip_sample_range) if self.codec.is_latent else None
         self.alphas_cumprod = alphas_cumprod_of(self.scheduler("ddpm"))
         size = unet.config.sample_size
@@ -241,11 +242,13 @@ class DiffusionModel(TextToImage, ConditionalModel):
         return make_scheduler(self.scheduler_config, name)
 
     # ------------------------------------------------------------------ one run
-    def _settings(self, seed, steps, scheduler, batch=1, guidance_scale=None, eta=0.0) -> SamplingSettings:
-        """The run's checked settings, the model's default guidance scale where none is given."""
+    def _settings(self, seed, steps, scheduler, batch=1, guidance_scale=None, eta=0.0,
+                  guidance_interval=None) -> SamplingSettings:
+        """The run's checked settings, the model's default guidance scale and interval where none is given."""
         guidance = self.default_guidance_scale if guidance_scale is None else guidance_scale
+        interval = self.default_guidance_interval if guidance_interval is None else guidance_interval
         return SamplingSettings(seed=seed, steps=steps, scheduler=scheduler, batch=batch, guidance_scale=guidance,
-                                eta=eta)
+                                eta=eta, guidance_interval=interval)
 
     def _condition(self, settings: SamplingSettings, class_label, prompt, negative_prompt, notes: list[str]):
         """(Conditioning or None, the settings to run with): an unconditional run has nothing to guide."""
@@ -317,10 +320,11 @@ class DiffusionModel(TextToImage, ConditionalModel):
     def sample_stream(self, seed: int = 0, steps: int = 50, scheduler: str = "ddim", batch: int = 1,
                       class_label=None, guidance_scale: float | None = None, eta: float = 0.0,
                       size: int | None = None, record: bool = True, prompt: str | None = None,
-                      negative_prompt: str | None = None, attention_maps: bool = False):
+                      negative_prompt: str | None = None, attention_maps: bool = False,
+                      guidance_interval: tuple[float, float] | None = None):
         """Like `sample`, as a generator: one Step per reverse step, then the DiffusionRun. The settings are
         checked now, before the first step."""
-        settings = self._settings(seed, steps, scheduler, batch, guidance_scale, eta)
+        settings = self._settings(seed, steps, scheduler, batch, guidance_scale, eta, guidance_interval)
         size = self._check_size(size)
         run = DiffusionRun(Trajectory(), scheduler, settings.seed, [], codec=self.codec)
         conditioning, settings = self._condition(settings, class_label, prompt, negative_prompt, run.notes)
@@ -344,17 +348,19 @@ class DiffusionModel(TextToImage, ConditionalModel):
     def sample(self, seed: int = 0, steps: int = 50, scheduler: str = "ddim", batch: int = 1, class_label=None,
                guidance_scale: float | None = None, eta: float = 0.0, size: int | None = None, record: bool = True,
                prompt: str | None = None, negative_prompt: str | None = None,
-               attention_maps: bool = False) -> DiffusionRun:
+               attention_maps: bool = False, guidance_interval: tuple[float, float] | None = None) -> DiffusionRun:
         """Sample from pure noise; the same seed and settings give the same images.
 
         seed, steps (1..1000), scheduler ("ddpm", "ddim", "dpm++"), batch (1..16),
         class_label (name or index; None = unconditional), prompt / negative_prompt (text models),
-        guidance_scale (classifier-free; None: the model's default), eta (DDIM), size (pixels),
+        guidance_scale (classifier-free; None: the model's default), guidance_interval ((low, high): guide only
+        at the steps whose noise level sigma_t = sqrt((1 - abar_t) / abar_t) is in (low, high]; None: the model's
+        default from genlab.json, else every step; (0, math.inf): every step), eta (DDIM), size (pixels),
         attention_maps (text models: word-level cross-attention maps on `run.attention_maps` and on each
         Frame's `attention_maps`; the images are the same as without).
         """
         return last(self.sample_stream(seed, steps, scheduler, batch, class_label, guidance_scale, eta, size, record,
-                                       prompt, negative_prompt, attention_maps))
+                                       prompt, negative_prompt, attention_maps, guidance_interval))
 
     # ------------------------------------------------------------------ denoise and inpaint
     def _prepare(self, image, max_side: int):
@@ -467,7 +473,7 @@ class DiffusionModel(TextToImage, ConditionalModel):
     def inpaint(self, image, mask, steps: int = 50, seed: int = 0, scheduler: str = "ddim", class_label=None,
                 guidance_scale: float | None = None, eta: float = 0.0, max_side: int = MAX_SIDE, record: bool = True,
                 prompt: str | None = None, negative_prompt: str | None = None,
-                attention_maps: bool = False) -> DiffusionRun:
+                attention_maps: bool = False, guidance_interval: tuple[float, float] | None = None) -> DiffusionRun:
         """Repaint the masked region of an image (mask white / non-zero where the model paints).
 
         Every step re-imposes the known region from q(x_{t-1} | x_0) (RePaint's conditioning, without

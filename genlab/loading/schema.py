@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from ..sampling import MAX_CHOICE_TEMPERATURE, MAX_GUIDANCE, is_integer, is_number
+from ..sampling import MAX_CHOICE_TEMPERATURE, MAX_GUIDANCE, check_guidance_interval, is_integer, is_number
 
 FILENAME = "genlab.json"
 KINDS = ("vq", "autoencoder", "diffusion", "prior")
@@ -53,6 +53,14 @@ def _check_background(value) -> dict:
     return dict(value)
 
 
+def _check_guidance_interval(value) -> tuple[float, float]:
+    """[low, high] noise levels, both finite (JSON has no infinity): guidance acts where low < sigma_t <= high."""
+    if not (isinstance(value, (list, tuple)) and all(map(is_number, value))):
+        raise ValueError(f"default_guidance_interval in genlab.json must be [low, high], two finite noise levels, "
+                         f"got {value!r}")
+    return check_guidance_interval(value, "default_guidance_interval in genlab.json")
+
+
 def _number_in(name: str, low: float, high: float):
     def check(value):
         if not (is_number(value) and low <= value <= high):
@@ -78,6 +86,7 @@ class ModelInfo:
     classes: tuple[str, ...] = ()  # class names of a class-conditional model, in label order
     null_class: int | None = None  # the label of the unconditional branch (default: len(classes))
     default_guidance_scale: float | None = None  # classifier-free guidance the app starts at
+    default_guidance_interval: tuple | None = None  # diffusion: guide only where low < sigma_t <= high
     default_choice_temperature: float | None = None  # a token prior's confidence-order Gumbel noise
     clip_sample_range: float | tuple | None = None  # a latent model's x̂0 range: ±number or per-channel pairs
     tile: int | None = None  # the crop (pixels) an autoencoder was trained on: larger inputs run in tiles
@@ -114,7 +123,7 @@ class ModelInfo:
         for key, value in asdict(self).items():
             if value is None or value == ():
                 continue
-            if key == "classes":
+            if key in ("classes", "default_guidance_interval"):
                 value = list(value)
             elif key == "clip_sample_range" and isinstance(value, tuple):
                 value = [list(pair) for pair in value]
@@ -152,6 +161,7 @@ def _check_null_class(value):
 CHECKS = {
     "kind": _check_kind, "title": _check_title, "classes": _check_classes, "null_class": _check_null_class,
     "default_guidance_scale": _number_in("default_guidance_scale", 0.0, MAX_GUIDANCE),
+    "default_guidance_interval": _check_guidance_interval,
     "default_choice_temperature": _number_in("default_choice_temperature", 0.0, MAX_CHOICE_TEMPERATURE),
     "clip_sample_range": _check_clip_range, "tile": _positive_int("tile"), "grid": _positive_int("grid"),
     "background": _check_background, "latent_statistics": _check_latent_statistics,

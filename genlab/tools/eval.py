@@ -63,7 +63,7 @@ from ..autoencoders.vq import perplexity
 from ..imaging import metrics
 from ..imaging.io import open_image
 from ..loading.loaders import load_autoencoder, load_diffusion, load_vq
-from ..sampling import MAX_REFINE, check_choice_temperature
+from ..sampling import MAX_REFINE, check_choice_temperature, check_guidance_interval
 from .data import list_images
 from .eval_emoji import eval_emoji
 from .eval_prior import estimate_prior, eval_prior
@@ -180,6 +180,15 @@ def write_card_section(model: str, text: str, section: str | None = None) -> Non
     card.write_text(f"{head}## Measured quality\n{sections}")
 
 
+def guidance_interval_arg(text: str) -> tuple[float, float]:
+    """argparse type of --guidance-interval: "LOW,HIGH" noise levels, 0 <= LOW < HIGH (HIGH may be inf)."""
+    try:
+        return check_guidance_interval(tuple(float(part) for part in text.split(",")), "--guidance-interval")
+    except ValueError as error:
+        message = str(error) if "noise levels" in str(error) else f"--guidance-interval must be LOW,HIGH, got {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m genlab.eval", description=__doc__.split("\n\n")[0])
     parser.add_argument("kind", choices=["vq", "vae", "denoise", "emoji", "sd", "prior", "train-judge",
@@ -192,6 +201,10 @@ def main(argv=None) -> None:
                         help="denoise: 1; emoji: 50 DDIM steps (diffusion) or 12 MaskGIT steps (token prior); "
                         "sd: 25 DPM-Solver++ steps")
     parser.add_argument("--guidance", type=float, default=None)
+    parser.add_argument("--guidance-interval", type=guidance_interval_arg, default=None, metavar="LOW,HIGH",
+                        help="emoji (diffusion) and sd: guide only at noise levels LOW < sigma <= HIGH "
+                        "(Kynkäänniemi et al. 2024; HIGH may be inf; default: the model's genlab.json, else "
+                        "every step)")
     parser.add_argument("--per-class", type=int, default=None,
                         help="emoji: samples per category (default 16; with a judge 54); sd: quality samples per "
                         "category (default 54)")
@@ -221,6 +234,8 @@ def main(argv=None) -> None:
         parser.error(f"--limit must be at least 1, got {args.limit}")
     if args.positions is not None and (args.kind != "prior" or args.unconditional or args.positions < 1):
         parser.error(f"--positions is for prior, without --unconditional, and at least 1 (got {args.positions})")
+    if args.guidance_interval is not None and args.kind not in ("emoji", "sd"):
+        parser.error(f"--guidance-interval is for emoji and sd, not {args.kind}")
     if args.refine and args.kind != "emoji":
         parser.error("--refine is for emoji (samples of a token prior)")
     if not 0 <= args.refine <= MAX_REFINE:
@@ -242,7 +257,8 @@ def main(argv=None) -> None:
         text = eval_denoise(args.model, args.data, tuple(args.sigmas), args.steps or 1)
     elif args.kind == "sd":
         text = eval_sd(args.judge, args.data, args.model, args.out, steps=args.steps, guidance=args.guidance,
-                       words=args.words, per_class=args.per_class, seeds=args.seeds)
+                       words=args.words, per_class=args.per_class, seeds=args.seeds,
+                       guidance_interval=args.guidance_interval)
     elif args.kind == "prior" and args.positions:
         text = estimate_prior(args.model, args.data, args.limit, args.positions)
     elif args.kind == "prior":
@@ -251,11 +267,12 @@ def main(argv=None) -> None:
         from .judge_report import judge_report
 
         sampling = {"steps": args.steps, "guidance": args.guidance, "refine": args.refine,
-                    "choice_temperature": args.choice_temperature}
+                    "choice_temperature": args.choice_temperature, "guidance_interval": args.guidance_interval}
         text = judge_report(args.judge, args.data, args.model, args.out, args.per_class, sampling)[0]
     else:
         text = eval_emoji(args.model, args.data, args.out, per_class=args.per_class, steps=args.steps,
-                          guidance=args.guidance, refine=args.refine, choice_temperature=args.choice_temperature)
+                          guidance=args.guidance, refine=args.refine, choice_temperature=args.choice_temperature,
+                          guidance_interval=args.guidance_interval)
     print(text)
     print(f"\n({time.perf_counter() - start:.0f} s)")
     if args.card:

@@ -121,11 +121,14 @@ def to_size(images: torch.Tensor, side: int) -> torch.Tensor:
 
 
 def emoji_sampler(model: str, steps: int | None, guidance: float | None, refine: int = 0,
-                  choice_temperature: float | None = None):
+                  choice_temperature: float | None = None, guidance_interval: tuple[float, float] | None = None):
     """(model, sample, how it samples): `sample(seed, class_name, batch)` -> ((B, 3, H, W) in [-1, 1], PIL
-    images) from a diffusion model (DDIM) or a token prior (MaskGIT, confidence order at `choice_temperature`,
-    default the prior's own, then `refine` rounds)."""
+    images) from a diffusion model (DDIM; guidance in `guidance_interval` of noise levels, default the model's
+    own) or a token prior (MaskGIT, confidence order at `choice_temperature`, default the prior's own, then
+    `refine` rounds)."""
     if is_token_prior(model):
+        if guidance_interval is not None:
+            raise SystemExit("--guidance-interval is for diffusion models (noise levels); a token prior has none")
         prior = load_prior(model, device="cpu")
         steps = steps or PRIOR_STEPS
         choice = prior.default_choice_temperature if choice_temperature is None else choice_temperature
@@ -144,20 +147,23 @@ def emoji_sampler(model: str, steps: int | None, guidance: float | None, refine:
 
     def sample(seed: int, class_name: str, batch: int):
         run = dm.sample(seed=seed, steps=steps, scheduler="ddim", batch=batch, class_label=class_name,
-                        guidance_scale=guidance, record=False)
+                        guidance_scale=guidance, guidance_interval=guidance_interval, record=False)
         return run.final_pixels, run.images
 
-    return dm, sample, f"{steps} DDIM steps"
+    interval = guidance_interval or dm.default_guidance_interval
+    where = f" (guidance where {interval[0]:g} < sigma <= {interval[1]:g})" if interval else ""
+    return dm, sample, f"{steps} DDIM steps{where}"
 
 
 
 def eval_emoji(model: str, data: Path, out: Path, per_class: int = 16, steps: int | None = None,
-               guidance: float | None = None, refine: int = 0, choice_temperature: float | None = None) -> str:
+               guidance: float | None = None, refine: int = 0, choice_temperature: float | None = None,
+               guidance_interval: tuple[float, float] | None = None) -> str:
     """Samples per category of a class-conditional diffusion model or token prior, judged against `data`.
     `steps` defaults to 50 DDIM steps (diffusion) or 12 MaskGIT steps (token prior)."""
     from ..train.common import ImageFolder
 
-    generator, sample, how = emoji_sampler(model, steps, guidance, refine, choice_temperature)
+    generator, sample, how = emoji_sampler(model, steps, guidance, refine, choice_temperature, guidance_interval)
     classes = generator.classes
     real = ImageFolder(data)
     real_images = torch.stack([pil_to_tensor(Image.fromarray(a))[0] for a in real.images])

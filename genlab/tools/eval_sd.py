@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +53,7 @@ from ..loading.loaders import load_diffusion
 from ..sampling import MAX_BATCH, SamplingSettings, last
 from .judge import LabelledEmoji, category_probabilities, class_index, judge_outputs, to_judge_size
 from .judge_metrics import balanced_weights
-from .judge_report import Judge, Row, format_rows, real_floors
+from .judge_report import Judge, Row, category_bars, format_rows, real_floors
 
 DEFAULT_STEPS = 25
 SCHEDULER = "dpm++"
@@ -154,21 +155,23 @@ def require_text_model(dm) -> None:
 
 
 def sample_prompts(dm, prompts: list[str], seeds: list[int], steps: int, guidance: float | None,
-                   batch: int = MAX_BATCH) -> torch.Tensor:
+                   batch: int = MAX_BATCH, guidance_interval: tuple[float, float] | None = None) -> torch.Tensor:
     """(N, 3, H, W) in [-1, 1]: sample i under prompts[i] from `dm.initial_noise(seeds[i])`, `batch` at a time.
 
     The batch mixes prompts, which `DiffusionModel.sample` (one prompt a run) cannot; it runs the same loop with
     the same start, conditioning (the prompt; the empty prompt for guidance) and clipping, so sample i is the image
-    `dm.sample(prompt=prompts[i], seed=seeds[i], steps=steps, scheduler="dpm++", guidance_scale=guidance)` gives."""
+    `dm.sample(prompt=prompts[i], seed=seeds[i], steps=steps, scheduler="dpm++", guidance_scale=guidance,
+    guidance_interval=guidance_interval)` gives (None: the model's default interval)."""
     require_text_model(dm)
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
     guidance = dm.default_guidance_scale if guidance is None else guidance
+    interval = dm.default_guidance_interval if guidance_interval is None else guidance_interval
     chunks = []
     for start in range(0, len(prompts), batch):
         chunk_prompts, chunk_seeds = prompts[start:start + batch], seeds[start:start + batch]
         settings = SamplingSettings(seed=chunk_seeds[0], steps=steps, scheduler=SCHEDULER, batch=len(chunk_prompts),
-                                    guidance_scale=guidance)
+                                    guidance_scale=guidance, guidance_interval=interval)
         cond, _ = dm.text.encode(list(chunk_prompts))
         uncond, _ = dm.text.encode([""] * len(chunk_prompts))
         noise = torch.cat([dm.initial_noise(seed=seed) for seed in chunk_seeds])  # (B, C, h, w)
@@ -288,11 +291,15 @@ def follows_words(judge: Judge, words: SampleSet, real_images: torch.Tensor, dis
         f"category: it is told the category, these samples only a name they never saw in training.")
 
 
-def colour_words(colours: SampleSet, real: dict[str, list[np.ndarray]], seeds: int) -> str:
-    """Per prompt: the colours named for its samples and whether the named colour comes out often enough."""
-    lines = ["| prompt | an emoji has it | samples showing the colour | colours seen | real emoji of the name |",
-             "|---|---|---|---|---|"]
+def colour_words(colours: SampleSet, real: dict[str, list[np.ndarray]], seeds: int,
+                 taught: dict[str, list[tuple[str, str | None]]] | None = None) -> str:
+    """Per prompt: the colours named for its samples and whether the named colour comes out often enough; with
+    `taught` (`training_phrases`), what the training captions say the prompt's words look like."""
+    taught = taught or {}
+    lines = [("| prompt | an emoji has it | samples showing the colour | colours seen | real emoji of the name | "
+              "training emoji whose captions hold the words (their colour) |"), "|---|---|---|---|---|---|"]
     passed = {True: [], False: []}
+    lessons: dict[str, list[bool]] = {}  # what the training captions teach a known prompt -> its passes
     for start in range(0, len(colours.prompts), seeds):
         prompt = colours.prompts[start]
         wanted = named_colour(prompt)
@@ -303,8 +310,13 @@ def colour_words(colours: SampleSet, real: dict[str, list[np.ndarray]], seeds: i
         reals = [colour_name(image) for image in real.get(prompt, [])]
         real_cell = (f"{sum(c == wanted for c in reals)}/{len(reals)} ({', '.join(sorted(set(map(str, reals))))})"
                      if reals else "–")
+        holders = taught.get(prompt, [])
+        taught_cell = (f"{len(holders)}: " + ", ".join(f"{name} ({colour})" for name, colour in holders[:3])
+                       + (", ..." if len(holders) > 3 else "")) if holders else "none"
+        if known:
+            lessons.setdefault(lesson(wanted, holders), []).append(share >= COLOUR_BAR)
         lines.append(f"| {prompt} | {'yes' if known else 'no'} | {share:.0%} | "
-                     f"{', '.join(f'{c}' for c in seen)} | {real_cell} |")
+                     f"{', '.join(f'{c}' for c in seen)} | {real_cell} | {taught_cell} |")
     real_total = [colour_name(image) == named_colour(p) for p, images in real.items() for image in images]
     summary = (f"\n\nPrompts passing (the named colour in ≥ {COLOUR_BAR:.0%} of {seeds} samples): "
                f"**{sum(passed[True])}/{len(passed[True])}** of the colour-shape pairs that emoji have, "
@@ -317,7 +329,39 @@ def colour_words(colours: SampleSet, real: dict[str, list[np.ndarray]], seeds: i
                f"and a dark orange (median V < {BROWN_V}) is brown; else black if the drawn pixels' mean "
                f"V < {BLACK_V}, white if > {WHITE_V}, grey (no colour) between; under {MIN_DRAWN:.0%} drawn: blank "
                f"(no colour).")
+    if taught:
+        summary += (" By what the training captions teach (the words as a phrase in a training emoji's captions, "
+                    "that emoji's colour by the same rule), the known pairs pass: " + "; ".join(
+                        f"{name} {sum(lessons[name])}/{len(lessons[name])}" for name in LESSONS if name in lessons)
+                    + ".")
     return "\n".join(lines) + summary
+
+
+LESSONS = ("taught the colour", "taught another colour", "never in training")
+
+
+def lesson(wanted: str, holders: list[tuple[str, str | None]]) -> str:
+    """What the training captions teach of a colour prompt: some training emoji holding its words has the colour,
+    all of them have others (Unicode's old names: "heavy black heart" is the red heart), or none holds the words."""
+    if not holders:
+        return LESSONS[2]
+    return LESSONS[0] if any(colour == wanted for _, colour in holders) else LESSONS[1]
+
+
+def training_phrases(prompts, data: Path) -> dict[str, list[tuple[str, str | None]]]:
+    """{prompt: [(name, colour)] of the training emoji with a caption holding the prompt's words as a phrase
+    (between word boundaries: "black heart" is in "heavy black heart"), in file order}."""
+    folder = Path(data) / "64-train"
+    captions = json.loads((folder / "captions.json").read_text())
+    patterns = {p: re.compile(rf"(?<![\w]){re.escape(p)}(?![\w])") for p in prompts}
+    found: dict[str, list[tuple[str, str | None]]] = {}
+    for file, names in sorted(captions.items()):
+        text = [c.strip().lower() for c in names]
+        for prompt, pattern in patterns.items():
+            if any(pattern.search(c) for c in text):
+                colour = colour_name(np.asarray(open_image(folder / file)))
+                found.setdefault(prompt, []).append((text[0], colour))
+    return found
 
 
 def image_quality(judge: Judge, quality: SampleSet, per_class: int) -> str:
@@ -326,7 +370,7 @@ def image_quality(judge: Judge, quality: SampleSet, per_class: int) -> str:
     sets.append(judge.judge("sd samples", to_judge_size(quality.pixels, side), quality.categories))
     rows = [judge.score(s) for s in sets] + [LDM_EMOJI]
     held_out = sum(s == "held-out" for s in quality.source)
-    return format_rows(rows, judge.categories) + (
+    return format_rows(rows, judge.categories) + "\n\n" + category_bars(rows[0], rows[-2]) + (
         f"\n\nReference: the {len(judge.reference.categories)} real held-out emoji, every category weighted equally; "
         f"k = 3. sd samples: {per_class} per category, {held_out} prompted by held-out names (the samples of "
         f"\"follows the words\"), {len(quality.prompts) - held_out} by training names.")
@@ -414,11 +458,12 @@ def save_category_grid(samples: SampleSet, categories: list[str], path: Path, pe
 
 def eval_sd(judge_folder: Path, data: Path, model: str, out: Path, steps: int = DEFAULT_STEPS,
             guidance: float | None = None, words: int = WORD_SAMPLES, per_class: int = PER_CATEGORY,
-            seeds: int = COLOUR_SEEDS) -> str:
+            seeds: int = COLOUR_SEEDS, guidance_interval: tuple[float, float] | None = None) -> str:
     """The four sections as markdown; sample grids under `out`."""
     dm = load_diffusion(model, device="cpu")
     require_text_model(dm)
     guidance = dm.default_guidance_scale if guidance is None else guidance
+    interval = dm.default_guidance_interval if guidance_interval is None else guidance_interval
     judge = Judge(judge_folder, data)
     train = NamedEmoji.load(Path(data) / "64-train", judge.train)
     holdout = NamedEmoji.load(Path(data) / "64-holdout")
@@ -427,7 +472,8 @@ def eval_sd(judge_folder: Path, data: Path, model: str, out: Path, steps: int = 
 
     def draw(samples: SampleSet) -> SampleSet:
         start, cpu = time.perf_counter(), time.process_time()
-        samples.pixels = sample_prompts(dm, samples.prompts, samples.seeds, steps, guidance)
+        samples.pixels = sample_prompts(dm, samples.prompts, samples.seeds, steps, guidance,
+                                        guidance_interval=interval)
         timings.append((len(samples.prompts), time.perf_counter() - start, time.process_time() - cpu))
         return samples
 
@@ -443,7 +489,8 @@ def eval_sd(judge_folder: Path, data: Path, model: str, out: Path, steps: int = 
     index, where = training_index(model, judge.train, data, out)
     copy_sets = {"samples, held-out names": word_set, **({"samples, training names": train_set} if train_set else {})}
     sampled, seconds, cpu = (sum(values) for values in zip(*timings))
-    how = (f"{Path(model).name}: {steps} DPM-Solver++ steps, guidance {guidance:g}, negative prompt empty; "
+    where = f" where {interval[0]:g} < sigma <= {interval[1]:g}" if interval else ""
+    how = (f"{Path(model).name}: {steps} DPM-Solver++ steps, guidance {guidance:g}{where}, negative prompt empty; "
            f"{sampled} samples in {seconds:.0f} s ({1000 * seconds / max(sampled, 1):.0f} ms each; CPU time "
            f"{cpu:.0f} s: wall time grows where other jobs share the CPU), batches of {MAX_BATCH}, on "
            f"{torch.get_num_threads()} CPU thread(s); judge `{judge_folder}`; grids in `{out}/` (sd_words.png and "
@@ -452,7 +499,8 @@ def eval_sd(judge_folder: Path, data: Path, model: str, out: Path, steps: int = 
         how,
         "#### Follows the words (held-out emoji names)\n\n"
         + follows_words(judge, word_set, holdout.emoji.images(torch.tensor(chosen)), len(distinct)),
-        "#### Colour words\n\n" + colour_words(colours, real_emoji_of(KNOWN_COLOUR_PROMPTS, data), seeds),
+        "#### Colour words\n\n" + colour_words(colours, real_emoji_of(KNOWN_COLOUR_PROMPTS, data), seeds,
+                                               training_phrases(KNOWN_COLOUR_PROMPTS + NOVEL_COLOUR_PROMPTS, data)),
         "#### Image quality against the real held-out emoji\n\n" + image_quality(judge, quality, per_class),
         "#### Does not just copy (nearest training image)\n\n" + copying(index, where, copy_sets, holdout, out),
     ])

@@ -15,6 +15,12 @@ against its own clean copy, and the degradation is the only difference from the 
 Columns: Fréchet distance and precision / recall (k = 3) in the judge's features (genlab.tools.judge_metrics),
 and category accuracy: the share of images whose category (the judge's class probabilities summed per
 category) is the requested one, or for real emoji their own.
+
+Per category: precision (the share of the category's images inside the whole real manifold), recall within the
+category (the share of the category's real held-out emoji inside the manifold of the category's images alone: a
+category whose samples repeat one shape covers few of them, the mode-collapse check) and category accuracy.
+`category_bars` compares each with the real floor's: every category drawn (precision at least half the floor's)
+and no collapse (recall within the category at least half the floor's).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from torch.nn import functional as F
 
 from ..imaging.io import image_grid
 from .judge import LabelledEmoji, category_probabilities, judge_outputs, load_judge, to_judge_size
-from .judge_metrics import balanced_weights, frechet_distance, precision_recall
+from .judge_metrics import K_NEIGHBOURS, balanced_weights, frechet_distance, precision_recall
 
 BLUR_SIGMA = 3.0  # pixels at 64 px: the drawing's lines and features are gone, its colours stay
 NOISE_SIGMA = 0.3  # in [-1, 1] units (about 38 of 255)
@@ -53,7 +59,7 @@ class Row:
     precision: float
     recall: float
     accuracy: float
-    per_category: dict[str, tuple[float, float]]  # category -> (precision, accuracy)
+    per_category: dict[str, tuple[float, float, float]]  # category -> (precision, recall within it, accuracy)
 
 
 class Judge:
@@ -85,10 +91,21 @@ class Judge:
         per_category = {}
         for category in dict.fromkeys(judged.categories):
             mine = np.array([c == category for c in judged.categories])
-            per_category[category] = (float(pr["inside"][mine].mean()), float(hit[mine].mean()))
+            per_category[category] = (float(pr["inside"][mine].mean()), self.recall_within(judged, category, mine),
+                                      float(hit[mine].mean()))
         return Row(judged.name, len(judged.categories),
                    frechet_distance(self.reference.features, judged.features, self.reference_weights, weights),
                    pr["precision"], pr["recall"], float(weights @ hit), per_category)
+
+
+    def recall_within(self, judged: JudgedSet, category: str, mine: np.ndarray) -> float:
+        """The share of `category`'s real held-out emoji inside the k-NN manifold of `judged`'s images of that
+        category (NaN when either side has k or fewer)."""
+        real = np.array([c == category for c in self.reference.categories])
+        if min(real.sum(), mine.sum()) <= K_NEIGHBOURS:
+            return float("nan")
+        return precision_recall(self.reference.features[torch.from_numpy(real)],
+                                judged.features[torch.from_numpy(mine)])["recall"]
 
 
 def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -137,7 +154,8 @@ def sample_generator(model: str, per_class: int, out: Path, sampling: dict | Non
 
     sampling = sampling or {}
     generator, sample, how = emoji_sampler(model, sampling.get("steps"), sampling.get("guidance"),
-                                           sampling.get("refine", 0), sampling.get("choice_temperature"))
+                                           sampling.get("refine", 0), sampling.get("choice_temperature"),
+                                           sampling.get("guidance_interval"))
     start = time.perf_counter()
     pixels, categories, rows = [], [], []
     for index, name in enumerate(generator.classes):
@@ -159,17 +177,38 @@ def sample_generator(model: str, per_class: int, out: Path, sampling: dict | Non
 
 
 def format_rows(rows: list[Row], categories: list[str]) -> str:
-    """The summary table and a per-category table (precision / category accuracy per cell)."""
+    """The summary table and a per-category table (precision / recall within the category / category accuracy
+    per cell; "–" where a category has too few images for k-NN)."""
     table = ["| images | n | FD ↓ | precision ↑ | recall ↑ | category accuracy ↑ |", "|---|---|---|---|---|---|"]
     table += [f"| {r.name} | {r.count} | {r.frechet:.2f} | {r.precision:.3f} | {r.recall:.3f} | {r.accuracy:.1%} |"
               for r in rows]
-    table += ["", "Per category: precision / category accuracy.", "",
+    table += ["", "Per category: precision / recall within the category / category accuracy.", "",
               "| images | " + " | ".join(categories) + " |", "|---" * (len(categories) + 1) + "|"]
     for r in rows:
-        cells = [f"{r.per_category[c][0]:.2f} / {r.per_category[c][1]:.0%}" if c in r.per_category else "–"
-                 for c in categories]
+        cells = [_category_cell(*r.per_category[c]) if c in r.per_category else "–" for c in categories]
         table.append(f"| {r.name} | " + " | ".join(cells) + " |")
     return "\n".join(table)
+
+
+def _category_cell(precision: float, recall: float, accuracy: float) -> str:
+    recall_text = "–" if np.isnan(recall) else f"{recall:.2f}"
+    return f"{precision:.2f} / {recall_text} / {accuracy:.0%}"
+
+
+def category_bars(floor: Row, model: Row) -> str:
+    """Issue 33's per-category bars for `model` against the real floor: every category drawn (precision at least
+    half the floor's) and no mode collapse (recall within the category at least half the floor's), naming the
+    categories below with their figures; categories without a recall on either side are left out of that bar."""
+    verdicts = []
+    for index, bar in ((0, "every category drawn (precision ≥ half the real floor's)"),
+                       (1, "no mode collapse (recall within each category ≥ half the real floor's)")):
+        measured = [c for c in model.per_category if c in floor.per_category
+                    and not np.isnan(model.per_category[c][index]) and not np.isnan(floor.per_category[c][index])]
+        below = [f"{c} {model.per_category[c][index]:.2f} vs {floor.per_category[c][index]:.2f}" for c in measured
+                 if model.per_category[c][index] < 0.5 * floor.per_category[c][index]]
+        verdicts.append(f"{model.name}, {bar}: " + (f"yes, {len(measured)} categories" if not below
+                                                    else f"NO ({'; '.join(below)})"))
+    return "\n".join(f"- {v}" for v in verdicts)
 
 
 def ranking(rows: list[Row]) -> str:
@@ -204,7 +243,7 @@ def judge_report(judge_folder: Path, data: Path, model: str, out: Path, per_clas
              f"category weighted equally; judge `{judge_folder}`; k = 3. {Path(model).name}: {per_class} samples per "
              f"category, {how}{resized}, sampled in {samples['seconds']:.0f} s on {torch.get_num_threads()} CPU "
              f"thread(s); grid in `{out}/judge_samples.png`.")
-    return format_rows(rows, judge.categories) + "\n\n" + notes, rows
+    return format_rows(rows, judge.categories) + "\n\n" + category_bars(rows[0], rows[-1]) + "\n\n" + notes, rows
 
 
 def calibrate(judge_folder: Path, data: Path, model: str, out: Path, per_class: int, card: bool = False,

@@ -358,6 +358,14 @@ def whole(value, name: str) -> int:
 
 
 # ------------------------------------------------------------------------------ conditioning controls
+def guidance_info(model) -> str:
+    """What the guidance slider does for `model`: every step, or only inside its default guidance interval."""
+    interval = getattr(model, "default_guidance_interval", None)
+    if interval is None:
+        return "classifier-free: 1 is the conditional model alone"
+    return f"classifier-free, applied where {interval[0]:g} < σ_t ≤ {interval[1]:g} (this model's guidance interval)"
+
+
 @dataclasses.dataclass
 class Conditioning:
     """The controls a conditional model (diffusion or token prior) needs: a class picker, a guidance scale,
@@ -381,8 +389,8 @@ class Conditioning:
         choices = [("(unconditional)", "")] + [(name, name) for name in model.classes] if classes else []
         return {
             self.class_name: gr.Dropdown(choices=choices, value=model.classes[0] if classes else None, visible=classes),
-            self.guidance: (gr.Slider(value=model.default_guidance_scale, visible=True) if text or classes
-                            else gr.Slider(visible=False)),
+            self.guidance: (gr.Slider(value=model.default_guidance_scale, visible=True, info=guidance_info(model))
+                            if text or classes else gr.Slider(visible=False)),
             self.prompt: gr.Textbox(visible=True) if text else gr.Textbox(value="", visible=False),
             self.negative_prompt: gr.Textbox(visible=True) if text else gr.Textbox(value="", visible=False),
         }
