@@ -101,6 +101,17 @@ def test_attention_maps_have_the_words_in_order_at_pixel_size_in_unit_range(sd):
     assert sd.sample(prompt="red heart", seed=0, steps=1).attention_maps is None
 
 
+def test_maps_with_a_guidance_interval_record_the_conditional_rows_of_every_step(sd):
+    """Outside a guidance interval the UNet's batch is the conditional rows alone (B, not 2B): the maps are still
+    recorded at every step, and recording changes no image."""
+    run = sd.sample(prompt="red heart", seed=0, steps=4, batch=2, guidance_scale=3.0, attention_maps=True,
+                    guidance_interval=(0.5, 5.0))
+    plain = sd.sample(prompt="red heart", seed=0, steps=4, batch=2, guidance_scale=3.0, guidance_interval=(0.5, 5.0))
+    assert torch.equal(run.final_pixels, plain.final_pixels)
+    assert run.attention.batch == 2 and all(list(frame.attention_maps) == ["red", "heart"] for frame in run.frames)
+    assert run.attention.count == 4 * len([name for name in processors(sd) if is_cross_attention(name)])
+
+
 def test_run_maps_average_the_step_maps(sd):
     """Averaging over steps before the word merge and normalisation: the run's map is the normalised mean of
     the steps' un-normalised maps (AttentionMaps add up)."""
