@@ -164,6 +164,7 @@ def test_the_report_has_four_sections_and_goes_into_the_card(captioned_root, cap
     assert rows["real held-out emoji (never trained on)"][1] == "9"
     assert rows["samples, held-out names"][1] == "6" and rows["samples, training names"][1] == "6"
     assert "2 DPM-Solver++ steps, guidance 2" in printed
+    assert f"training emoji (built from `{captioned_root}/64-train` into `{out}/training_images`" in printed
     assert "of the colour-shape pairs that emoji have" in printed and "/10** of the colour-object pairs" in printed
     assert {p.name for p in out.iterdir()} >= {"sd_words.png", "sd_quality.png", "sd_colours.png", "sd_nearest.png",
                                                "training_images"}  # no training_images/ in the model: built

@@ -489,8 +489,8 @@ def eval_sd(judge_folder: Path, data: Path, model: str, out: Path, steps: int = 
     index, where = training_index(model, judge.train, data, out)
     copy_sets = {"samples, held-out names": word_set, **({"samples, training names": train_set} if train_set else {})}
     sampled, seconds, cpu = (sum(values) for values in zip(*timings))
-    where = f" where {interval[0]:g} < sigma <= {interval[1]:g}" if interval else ""
-    how = (f"{Path(model).name}: {steps} DPM-Solver++ steps, guidance {guidance:g}{where}, negative prompt empty; "
+    guided_at = f" where {interval[0]:g} < sigma <= {interval[1]:g}" if interval else ""
+    how = (f"{Path(model).name}: {steps} DPM-Solver++ steps, guidance {guidance:g}{guided_at}, negative prompt empty; "
            f"{sampled} samples in {seconds:.0f} s ({1000 * seconds / max(sampled, 1):.0f} ms each; CPU time "
            f"{cpu:.0f} s: wall time grows where other jobs share the CPU), batches of {MAX_BATCH}, on "
            f"{torch.get_num_threads()} CPU thread(s); judge `{judge_folder}`; grids in `{out}/` (sd_words.png and "
