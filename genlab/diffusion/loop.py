@@ -94,7 +94,9 @@ def iterate_reverse(unet, scheduler, x_t: torch.Tensor, settings: SamplingSettin
         batched = conditioning.batched(both, placement[0]) if conditioning is not None else {}
         return {k: (v.to(placement[1]) if v.is_floating_point() else v) for k, v in batched.items()}
 
-    unet_kwargs = {both: kwargs(both) for both in {guided, False}}  # (2B or B) rows of conditioning each
+    # (2B or B) rows of conditioning; the B rows alone too where an interval leaves steps unguided
+    modes = {guided, False} if settings.guidance_interval is not None else {guided}
+    unet_kwargs = {both: kwargs(both) for both in modes}
     sigmas = ((1 - alphas_cumprod) / alphas_cumprod).sqrt()  # (T,) noise level of each training timestep
     step_kwargs = _step_kwargs(scheduler, settings.eta, generator)
     timesteps = [int(t) for t in scheduler.timesteps]

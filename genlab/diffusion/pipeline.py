@@ -473,7 +473,7 @@ class DiffusionModel(TextToImage, ConditionalModel):
     def inpaint(self, image, mask, steps: int = 50, seed: int = 0, scheduler: str = "ddim", class_label=None,
                 guidance_scale: float | None = None, eta: float = 0.0, max_side: int = MAX_SIDE, record: bool = True,
                 prompt: str | None = None, negative_prompt: str | None = None,
-                attention_maps: bool = False, guidance_interval: tuple[float, float] | None = None) -> DiffusionRun:
+                attention_maps: bool = False) -> DiffusionRun:
         """Repaint the masked region of an image (mask white / non-zero where the model paints).
 
         Every step re-imposes the known region from q(x_{t-1} | x_0) (RePaint's conditioning, without

@@ -183,10 +183,13 @@ def write_card_section(model: str, text: str, section: str | None = None) -> Non
 def guidance_interval_arg(text: str) -> tuple[float, float]:
     """argparse type of --guidance-interval: "LOW,HIGH" noise levels, 0 <= LOW < HIGH (HIGH may be inf)."""
     try:
-        return check_guidance_interval(tuple(float(part) for part in text.split(",")), "--guidance-interval")
+        pair = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--guidance-interval must be LOW,HIGH, got {text!r}") from None
+    try:
+        return check_guidance_interval(pair, "--guidance-interval")
     except ValueError as error:
-        message = str(error) if "noise levels" in str(error) else f"--guidance-interval must be LOW,HIGH, got {text!r}"
-        raise argparse.ArgumentTypeError(message) from None
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def main(argv=None) -> None:

@@ -50,7 +50,7 @@ from ..diffusion import iterate_reverse
 from ..imaging.io import image_grid, open_image, tensor_to_pil, tensor_to_uint8
 from ..imaging.nearest import COPY_RATIO, TrainingIndex, write_training_index
 from ..loading.loaders import load_diffusion
-from ..sampling import MAX_BATCH, SamplingSettings, last
+from ..sampling import MAX_BATCH, last
 from .judge import LabelledEmoji, category_probabilities, class_index, judge_outputs, to_judge_size
 from .judge_metrics import balanced_weights
 from .judge_report import Judge, Row, category_bars, format_rows, real_floors
@@ -165,13 +165,11 @@ def sample_prompts(dm, prompts: list[str], seeds: list[int], steps: int, guidanc
     require_text_model(dm)
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
-    guidance = dm.default_guidance_scale if guidance is None else guidance
-    interval = dm.default_guidance_interval if guidance_interval is None else guidance_interval
     chunks = []
     for start in range(0, len(prompts), batch):
         chunk_prompts, chunk_seeds = prompts[start:start + batch], seeds[start:start + batch]
-        settings = SamplingSettings(seed=chunk_seeds[0], steps=steps, scheduler=SCHEDULER, batch=len(chunk_prompts),
-                                    guidance_scale=guidance, guidance_interval=interval)
+        settings = dm._settings(chunk_seeds[0], steps, SCHEDULER, len(chunk_prompts), guidance,
+                                guidance_interval=guidance_interval)  # the model's defaults where None
         cond, _ = dm.text.encode(list(chunk_prompts))
         uncond, _ = dm.text.encode([""] * len(chunk_prompts))
         noise = torch.cat([dm.initial_noise(seed=seed) for seed in chunk_seeds])  # (B, C, h, w)
@@ -292,10 +290,9 @@ def follows_words(judge: Judge, words: SampleSet, real_images: torch.Tensor, dis
 
 
 def colour_words(colours: SampleSet, real: dict[str, list[np.ndarray]], seeds: int,
-                 taught: dict[str, list[tuple[str, str | None]]] | None = None) -> str:
-    """Per prompt: the colours named for its samples and whether the named colour comes out often enough; with
-    `taught` (`training_phrases`), what the training captions say the prompt's words look like."""
-    taught = taught or {}
+                 taught: dict[str, list[tuple[str, str | None]]]) -> str:
+    """Per prompt: the colours named for its samples, whether the named colour comes out often enough, and what
+    the training captions say the prompt's words look like (`taught`, from `training_phrases`)."""
     lines = [("| prompt | an emoji has it | samples showing the colour | colours seen | real emoji of the name | "
               "training emoji whose captions hold the words (their colour) |"), "|---|---|---|---|---|---|"]
     passed = {True: [], False: []}
@@ -329,11 +326,10 @@ def colour_words(colours: SampleSet, real: dict[str, list[np.ndarray]], seeds: i
                f"and a dark orange (median V < {BROWN_V}) is brown; else black if the drawn pixels' mean "
                f"V < {BLACK_V}, white if > {WHITE_V}, grey (no colour) between; under {MIN_DRAWN:.0%} drawn: blank "
                f"(no colour).")
-    if taught:
-        summary += (" By what the training captions teach (the words as a phrase in a training emoji's captions, "
-                    "that emoji's colour by the same rule), the known pairs pass: " + "; ".join(
-                        f"{name} {sum(lessons[name])}/{len(lessons[name])}" for name in LESSONS if name in lessons)
-                    + ".")
+    summary += (" By what the training captions teach (the words as a phrase in a training emoji's captions, "
+                "that emoji's colour by the same rule), the known pairs pass: " + "; ".join(
+                    f"{name} {sum(lessons[name])}/{len(lessons[name])}" for name in LESSONS if name in lessons)
+                + ".")
     return "\n".join(lines) + summary
 
 
