@@ -94,6 +94,26 @@ def test_text_model_needs_its_tokenizer(tiny_sd_dir, tmp_path):
         genlab.load_diffusion(broken, device="cpu")
 
 
+def test_an_fp16_text_encoder_loads_in_fp32_without_touching_the_process_default_dtype(tiny_sd_dir, tmp_path,
+                                                                                       monkeypatch):
+    """sd-emoji ships its CLIP in fp16. transformers builds a model under its file's dtype by setting torch's
+    process-wide default dtype, and a token prior sampling on another thread of the app meanwhile made fp16
+    tensors ("mat1 and mat2 must have the same dtype"): the loader names fp32, so the default never moves."""
+    import shutil
+
+    from transformers import CLIPTextModel
+
+    folder = shutil.copytree(tiny_sd_dir, tmp_path / "fp16-text")
+    CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=torch.float32).half().save_pretrained(folder / "text_encoder")
+    defaults = []
+    original = torch.set_default_dtype
+    monkeypatch.setattr(torch, "set_default_dtype", lambda dtype: (defaults.append(dtype), original(dtype))[1])
+    dm = genlab.load_diffusion(folder, device="cpu")
+    assert {p.dtype for p in dm.text.model.parameters()} == {torch.float32}
+    assert set(defaults) <= {torch.float32} and torch.get_default_dtype() == torch.float32
+    assert dm.sample(prompt="a red fox", seed=0, steps=2).image.size == (16, 16)
+
+
 # ------------------------------------------------------------------------------ reverse loop
 def test_latent_frames_are_decoded_at_pixel_size(kl_ldm):
     run = kl_ldm.sample(seed=0, steps=4, class_label="a", guidance_scale=2.0)

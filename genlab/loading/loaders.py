@@ -148,14 +148,17 @@ def _text_encoder(folder: Path, device: torch.device):
         tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
         architectures = read_config(folder / "text_encoder").get("architectures") or []
         cls = CLIPTextModelWithProjection if "CLIPTextModelWithProjection" in architectures else CLIPTextModel
-        model, info = cls.from_pretrained(folder / "text_encoder", use_safetensors=True, output_loading_info=True)
+        # dtype given: transformers otherwise builds the model under the file's dtype (fp16 for sd-emoji) by setting
+        # torch's process-wide default dtype, and a sampler on another thread then makes fp16 tensors meanwhile
+        model, info = cls.from_pretrained(folder / "text_encoder", use_safetensors=True, output_loading_info=True,
+                                          dtype=torch.float32)
     except Exception as error:
         raise ModelLoadError(f"cannot load the text encoder of {str(folder)!r}: {error}") from None
     if info.get("missing_keys") or info.get("mismatched_keys"):
         raise ModelLoadError(f"the text encoder weights in {str(folder)!r} do not match its config: "
                              f"{', '.join(map(str, (info.get('missing_keys') or info.get('mismatched_keys'))[:8]))}")
     model = model.eval().requires_grad_(False).to(device)  # fp16 files (sd-emoji's) run in fp32 on a CPU
-    return TextEncoder(tokenizer, model.half() if device.type == "cuda" else model.float())
+    return TextEncoder(tokenizer, model.half() if device.type == "cuda" else model)
 
 
 def load_diffusion(source, subfolder: str | None = None, device=None, revision: str | None = None):

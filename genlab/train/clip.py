@@ -93,10 +93,10 @@ def train_clip(config: ClipConfig, accelerator: Accelerator, data: common.ImageF
         raise SystemExit(f"clip training needs images of one size, found {sorted(sizes)[:4]}")
     if resuming:
         tokenizer = CLIPTokenizer.from_pretrained(checkpoint / "tokenizer")
-        model = CLIPModel.from_pretrained(checkpoint / "model")
+        model = CLIPModel.from_pretrained(checkpoint / "model", dtype=torch.float32)
     elif config.init:
         tokenizer = CLIPTokenizer.from_pretrained(config.init / "tokenizer")
-        model = CLIPModel.from_pretrained(config.init)
+        model = CLIPModel.from_pretrained(config.init, dtype=torch.float32)  # fp32 training whatever the file holds
     else:
         tokenizer = train_clip_tokenizer((c for group in captions for c in group), config.vocab_size, config.max_tokens)
         model = build_clip(config, tokenizer, next(iter(sizes))[0])

@@ -106,7 +106,8 @@ def load_parts(config: TextDiffusionConfig, checkpoint: Path, resuming: bool, de
     clip_source = checkpoint if resuming else config.clip
     vae = AutoencoderKL.from_pretrained(vae_source).to(device).requires_grad_(False)
     tokenizer = CLIPTokenizer.from_pretrained(clip_source / "tokenizer")
-    text_encoder = CLIPTextModel.from_pretrained(clip_source / "text_encoder").to(device).requires_grad_(False).eval()
+    text_encoder = CLIPTextModel.from_pretrained(clip_source / "text_encoder", dtype=torch.float32)  # fp32, as sampling
+    text_encoder = text_encoder.to(device).requires_grad_(False).eval()
     return vae, vae_source, tokenizer, text_encoder, clip_source
 
 
