@@ -12,9 +12,10 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from genlab.imaging.colour import colour_name
 from genlab.loading.loaders import load_diffusion
 from genlab.tools import eval as genlab_eval
-from genlab.tools.eval_sd import colour_name, evenly, lesson, sample_prompts, training_phrases
+from genlab.tools.eval_sd import evenly, lesson, sample_prompts, training_phrases
 from genlab.tools.judge import train_and_store
 
 SIDE = 16
@@ -61,6 +62,21 @@ def test_the_colour_rule_refuses_other_arrays():
         colour_name(np.zeros((32, 32, 3)))
     with pytest.raises(ValueError, match=r"got \(32, 32\)"):
         colour_name(np.zeros((32, 32), np.uint8))
+
+
+@pytest.mark.parametrize("entry, drawn, caption", [
+    ({"name": "BANANA", "short_names": ["banana"]}, "yellow", "yellow banana"),
+    ({"name": "HEAVY BLACK HEART", "short_names": ["heart"]}, "red", "red heart"),  # Unicode's old name, drawn red
+    ({"name": "FLAG-DE", "short_names": ["flag-de", "de"]}, "red", "red flag de"),
+    ({"name": "ROCKET"}, "purple", "purple rocket"),  # no short names: the name
+    ({"name": "BLUE HEART", "short_names": ["blue_heart"]}, "blue", None),  # the name already says a colour
+    ({"name": "BLACK CIRCLE FOR RECORD", "short_names": ["black_circle_for_record"]}, "red", None),
+    ({"name": "GHOST", "short_names": ["ghost"]}, None, None),  # grey: no colour named
+])
+def test_a_training_emoji_gets_a_colour_caption_unless_its_name_has_one(entry, drawn, caption):
+    from genlab.tools.data import colour_caption
+
+    assert colour_caption(entry, drawn) == caption
 
 
 def test_evenly_spreads_and_repeats():

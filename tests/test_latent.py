@@ -104,7 +104,8 @@ def test_an_fp16_text_encoder_loads_in_fp32_without_touching_the_process_default
     from transformers import CLIPTextModel
 
     folder = shutil.copytree(tiny_sd_dir, tmp_path / "fp16-text")
-    CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=torch.float32).half().save_pretrained(folder / "text_encoder")
+    text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=torch.float32)
+    text_encoder.half().save_pretrained(folder / "text_encoder")
     defaults = []
     original = torch.set_default_dtype
     monkeypatch.setattr(torch, "set_default_dtype", lambda dtype: (defaults.append(dtype), original(dtype))[1])

@@ -179,7 +179,7 @@ def test_sd_emoji_is_stable_diffusion_and_diffusers_draws_the_same_image():
 
 @pytest.mark.parametrize("prompt, colour", [("red heart", "red"), ("blue heart", "blue"), ("green heart", "green")])
 def test_sd_emoji_draws_the_colour_it_is_told(prompt, colour):
-    from genlab.tools.eval_sd import colour_name
+    from genlab.imaging.colour import colour_name
 
     dm = genlab.load_diffusion(shipped("sd-emoji"), device="cpu")
     run = dm.sample(prompt=prompt, seed=0, steps=25, scheduler="dpm++", batch=4, record=False)

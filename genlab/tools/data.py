@@ -18,7 +18,9 @@ models (`vae`, `ldm`) train on `64-train/` and are measured on `64-holdout/`. Be
 `labels.json` (file -> category), `subcategories.json` holds each file's subcategory in emoji.json
 (`face-smiling`, `animal-mammal`, ...): the stored 64 px judge (`genlab.tools.judge`) learns those.
 `captions.json` holds each file's captions (text to image, `genlab.train.sd`): the emoji's name, short names
-and subcategory from emoji.json, its keywords from emojilib (npm, MIT), and a variation's skin tones.
+and subcategory from emoji.json, its keywords from emojilib (npm, MIT), a variation's skin tones, and for an emoji
+without skin tones its colour by `genlab.imaging.colour` ("yellow banana"): the names seldom say a colour, so without
+it a colour word means little more than "heart", "circle" or "square" to the text model.
 """
 
 from __future__ import annotations
@@ -33,8 +35,10 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
+from ..imaging.colour import COLOUR_WORDS, colour_name
 from ..imaging.io import open_image
 
 EMOJI_PACKAGE = "emoji-datasource-google@16.0.0"
@@ -100,6 +104,16 @@ def emoji_captions(entry: dict, keywords: dict[str, list[str]], skin_key: str | 
     return list(dict.fromkeys(c for c in captions if c))
 
 
+def colour_caption(entry: dict, colour: str | None) -> str | None:
+    """"<colour> <short name>" ("yellow banana", "red heart" for Unicode's "heavy black heart"), `colour` named from the
+    image by `genlab.imaging.colour.colour_name`; None when the image names no colour or the short name already has
+    a colour word ("blue heart")."""
+    if colour is None:
+        return None
+    base = words((entry.get("short_names") or [entry["name"]])[0])
+    return None if set(base.split()) & set(COLOUR_WORDS) else f"{colour} {base}"
+
+
 def build_emoji(out: Path, cache: Path, sizes=(32, 64)) -> None:
     package = fetch_emoji_package(cache)
     entries = json.loads((package / "emoji.json").read_text())
@@ -109,6 +123,7 @@ def build_emoji(out: Path, cache: Path, sizes=(32, 64)) -> None:
     categories: list[str] = []
     items: list[tuple[str, str, str, bool]] = []  # (png name, category, subcategory, held out)
     captions: dict[str, list[str]] = {}  # png name -> its captions
+    source = package / "img" / "google" / "64"
     for entry in entries:
         if entry["category"] not in categories:
             categories.append(entry["category"])
@@ -118,7 +133,9 @@ def build_emoji(out: Path, cache: Path, sizes=(32, 64)) -> None:
             if variant.get("has_img_google", True):
                 items.append((variant["image"], entry["category"], entry["subcategory"], held_out))
                 captions[variant["image"]] = emoji_captions(entry, keywords, skin_key)
-    source = package / "img" / "google" / "64"
+                if skin_key is None and (source / variant["image"]).exists():  # skin tones: the tone captions
+                    extra = colour_caption(entry, colour_name(np.asarray(open_image(source / variant["image"]))))
+                    captions[variant["image"]] += [extra] if extra and extra not in captions[variant["image"]] else []
     splits = [(f"{size}", size, None) for size in sizes] + [("64-train", 64, False), ("64-holdout", 64, True)]
     for folder_name, size, split in splits:
         folder = out / folder_name
