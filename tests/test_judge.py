@@ -16,7 +16,8 @@ from genlab.tools import eval as genlab_eval
 from genlab.tools.judge import (EmojiJudge, LabelledEmoji, augment, class_index, load_judge, merge_subcategories,
                                 save_judge, train_and_store)
 from genlab.tools.judge_metrics import balanced_weights, frechet_distance, knn_radii, precision_recall
-from genlab.tools.judge_report import Judge, JudgedSet, Row, category_bars, draw_per_category, gaussian_blur, ranking
+from genlab.tools.judge_report import (Judge, JudgedSet, Row, category_bars, draw_per_category, gaussian_blur, ranking,
+                                       real_floors)
 
 TINY = {"block_out_channels": (4, 8), "image_size": 16}
 SIDE = 16
@@ -280,6 +281,16 @@ def test_emoji_with_a_judge_prints_the_floors_beside_the_model(tiny_judge_dir, t
     assert "2 DDIM steps" in printed and "every category weighted equally" in printed
     assert "Per category: precision / recall within the category / category accuracy." in printed
     assert f"- {tiny_cond_ddpm_dir.name} samples, no mode collapse (recall within each category" in printed
+
+
+def test_a_model_smaller_than_the_judge_gets_the_floor_of_real_emoji_at_its_size(tiny_judge_dir, tiny_emoji_root):
+    """A 32 px model's samples are resized to the 64 px judge: real emoji at 32 px, resized alike, are its best."""
+    judge = Judge(tiny_judge_dir, tiny_emoji_root)
+    sets = real_floors(judge, 8, resolution=4)
+    assert [s.name for s in sets[3:]] == ["real train at 4 px, resized to 16 px"]
+    real, _, _, smaller = (judge.score(s) for s in sets)
+    assert smaller.count == real.count and smaller.frechet > real.frechet
+    assert len(real_floors(judge, 8, resolution=SIDE)) == len(real_floors(judge, 8)) == 3  # the judge's own size
 
 
 def test_calibrate_writes_its_table_into_the_judge_card(tiny_judge_dir, tiny_emoji_root, tiny_cond_ddpm_dir,

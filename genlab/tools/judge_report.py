@@ -133,16 +133,23 @@ def draw_per_category(categories: list[str], per_class: int, seed: int = 0) -> l
     return sorted(picked)
 
 
-def real_floors(judge: Judge, per_class: int) -> list[JudgedSet]:
-    """Real train emoji drawn per category, and the same emoji blurred and noised."""
+def real_floors(judge: Judge, per_class: int, resolution: int | None = None) -> list[JudgedSet]:
+    """Real train emoji drawn per category, and the same emoji blurred and noised; with `resolution` below the
+    judge's side, also the same emoji at that resolution, resized back as a model's samples of that size are:
+    the best such a model can score."""
     index = draw_per_category(judge.train.categories, per_class)
     images = judge.train.images(torch.tensor(index))
     categories = [judge.train.categories[i] for i in index]
-    return [judge.judge("real train (floor)", images, categories),
+    sets = [judge.judge("real train (floor)", images, categories),
             judge.judge(f"real train, Gaussian blur σ = {BLUR_SIGMA:g} px", gaussian_blur(images, BLUR_SIGMA),
                         categories),
             judge.judge(f"real train + Gaussian noise σ = {NOISE_SIGMA:g}", add_noise(images, NOISE_SIGMA),
                         categories)]
+    side = images.shape[-1]
+    if resolution is not None and resolution < side:
+        smaller = to_judge_size(to_judge_size(images.float(), resolution), side)  # (N, 3, side, side)
+        sets.append(judge.judge(f"real train at {resolution} px, resized to {side} px", smaller, categories))
+    return sets
 
 
 def sample_generator(model: str, per_class: int, out: Path, sampling: dict | None = None,
@@ -218,7 +225,7 @@ def ranking(rows: list[Row]) -> str:
     samples above every control, but not real above samples: precision rewards samples in the dense part of the
     real manifold, so a guided sampler, which trades diversity for typical samples, may score above real data on
     it (Kynkäänniemi et al. 2019, the truncation trick), while recall pays for it."""
-    real, model, controls = rows[0], rows[-1], rows[1:-1]
+    real, model, controls = rows[0], rows[-1], rows[1:3]  # real_floors' order: real, blurred, noised, ...
     ordered = {"FD": lambda r: -r.frechet, "recall": lambda r: r.recall, "category accuracy": lambda r: r.accuracy}
     verdicts = []
     for name, goodness in ordered.items():
@@ -235,7 +242,7 @@ def judge_report(judge_folder: Path, data: Path, model: str, out: Path, per_clas
     judge = Judge(judge_folder, data)
     side = judge.model.config.image_size
     samples, how = sample_generator(model, per_class, out, sampling, side)
-    sets = real_floors(judge, per_class)
+    sets = real_floors(judge, per_class, samples["side"])
     sets.append(judge.judge(f"{Path(model).name} samples", samples["images"], samples["categories"]))
     rows = [judge.score(s) for s in sets]
     resized = f"; {samples['side']} px samples resized to {side} px" if samples["side"] != side else ""
