@@ -157,7 +157,7 @@ def _text_encoder(folder: Path, device: torch.device):
     if info.get("missing_keys") or info.get("mismatched_keys"):
         raise ModelLoadError(f"the text encoder weights in {str(folder)!r} do not match its config: "
                              f"{', '.join(map(str, (info.get('missing_keys') or info.get('mismatched_keys'))[:8]))}")
-    model = model.eval().requires_grad_(False).to(device)  # fp16 files (sd-emoji's) run in fp32 on a CPU
+    model = model.eval().requires_grad_(False).to(device)  # built in fp32 (sd-emoji's file is fp16); fp16 on CUDA
     return TextEncoder(tokenizer, model.half() if device.type == "cuda" else model)
 
 

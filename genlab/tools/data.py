@@ -90,9 +90,11 @@ def words(text: str) -> str:
     return " ".join(re.sub(r"[_\-]+", " ", text).lower().split())
 
 
-def emoji_captions(entry: dict, keywords: dict[str, list[str]], skin_key: str | None = None) -> list[str]:
+def emoji_captions(entry: dict, keywords: dict[str, list[str]], skin_key: str | None = None,
+                   colour: str | None = None) -> list[str]:
     """Several captions of one emoji image: its name, short names, subcategory, and (from emojilib) its keywords;
-    a skin-tone variation adds its tones to each ("thumbs up, medium skin tone")."""
+    a skin-tone variation adds its tones to each ("thumbs up, medium skin tone"); an emoji without skin tones, its
+    drawing's `colour` (`colour_caption`)."""
     character = emoji_character(entry["unified"])
     found = keywords.get(character) or keywords.get(character.replace("\ufe0f", "")) or []
     captions = [words(entry["name"]), *(words(name) for name in entry.get("short_names", [])), words(entry["subcategory"])]
@@ -101,6 +103,8 @@ def emoji_captions(entry: dict, keywords: dict[str, list[str]], skin_key: str | 
     if skin_key:
         tones = ", ".join(f"{SKIN_TONES[code]} skin tone" for code in skin_key.upper().split("-") if code in SKIN_TONES)
         captions = [f"{caption}, {tones}" for caption in captions] if tones else captions
+    else:
+        captions.append(colour_caption(entry, colour))
     return list(dict.fromkeys(c for c in captions if c))
 
 
@@ -132,10 +136,9 @@ def build_emoji(out: Path, cache: Path, sizes=(32, 64)) -> None:
         for variant, skin_key in variants:
             if variant.get("has_img_google", True):
                 items.append((variant["image"], entry["category"], entry["subcategory"], held_out))
-                captions[variant["image"]] = emoji_captions(entry, keywords, skin_key)
-                if skin_key is None and (source / variant["image"]).exists():  # skin tones: the tone captions
-                    extra = colour_caption(entry, colour_name(np.asarray(open_image(source / variant["image"]))))
-                    captions[variant["image"]] += [extra] if extra and extra not in captions[variant["image"]] else []
+                path = source / variant["image"]
+                colour = colour_name(np.asarray(open_image(path))) if skin_key is None and path.exists() else None
+                captions[variant["image"]] = emoji_captions(entry, keywords, skin_key, colour)
     splits = [(f"{size}", size, None) for size in sizes] + [("64-train", 64, False), ("64-holdout", 64, True)]
     for folder_name, size, split in splits:
         folder = out / folder_name

@@ -147,7 +147,7 @@ def real_floors(judge: Judge, per_class: int, resolution: int | None = None) -> 
                         categories)]
     side = images.shape[-1]
     if resolution is not None and resolution < side:
-        smaller = to_judge_size(to_judge_size(images.float(), resolution), side)  # (N, 3, side, side)
+        smaller = to_judge_size(to_judge_size(images, resolution), side)  # (N, 3, side, side)
         sets.append(judge.judge(f"real train at {resolution} px, resized to {side} px", smaller, categories))
     return sets
 
