@@ -82,6 +82,7 @@ class SamplingSettings:
     order: str | None = None  # token priors: which masked tokens each step fixes
     batch: int = 1  # samples drawn at once
     guidance_scale: float = 1.0  # classifier-free guidance w (1: the conditional model alone)
+    autoguidance_scale: float = 1.0  # diffusion: autoguidance w_ag against the model's guide network (1: off)
     guidance_interval: tuple[float, float] | None = None  # diffusion: guide only where low < sigma_t <= high
     eta: float = 0.0  # DDIM's stochasticity (0: deterministic)
     temperature: float = 1.0  # token priors: divides the logits
@@ -103,6 +104,8 @@ class SamplingSettings:
         checked = {"seed": check_int(self.seed, "seed", 0, MAX_SEED),
                    "batch": check_int(self.batch, "batch", 1, MAX_BATCH),
                    "guidance_scale": check_number(self.guidance_scale, "guidance scale", 0.0, MAX_GUIDANCE),
+                   "autoguidance_scale": check_number(self.autoguidance_scale, "autoguidance scale", 1.0,
+                                                      MAX_GUIDANCE),
                    "eta": check_number(self.eta, "eta", 0.0, 1.0),
                    "temperature": check_number(self.temperature, "temperature", 0.0, MAX_TEMPERATURE, open_low=True),
                    "choice_temperature": check_choice_temperature(self.choice_temperature),

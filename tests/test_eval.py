@@ -335,8 +335,34 @@ def test_guidance_interval_samples_inside_it_only(tiny_cond_ddpm_dir, tiny_prior
     assert how == "4 DDIM steps (guidance where 0.5 < sigma <= 8)"
     expected = dm.sample(seed=1, steps=4, batch=2, class_label="b", guidance_scale=3.0, guidance_interval=(0.5, 8.0))
     assert torch.equal(sample(1, "b", 2)[0], expected.final_pixels)
-    with pytest.raises(SystemExit, match="--guidance-interval is for diffusion models"):
+    with pytest.raises(SystemExit, match="--guidance-interval and --autoguidance are for diffusion models"):
         eval_emoji.emoji_sampler(str(tiny_prior_dir), 4, None, guidance_interval=(0, 1))
+
+
+def test_autoguidance_samples_against_the_models_guide(tiny_cond_ddpm_dir, tiny_prior_dir, tmp_path):
+    import shutil
+
+    from conftest import build_unet
+
+    folder = shutil.copytree(tiny_cond_ddpm_dir, tmp_path / "guided")
+    build_unet(folder / "unet_guide", seed=7, num_class_embeds=3)
+    dm = genlab.load_diffusion(folder, device="cpu")
+    _, sample, how = eval_emoji.emoji_sampler(str(folder), 4, 3.0, autoguidance=2.0)
+    assert how == "4 DDIM steps, autoguidance 2 against unet_guide/"
+    expected = dm.sample(seed=1, steps=4, batch=2, class_label="b", guidance_scale=3.0, autoguidance_scale=2.0)
+    assert torch.equal(sample(1, "b", 2)[0], expected.final_pixels)
+    with pytest.raises(SystemExit, match=r"no guide network \(unet_guide/\), which autoguidance needs"):
+        eval_emoji.emoji_sampler(str(tiny_cond_ddpm_dir), 4, None, autoguidance=2.0)
+    with pytest.raises(SystemExit, match="autoguidance scale must be a number in"):
+        eval_emoji.emoji_sampler(str(folder), 4, None, autoguidance=0.5)
+    with pytest.raises(SystemExit, match="--guidance-interval and --autoguidance are for diffusion models"):
+        eval_emoji.emoji_sampler(str(tiny_prior_dir), 4, None, autoguidance=2.0)
+
+
+def test_autoguidance_is_for_emoji_and_sd(tiny_cond_ddpm_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        genlab_eval.main(["vq", "--model", str(tiny_cond_ddpm_dir), "--data", str(tmp_path), "--autoguidance", "2"])
+    assert "--autoguidance is for emoji and sd, not vq" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("kind, value, message", [

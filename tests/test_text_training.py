@@ -161,3 +161,91 @@ def test_bad_text_training_options_are_refused(capsys, argv, message):
     with pytest.raises(SystemExit):
         parse_args(argv + ["--data", "d", "--out", "o"])
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["ldm", "--vae", "v", "--colour-share", "0.3"], "--colour-share is for sd"),
+    (["sd", "--vae", "v", "--clip", "c", "--colour-share", "1.5"], "--colour-share must be in [0, 1], got 1.5"),
+    (["sd", "--vae", "v", "--clip", "c", "--colour-share", "-0.1"], "--colour-share must be in [0, 1]"),
+    (["ldm", "--vae", "v", "--autoguidance-scale", "2"], "--autoguidance-scale needs --guide"),
+    (["ldm", "--vae", "v", "--guide", "g", "--autoguidance-scale", "0.5"], "--autoguidance-scale must be at least 1"),
+    (["vqvae", "--guide", "g"], "--guide and --autoguidance-scale are for ddpm, ldm and sd"),
+    (["prior", "--vq", "q", "--autoguidance-scale", "2"], "--guide and --autoguidance-scale are for ddpm, ldm and sd"),
+])
+def test_bad_colour_and_guide_options_are_refused(capsys, argv, message):
+    from genlab.train.cli import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(argv + ["--data", "d", "--out", "o"])
+    assert message in capsys.readouterr().err
+
+
+def test_colour_draws_balance_colours_and_caption_each_row_with_its_colour(captioned_folder):
+    """Each drawn row is an image whose drawing shows the colour that one of its captions names, captioned by that
+    caption; every colour is drawn about equally often whatever its share of the data."""
+    from genlab.imaging.colour import colour_name
+    from genlab.train import common
+    from genlab.train.clip import read_captions
+    from genlab.train.sd import ColourDraws
+
+    data = common.ImageFolder(captioned_folder)
+    captions = read_captions(data)
+    captions[0] = captions[0] + ["blue disc"]  # a caption naming a colour the drawing does not show
+    bank = type("Bank", (), {})()  # CaptionBank's texts and ids, without a text encoder
+    bank.texts = [""] + sorted({c for group in captions for c in group})
+    bank.ids = [[bank.texts.index(c) for c in group] for group in captions]
+    draws = ColourDraws(data, bank)
+    assert draws.colours == ["red", "green", "blue"] and draws.describe() == "red 3, green 3, blue 3"
+    indices, ids = draws.draw(600, np.random.default_rng(0))
+    shown = [colour_name(data.images[i]) for i in indices]
+    for index, caption, colour in zip(indices, ids, shown):
+        assert colour in bank.texts[caption].replace(",", " ").split() and caption in bank.ids[index]
+    assert "blue disc" not in {bank.texts[caption] for caption in ids}  # image 0 is red
+    counts = [shown.count(colour) for colour in ("red", "green", "blue")]
+    assert min(counts) > 160, counts
+
+
+def test_sd_with_colour_share_and_a_guide_exports_both(captioned_folder, tiny_kl_ldm_dir, tmp_path):
+    """--colour-share trains (its rows in the card), and --guide ships an earlier export's UNet as unet_guide/ with
+    the default autoguidance scale in genlab.json; an export without --guide drops a guide left there."""
+    clip = tmp_path / "clip"
+    train_main(["clip", "--data", str(captioned_folder), "--out", str(clip), "--run-dir", str(tmp_path / "clip-run"),
+                *TINY_CLIP, "--steps", "1"])
+    base = ["sd", "--data", str(captioned_folder), *TINY_SD, "--vae", str(tiny_kl_ldm_dir / "vae"), "--clip", str(clip),
+            "--init", str(tiny_kl_ldm_dir)]
+    early = tmp_path / "early"
+    train_main(base + ["--out", str(early), "--run-dir", str(tmp_path / "early-run"), "--steps", "1"])
+    out = tmp_path / "sd"
+    argv = base + ["--out", str(out), "--run-dir", str(tmp_path / "run"), "--steps", "2", "--colour-share", "0.5",
+                   "--guide", str(early), "--autoguidance-scale", "2", "--export-fp16"]
+    train_main(argv)
+    assert (out / "unet_guide" / "config.json").is_file()
+    assert json.loads((out / "genlab.json").read_text())["default_autoguidance_scale"] == 2.0
+    card = (out / "README.md").read_text()
+    assert "colour-balanced" in card and "autoguidance scale 2" in card
+    dm = genlab.load_diffusion(out, device="cpu")
+    assert dm.has_guide and dm.default_autoguidance_scale == 2.0 and dm.guide.dtype == torch.float32
+    dm.sample(prompt="red circle", seed=0, steps=2, scheduler="dpm++")
+    genlab.loading.checkpoints.clear_cache()
+    train_main(base + ["--out", str(out), "--run-dir", str(tmp_path / "run2"), "--steps", "1"])
+    assert not (out / "unet_guide").exists() and "default_autoguidance_scale" not in (out / "genlab.json").read_text()
+    with pytest.raises(SystemExit, match="no UNet there"):
+        train_main(base + ["--out", str(out), "--run-dir", str(tmp_path / "run3"), "--steps", "1",
+                           "--guide", str(tmp_path / "nowhere")])
+
+
+def test_a_guide_of_another_task_is_refused_at_export(tiny_kl_ldm_dir, tmp_path):
+    from conftest import build_unet
+
+    from genlab.train.__main__ import main as train_main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for index in range(4):
+        Image.fromarray(np.full((16, 16, 3), 60 * index, np.uint8)).save(data / f"{index}.png")
+    other = build_unet(tmp_path / "pixel-unet")  # a 3-channel pixel UNet: not the 4-channel latent task
+    with pytest.raises(SystemExit, match="autoguidance needs a guide of the same sample space"):
+        train_main(["ldm", "--data", str(data), "--vae", str(tiny_kl_ldm_dir / "vae"), "--out", str(tmp_path / "o"),
+                    "--run-dir", str(tmp_path / "r"), "--channels", "8,16", "--attention", "0,0", "--crop", "16",
+                    "--norm-groups", "8", "--batch-size", "2", "--threads", "1", "--cpu", "--steps", "1",
+                    "--sample-every", "1000", "--guide", str(other)])

@@ -104,6 +104,28 @@ def test_the_guidance_slider_names_a_models_guidance_interval(tabs, tiny_cond_dd
     assert shown.info == "classifier-free, applied where 0.5 < σ_t ≤ 10 (this model's guidance interval)"
 
 
+def test_the_guidance_slider_names_a_models_autoguidance_and_the_work_cap_counts_its_guide(tabs, tiny_cond_ddpm_dir,
+                                                                                           tmp_path):
+    import json
+    import shutil
+
+    from conftest import build_unet
+    from genlab.ui.diffusion_requests import check_work
+
+    folder = shutil.copytree(tiny_cond_ddpm_dir, tmp_path / "guided")
+    build_unet(folder / "unet_guide", seed=7, num_class_embeds=3)
+    info = json.loads((folder / "genlab.json").read_text())
+    (folder / "genlab.json").write_text(json.dumps({**info, "default_autoguidance_scale": 2.0}))
+    model = genlab.load_diffusion(folder, device="cpu")
+    shown = tabs[0].conditioning.update(model)[tabs[0].conditioning.guidance]
+    assert shown.info == ("classifier-free: 1 is the conditional model alone; plus autoguidance 2 away from this "
+                          "model's less-trained copy (unet_guide/)")
+    plain = genlab.load_diffusion(tiny_cond_ddpm_dir, device="cpu")
+    side = (model.sample_size,) * 2
+    assert check_work(model, [(10, 2, True)], side) == 3 * check_work(plain, [(10, 2, False)], side)
+    assert check_work(model, [(10, 2, False)], side) == 2 * check_work(plain, [(10, 2, False)], side)
+
+
 def test_prior_handlers_take_a_request_and_refuse_bad_settings(tabs, tiny_prior_dir):
     section = tabs[1]
     label = str(tiny_prior_dir)

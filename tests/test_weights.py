@@ -185,3 +185,16 @@ def test_sd_emoji_draws_the_colour_it_is_told(prompt, colour):
     run = dm.sample(prompt=prompt, seed=0, steps=25, scheduler="dpm++", batch=4, record=False)
     named = [colour_name(np.asarray(image)) for image in run.images]
     assert named.count(colour) >= 3, named
+
+
+def test_ldm_emoji_autoguides_by_default_against_its_less_trained_copy():
+    """ldm-emoji samples at classifier-free guidance 1.5 plus autoguidance 3 away from unet_guide/, the same UNet
+    at 10,000 steps (its card measures both under the 64 px judge)."""
+    dm = genlab.load_diffusion(shipped("ldm-emoji"), device="cpu")
+    assert dm.has_guide and (dm.default_guidance_scale, dm.default_autoguidance_scale) == (1.5, 3.0)
+    assert dm.guide.config.block_out_channels == dm.unet.config.block_out_channels
+    assert not torch.equal(dm.guide.conv_in.weight, dm.unet.conv_in.weight)
+    run = dict(seed=0, steps=10, class_label="Animals & Nature", record=False)
+    default = dm.sample(**run).final_pixels
+    assert torch.equal(default, dm.sample(**run, autoguidance_scale=3.0).final_pixels)
+    assert (default - dm.sample(**run, autoguidance_scale=1.0).final_pixels).abs().mean() > 0.01

@@ -5,6 +5,12 @@ Reverse process: Ho et al. (arXiv:2006.11239, Algorithm 2), stepped by a diffuse
 Classifier-free guidance: Ho & Salimans (arXiv:2207.12598), eps = eps_uncond + w (eps_cond - eps_uncond);
   both branches run in one batch; with a guidance interval (Kynkäänniemi et al., arXiv:2404.07724) only at the
   steps whose noise level sigma_t = sqrt((1 - abar_t) / abar_t) lies in it, the conditional branch alone elsewhere.
+Autoguidance: Karras et al. (arXiv:2406.02507), guiding away from a weaker network of the same task (smaller or
+  less trained, the model's `unet_guide/`) on the same conditioning,
+      eps = eps_uncond + w (eps_cond - eps_uncond) + (w_ag - 1)(eps_cond - eps_guide),
+  which at w = 1 is their D_0 + w_ag (D_1 - D_0) (D_1 the model, D_0 the guide) and otherwise adds to
+  classifier-free guidance (both inside the guidance interval when there is one). diffusers' `guiders.AutoGuidance` builds its weak model by skipping
+  layers inside a modular pipeline; GenLab's loop takes a trained guide network instead, as the paper does.
 Inpainting by replacement: after every step the known region is re-imposed from q(x_{t-1} | x_0) and only
   the masked region keeps the model's sample (the conditioning step of RePaint, Lugmayr et al.,
   arXiv:2201.09865, eq. 8, without its resampling jumps).
@@ -57,26 +63,38 @@ def _step_kwargs(scheduler, eta: float, generator) -> dict:
 
 
 def _guided_output(unet, sample, timestep, unet_kwargs: dict, guidance_scale: float | None,
-                   placement: tuple[torch.device, torch.dtype]) -> torch.Tensor:
-    """The UNet's fp32 output at (sample, timestep); with a `guidance_scale` both branches in one batch, mixed.
-    `placement`: the UNet's (device, dtype), read once per run (diffusers walks every module to find them)."""
+                   placement: tuple[torch.device, torch.dtype]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(output, conditional output), the UNet's fp32 outputs at (sample, timestep); with a `guidance_scale` both
+    branches in one batch, mixed. `placement`: the UNet's (device, dtype), read once per run (diffusers walks every
+    module to find them)."""
     device, dtype = placement
     model_input = torch.cat([sample, sample]) if guidance_scale is not None else sample  # (2B or B, C, h, w)
     output = unet(model_input.to(dtype), timestep.to(device), **unet_kwargs).sample.float()
     if guidance_scale is None:
-        return output
+        return output, output
     conditional, unconditional = output.chunk(2)
-    return unconditional + guidance_scale * (conditional - unconditional)
+    return unconditional + guidance_scale * (conditional - unconditional), conditional
+
+
+def _autoguided(output: torch.Tensor, conditional: torch.Tensor, guide, sample, timestep, guide_kwargs: dict,
+                scale: float, placement: tuple[torch.device, torch.dtype]) -> torch.Tensor:
+    """output + (w_ag - 1)(eps_cond - eps_guide): the guide network's prediction on the conditional branch's input."""
+    device, dtype = placement
+    away = guide(sample.to(dtype), timestep.to(device), **guide_kwargs).sample.float().to(output.device)
+    return output + (scale - 1.0) * (conditional - away)
 
 
 def iterate_reverse(unet, scheduler, x_t: torch.Tensor, settings: SamplingSettings, *,
                     conditioning: Conditioning | None = None, generator: torch.Generator | None = None,
-                    known: KnownRegion | None = None, clip_x0: float | tuple | None = 1.0, enforce_clip: bool = False):
+                    known: KnownRegion | None = None, clip_x0: float | tuple | None = 1.0, enforce_clip: bool = False,
+                    guide=None):
     """Generator over `scheduler.timesteps` from x_t: yields (Step, next sample) after each step.
 
     `conditioning` gives the UNet's keyword arguments; with an unconditional branch and
     settings.guidance_scale != 1 both branches run in one batch (CFG), at the steps inside
     settings.guidance_interval when it is set (the conditional branch alone at the others); settings.eta goes to DDIM.
+    `guide` (a weaker UNet of the same sample space and conditioning) with settings.autoguidance_scale != 1 adds
+    autoguidance at the same steps, conditioned as the conditional branch (an unconditional run too).
     `known` re-imposes q(x_{t-1} | x_0) outside the mask after every step (inpainting). The recorded
     x0_hat is clipped to [-clip_x0, clip_x0] or per channel to clip_x0 = (lows, highs) (pixels: 1; latents:
     their training range, or None). With `enforce_clip` the scheduler steps with that clipped x0_hat too,
@@ -97,6 +115,11 @@ def iterate_reverse(unet, scheduler, x_t: torch.Tensor, settings: SamplingSettin
     # (2B or B) rows of conditioning; the B rows alone too where an interval leaves steps unguided
     modes = {guided, False} if settings.guidance_interval is not None else {guided}
     unet_kwargs = {both: kwargs(both) for both in modes}
+    autoguided = guide is not None and settings.autoguidance_scale != 1.0
+    if autoguided:
+        guide_placement = (guide.device, guide.dtype)
+        guide_kwargs = {k: (v.to(guide_placement[1]) if v.is_floating_point() else v)
+                        for k, v in (conditioning.batched(False, guide_placement[0]) if conditioning else {}).items()}
     sigmas = ((1 - alphas_cumprod) / alphas_cumprod).sqrt()  # (T,) noise level of each training timestep
     step_kwargs = _step_kwargs(scheduler, settings.eta, generator)
     timesteps = [int(t) for t in scheduler.timesteps]
@@ -104,9 +127,13 @@ def iterate_reverse(unet, scheduler, x_t: torch.Tensor, settings: SamplingSettin
         t = int(timestep)
         with torch.inference_mode():
             model_input = scheduler.scale_model_input(sample, timestep)
-            guides = guided and guides_at(settings, float(sigmas[t]))
-            output = _guided_output(unet, model_input, timestep, unet_kwargs[guides],
-                                    settings.guidance_scale if guides else None, placement)
+            inside = guides_at(settings, float(sigmas[t]))  # guidance acts at this noise level
+            guides = guided and inside
+            output, conditional = _guided_output(unet, model_input, timestep, unet_kwargs[guides],
+                                                 settings.guidance_scale if guides else None, placement)
+            if autoguided and inside:
+                output = _autoguided(output, conditional, guide, model_input, timestep, guide_kwargs,
+                                     settings.autoguidance_scale, guide_placement)
             pred_x0, pred_eps = predict_x0_and_eps(output, sample, t, alphas_cumprod, prediction_type)
             if clip_x0 is not None:
                 clipped = clip_range(pred_x0, clip_x0)

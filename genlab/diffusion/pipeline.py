@@ -106,6 +106,18 @@ class Frame:
         return noise_as_image(self.step.pred_eps)
 
 
+def check_guide(unet, guide) -> None:
+    """A guide network must denoise the same samples under the same conditioning: ValueError naming what differs."""
+    if type(guide) is not type(unet):
+        raise ValueError(f"the guide network (unet_guide/) is a {type(guide).__name__}, the model a "
+                         f"{type(unet).__name__}; autoguidance needs the same kind of UNet")
+    for key in ("in_channels", "out_channels", "sample_size", "num_class_embeds", "cross_attention_dim"):
+        mine, theirs = getattr(unet.config, key, None), getattr(guide.config, key, None)
+        if mine != theirs:
+            raise ValueError(f"the guide network (unet_guide/) has {key} {theirs}, the model {mine}; autoguidance "
+                             "needs a guide of the same sample space and conditioning")
+
+
 def noise_as_image(noise: torch.Tensor):
     """(B, 3, H, W) predicted noise, scaled per sample to [-1, 1], as one image (a grid for B > 1)."""
     return as_image(noise / noise.abs().amax(dim=(1, 2, 3), keepdim=True).clamp(min=1e-6))
@@ -175,12 +187,14 @@ class DiffusionModel(TextToImage, ConditionalModel):
     `codec`: `PixelCodec` (pixel models) or `LatentCodec` (latent models; `autoencoder` is then the
     loaded KL or VQ autoencoder). `text`: a `genlab.conditioning.text.TextEncoder` for text-conditioned UNets
     (`UNet2DConditionModel`), else None. `info`: the model's genlab.json (`genlab.loading.schema.ModelInfo`,
-    or its dict). Sizes given to the methods are in pixels.
+    or its dict). `guide`: a weaker UNet of the same sample space and conditioning (`unet_guide/`, smaller or less
+    trained) for autoguidance, or None. Sizes given to the methods are in pixels.
     """
 
     def __init__(self, unet, scheduler_config: dict, info: ModelInfo | dict | None = None, name: str = "diffusion",
-                 codec=None, autoencoder=None, text=None):
+                 codec=None, autoencoder=None, text=None, guide=None):
         self.unet, self.scheduler_config, self.name = unet, dict(scheduler_config), name
+        self.guide = guide
         self.codec = codec or PixelCodec(unet.config.in_channels)
         self.autoencoder, self.text = autoencoder, text
         info = ModelInfo.of(info)
@@ -194,6 +208,12 @@ class DiffusionModel(TextToImage, ConditionalModel):
         self.default_guidance_scale = (default_guidance if info.default_guidance_scale is None
                                        else info.default_guidance_scale)
         self.default_guidance_interval = info.default_guidance_interval  # None: guidance at every step
+        self.default_autoguidance_scale = info.default_autoguidance_scale or 1.0  # 1: no autoguidance
+        if guide is not None:
+            check_guide(unet, guide)
+        elif self.default_autoguidance_scale != 1.0:
+            raise ValueError(f"genlab.json sets default_autoguidance_scale {self.default_autoguidance_scale:g}, but "
+                             "the model has no guide network (unet_guide/)")
         self.latent_clip = self._latent_clip(info.clip_sample_range) if self.codec.is_latent else None
         self.alphas_cumprod = alphas_cumprod_of(self.scheduler("ddpm"))
         size = unet.config.sample_size
@@ -242,16 +262,28 @@ class DiffusionModel(TextToImage, ConditionalModel):
         return make_scheduler(self.scheduler_config, name)
 
     # ------------------------------------------------------------------ one run
+    @property
+    def has_guide(self) -> bool:
+        """Whether the model ships a guide network, so that autoguidance can run."""
+        return self.guide is not None
+
     def _settings(self, seed, steps, scheduler, batch=1, guidance_scale=None, eta=0.0,
-                  guidance_interval=None) -> SamplingSettings:
-        """The run's checked settings, the model's default guidance scale and interval where none is given."""
+                  guidance_interval=None, autoguidance_scale=None) -> SamplingSettings:
+        """The run's checked settings, the model's default guidance scale, interval and autoguidance scale where
+        none is given."""
         guidance = self.default_guidance_scale if guidance_scale is None else guidance_scale
         interval = self.default_guidance_interval if guidance_interval is None else guidance_interval
-        return SamplingSettings(seed=seed, steps=steps, scheduler=scheduler, batch=batch, guidance_scale=guidance,
-                                eta=eta, guidance_interval=interval)
+        auto = self.default_autoguidance_scale if autoguidance_scale is None else autoguidance_scale
+        settings = SamplingSettings(seed=seed, steps=steps, scheduler=scheduler, batch=batch, guidance_scale=guidance,
+                                    eta=eta, guidance_interval=interval, autoguidance_scale=auto)
+        if settings.autoguidance_scale != 1.0 and self.guide is None:
+            raise ValueError(f"{self.name} has no guide network (unet_guide/), which autoguidance needs; leave the "
+                             "autoguidance scale at 1")
+        return settings
 
     def _condition(self, settings: SamplingSettings, class_label, prompt, negative_prompt, notes: list[str]):
-        """(Conditioning or None, the settings to run with): an unconditional run has nothing to guide."""
+        """(Conditioning or None, the settings to run with): an unconditional run has no classifier-free guidance
+        (autoguidance, which needs no condition, stays)."""
         conditioning, unconditional = self._conditioning(settings.batch, class_label, prompt, negative_prompt, notes)
         if unconditional and settings.guidance_scale != 1.0:
             settings = dataclasses.replace(settings, guidance_scale=1.0)
@@ -284,7 +316,7 @@ class DiffusionModel(TextToImage, ConditionalModel):
         steps = iterate_reverse(self.unet, sampler, x_t, settings, conditioning=conditioning, known=known,
                                 generator=torch.Generator().manual_seed(settings.seed + 1),
                                 clip_x0=self.latent_clip if self.is_latent else 1.0,
-                                enforce_clip=self.latent_clip is not None)
+                                enforce_clip=self.latent_clip is not None, guide=self.guide)
         recorder = None
         if words is not None:
             recorder = AttentionRecorder(self.unet, len(words), words, tuple(x_t.shape[-2:]), self.codec.factor,
@@ -321,10 +353,11 @@ class DiffusionModel(TextToImage, ConditionalModel):
                       class_label=None, guidance_scale: float | None = None, eta: float = 0.0,
                       size: int | None = None, record: bool = True, prompt: str | None = None,
                       negative_prompt: str | None = None, attention_maps: bool = False,
-                      guidance_interval: tuple[float, float] | None = None):
+                      guidance_interval: tuple[float, float] | None = None, autoguidance_scale: float | None = None):
         """Like `sample`, as a generator: one Step per reverse step, then the DiffusionRun. The settings are
         checked now, before the first step."""
-        settings = self._settings(seed, steps, scheduler, batch, guidance_scale, eta, guidance_interval)
+        settings = self._settings(seed, steps, scheduler, batch, guidance_scale, eta, guidance_interval,
+                                  autoguidance_scale)
         size = self._check_size(size)
         run = DiffusionRun(Trajectory(), scheduler, settings.seed, [], codec=self.codec)
         conditioning, settings = self._condition(settings, class_label, prompt, negative_prompt, run.notes)
@@ -348,19 +381,23 @@ class DiffusionModel(TextToImage, ConditionalModel):
     def sample(self, seed: int = 0, steps: int = 50, scheduler: str = "ddim", batch: int = 1, class_label=None,
                guidance_scale: float | None = None, eta: float = 0.0, size: int | None = None, record: bool = True,
                prompt: str | None = None, negative_prompt: str | None = None,
-               attention_maps: bool = False, guidance_interval: tuple[float, float] | None = None) -> DiffusionRun:
+               attention_maps: bool = False, guidance_interval: tuple[float, float] | None = None,
+               autoguidance_scale: float | None = None) -> DiffusionRun:
         """Sample from pure noise; the same seed and settings give the same images.
 
         seed, steps (1..1000), scheduler ("ddpm", "ddim", "dpm++"), batch (1..16),
         class_label (name or index; None = unconditional), prompt / negative_prompt (text models),
         guidance_scale (classifier-free; None: the model's default), guidance_interval ((low, high): guide only
         at the steps whose noise level sigma_t = sqrt((1 - abar_t) / abar_t) is in (low, high]; None: the model's
-        default from genlab.json, else every step; (0, math.inf): every step), eta (DDIM), size (pixels),
+        default from genlab.json, else every step; (0, math.inf): every step), autoguidance_scale (w_ag >= 1 against
+        the model's guide network, `has_guide`, at the same steps; None: the model's default, 1: off), eta (DDIM),
+        size (pixels),
         attention_maps (text models: word-level cross-attention maps on `run.attention_maps` and on each
         Frame's `attention_maps`; the images are the same as without).
         """
         return last(self.sample_stream(seed, steps, scheduler, batch, class_label, guidance_scale, eta, size, record,
-                                       prompt, negative_prompt, attention_maps, guidance_interval))
+                                       prompt, negative_prompt, attention_maps, guidance_interval,
+                                       autoguidance_scale))
 
     # ------------------------------------------------------------------ denoise and inpaint
     def _prepare(self, image, max_side: int):

@@ -161,10 +161,14 @@ def _text_encoder(folder: Path, device: torch.device):
     return TextEncoder(tokenizer, model.half() if device.type == "cuda" else model)
 
 
+GUIDE_FOLDER = "unet_guide"  # a diffusion model's optional guide network for autoguidance, beside unet/
+
+
 def load_diffusion(source, subfolder: str | None = None, device=None, revision: str | None = None):
     """A `genlab.diffusion.pipeline.DiffusionModel`: a pixel `UNet2DModel` folder with its scheduler config, or a
     diffusers pipeline folder (unet/ over the latents of vae/ or vqvae/, scheduler/, and for Stable
-    Diffusion a `UNet2DConditionModel` with text_encoder/ + tokenizer/)."""
+    Diffusion a `UNet2DConditionModel` with text_encoder/ + tokenizer/). Either may hold unet_guide/, a weaker
+    UNet of the same kind for autoguidance (diffusers' pipelines do not read it)."""
     from diffusers import UNet2DConditionModel, UNet2DModel
 
     from ..diffusion.pipeline import DiffusionModel
@@ -191,10 +195,14 @@ def load_diffusion(source, subfolder: str | None = None, device=None, revision: 
             if codec is None:
                 raise ModelLoadError(f"{str(folder)!r}: a text-conditioned UNet needs a pipeline folder with vae/")
             text = _text_encoder(folder, device)
-        unet = place(load_diffusers_model(UNet2DConditionModel if text else UNet2DModel, unet_folder), device)
+        unet_class = UNet2DConditionModel if text else UNet2DModel
+        unet = place(load_diffusers_model(unet_class, unet_folder), device)
+        guide = None
+        if (folder / GUIDE_FOLDER).is_dir():  # autoguidance's weaker network (genlab.diffusion.loop)
+            guide = place(load_diffusers_model(unet_class, folder / GUIDE_FOLDER), device)
         try:
             return DiffusionModel(unet, scheduler_config, info, name=info.title or name, codec=codec,
-                                  autoencoder=autoencoder, text=text)
+                                  autoencoder=autoencoder, text=text, guide=guide)
         except ValueError as error:
             raise ModelLoadError(f"{str(folder)!r}: {error}") from None
 

@@ -87,6 +87,7 @@ class ModelInfo:
     null_class: int | None = None  # the label of the unconditional branch (default: len(classes))
     default_guidance_scale: float | None = None  # classifier-free guidance the app starts at
     default_guidance_interval: tuple | None = None  # diffusion: guide only where low < sigma_t <= high
+    default_autoguidance_scale: float | None = None  # diffusion: autoguidance against unet_guide/ (1: off)
     default_choice_temperature: float | None = None  # a token prior's confidence-order Gumbel noise
     clip_sample_range: float | tuple | None = None  # a latent model's x̂0 range: ±number or per-channel pairs
     tile: int | None = None  # the crop (pixels) an autoencoder was trained on: larger inputs run in tiles
@@ -162,6 +163,7 @@ CHECKS = {
     "kind": _check_kind, "title": _check_title, "classes": _check_classes, "null_class": _check_null_class,
     "default_guidance_scale": _number_in("default_guidance_scale", 0.0, MAX_GUIDANCE),
     "default_guidance_interval": _check_guidance_interval,
+    "default_autoguidance_scale": _number_in("default_autoguidance_scale", 1.0, MAX_GUIDANCE),
     "default_choice_temperature": _number_in("default_choice_temperature", 0.0, MAX_CHOICE_TEMPERATURE),
     "clip_sample_range": _check_clip_range, "tile": _positive_int("tile"), "grid": _positive_int("grid"),
     "background": _check_background, "latent_statistics": _check_latent_statistics,

@@ -21,7 +21,7 @@ Rows, all on one device (CUDA when available, else CPU; `--device` overrides) an
                               (queue/join, the event stream, then GET of the frame's images), from
                               submit to the first frame on screen (each job is then cancelled);
                               for ddpm-emoji and for the latent ldm-emoji
-  latent vs pixel step        ldm-emoji's DDIM 50 loop (batch 1, unconditional, decode included)
+  latent vs pixel step        ldm-emoji's DDIM 50 loop (batch 1, unconditional, no autoguidance, decode included)
                               against the same loop on a `UNet2DModel` of the same config (blocks,
                               layers, attention) built at 64 px with 3 channels and random weights;
                               repeats interleaved, medians; target: the latent run, decode included,

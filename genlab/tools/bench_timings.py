@@ -105,9 +105,9 @@ def sampling_loop(dm, device: torch.device, repeats: int) -> dict:
     pipe.set_progress_bar_config(disable=True)
     results = {}
 
-    def genlab_run():
+    def genlab_run():  # one UNet call a step, as the pipeline (no autoguidance's guide network)
         results["genlab"] = dm.sample(seed=seed, steps=SAMPLE_STEPS, scheduler="ddim", batch=1,
-                                      class_label=None, record=True)
+                                      class_label=None, record=True, autoguidance_scale=1.0)
 
     def pipeline_run():
         results["pipeline"] = pipe(batch_size=1, generator=torch.Generator("cpu").manual_seed(seed),
@@ -138,11 +138,12 @@ def latent_vs_pixel(dm, device: torch.device, repeats: int) -> dict:
     pixel_unet = models.place(UNet2DModel.from_config(config).eval().requires_grad_(False), device)
     pixel = DiffusionModel(pixel_unet, dm.scheduler_config, {"classes": dm.classes, "null_class": dm.null_class})
 
-    def sample_and_decode(model):
+    def sample_and_decode(model):  # one UNet call a step in both spaces (no autoguidance's guide network)
         return model.sample(seed=0, steps=SAMPLE_STEPS, scheduler="ddim", batch=1, class_label=None,
-                            record=False).final_pixels
+                            record=False, autoguidance_scale=1.0).final_pixels
 
-    final = dm.sample(seed=0, steps=SAMPLE_STEPS, scheduler="ddim", batch=1, record=False).trajectory.final
+    final = dm.sample(seed=0, steps=SAMPLE_STEPS, scheduler="ddim", batch=1, record=False,
+                      autoguidance_scale=1.0).trajectory.final
     sample_and_decode(pixel), dm.codec.decode(final)  # warm-up
     latent_s, pixel_s, decode_s = [], [], []
     for _ in range(repeats):  # interleaved, so a change in machine load hits all alike

@@ -208,6 +208,9 @@ def main(argv=None) -> None:
                         help="emoji (diffusion) and sd: guide only at noise levels LOW < sigma <= HIGH "
                         "(Kynkäänniemi et al. 2024; HIGH may be inf; default: the model's genlab.json, else "
                         "every step)")
+    parser.add_argument("--autoguidance", type=float, default=None, metavar="W_AG",
+                        help="emoji (diffusion) and sd: autoguidance scale against the model's unet_guide/ (Karras "
+                        "et al. 2024; 1: off; default: the model's genlab.json, else 1)")
     parser.add_argument("--per-class", type=int, default=None,
                         help="emoji: samples per category (default 16; with a judge 54); sd: quality samples per "
                         "category (default 54)")
@@ -239,6 +242,8 @@ def main(argv=None) -> None:
         parser.error(f"--positions is for prior, without --unconditional, and at least 1 (got {args.positions})")
     if args.guidance_interval is not None and args.kind not in ("emoji", "sd"):
         parser.error(f"--guidance-interval is for emoji and sd, not {args.kind}")
+    if args.autoguidance is not None and args.kind not in ("emoji", "sd"):
+        parser.error(f"--autoguidance is for emoji and sd, not {args.kind}")
     if args.refine and args.kind != "emoji":
         parser.error("--refine is for emoji (samples of a token prior)")
     if not 0 <= args.refine <= MAX_REFINE:
@@ -261,7 +266,7 @@ def main(argv=None) -> None:
     elif args.kind == "sd":
         text = eval_sd(args.judge, args.data, args.model, args.out, steps=args.steps, guidance=args.guidance,
                        words=args.words, per_class=args.per_class, seeds=args.seeds,
-                       guidance_interval=args.guidance_interval)
+                       guidance_interval=args.guidance_interval, autoguidance=args.autoguidance)
     elif args.kind == "prior" and args.positions:
         text = estimate_prior(args.model, args.data, args.limit, args.positions)
     elif args.kind == "prior":
@@ -270,12 +275,13 @@ def main(argv=None) -> None:
         from .judge_report import judge_report
 
         sampling = {"steps": args.steps, "guidance": args.guidance, "refine": args.refine,
-                    "choice_temperature": args.choice_temperature, "guidance_interval": args.guidance_interval}
+                    "choice_temperature": args.choice_temperature, "guidance_interval": args.guidance_interval,
+                    "autoguidance": args.autoguidance}
         text = judge_report(args.judge, args.data, args.model, args.out, args.per_class, sampling)[0]
     else:
         text = eval_emoji(args.model, args.data, args.out, per_class=args.per_class, steps=args.steps,
                           guidance=args.guidance, refine=args.refine, choice_temperature=args.choice_temperature,
-                          guidance_interval=args.guidance_interval)
+                          guidance_interval=args.guidance_interval, autoguidance=args.autoguidance)
     print(text)
     print(f"\n({time.perf_counter() - start:.0f} s)")
     if args.card:

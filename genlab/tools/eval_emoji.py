@@ -121,14 +121,16 @@ def to_size(images: torch.Tensor, side: int) -> torch.Tensor:
 
 
 def emoji_sampler(model: str, steps: int | None, guidance: float | None, refine: int = 0,
-                  choice_temperature: float | None = None, guidance_interval: tuple[float, float] | None = None):
+                  choice_temperature: float | None = None, guidance_interval: tuple[float, float] | None = None,
+                  autoguidance: float | None = None):
     """(model, sample, how it samples): `sample(seed, class_name, batch)` -> ((B, 3, H, W) in [-1, 1], PIL
-    images) from a diffusion model (DDIM; guidance in `guidance_interval` of noise levels, default the model's
-    own) or a token prior (MaskGIT, confidence order at `choice_temperature`, default the prior's own, then
+    images) from a diffusion model (DDIM; guidance in `guidance_interval` of noise levels and autoguidance at
+    `autoguidance`, default the model's own) or a token prior (MaskGIT, confidence order at `choice_temperature`, default the prior's own, then
     `refine` rounds)."""
     if is_token_prior(model):
-        if guidance_interval is not None:
-            raise SystemExit("--guidance-interval is for diffusion models (noise levels); a token prior has none")
+        if guidance_interval is not None or autoguidance is not None:
+            raise SystemExit("--guidance-interval and --autoguidance are for diffusion models; a token prior has "
+                             "neither")
         prior = load_prior(model, device="cpu")
         steps = steps or PRIOR_STEPS
         choice = prior.default_choice_temperature if choice_temperature is None else choice_temperature
@@ -144,26 +146,35 @@ def emoji_sampler(model: str, steps: int | None, guidance: float | None, refine:
         raise SystemExit("--refine and --choice-temperature are for token priors (MaskGIT's unmasking)")
     dm = load_diffusion(model, device="cpu")
     steps = steps or DIFFUSION_STEPS
+    try:  # a bad value or a missing guide fails before any sampling
+        dm._settings(0, steps, "ddim", guidance_scale=guidance, guidance_interval=guidance_interval,
+                     autoguidance_scale=autoguidance)
+    except ValueError as error:
+        raise SystemExit(f"{model}: {error}") from None
 
     def sample(seed: int, class_name: str, batch: int):
         run = dm.sample(seed=seed, steps=steps, scheduler="ddim", batch=batch, class_label=class_name,
-                        guidance_scale=guidance, guidance_interval=guidance_interval, record=False)
+                        guidance_scale=guidance, guidance_interval=guidance_interval,
+                        autoguidance_scale=autoguidance, record=False)
         return run.final_pixels, run.images
 
     interval = guidance_interval or dm.default_guidance_interval
     where = f" (guidance where {interval[0]:g} < sigma <= {interval[1]:g})" if interval else ""
+    auto = dm.default_autoguidance_scale if autoguidance is None else autoguidance
+    where += f", autoguidance {auto:g} against unet_guide/" if auto != 1.0 else ""
     return dm, sample, f"{steps} DDIM steps{where}"
 
 
 
 def eval_emoji(model: str, data: Path, out: Path, per_class: int = 16, steps: int | None = None,
                guidance: float | None = None, refine: int = 0, choice_temperature: float | None = None,
-               guidance_interval: tuple[float, float] | None = None) -> str:
+               guidance_interval: tuple[float, float] | None = None, autoguidance: float | None = None) -> str:
     """Samples per category of a class-conditional diffusion model or token prior, judged against `data`.
     `steps` defaults to 50 DDIM steps (diffusion) or 12 MaskGIT steps (token prior)."""
     from ..train.common import ImageFolder
 
-    generator, sample, how = emoji_sampler(model, steps, guidance, refine, choice_temperature, guidance_interval)
+    generator, sample, how = emoji_sampler(model, steps, guidance, refine, choice_temperature, guidance_interval,
+                                           autoguidance)
     classes = generator.classes
     real = ImageFolder(data)
     real_images = torch.stack([pil_to_tensor(Image.fromarray(a))[0] for a in real.images])

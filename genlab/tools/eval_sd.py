@@ -97,13 +97,14 @@ def require_text_model(dm) -> None:
 
 
 def sample_prompts(dm, prompts: list[str], seeds: list[int], steps: int, guidance: float | None,
-                   batch: int = MAX_BATCH, guidance_interval: tuple[float, float] | None = None) -> torch.Tensor:
+                   batch: int = MAX_BATCH, guidance_interval: tuple[float, float] | None = None,
+                   autoguidance: float | None = None) -> torch.Tensor:
     """(N, 3, H, W) in [-1, 1]: sample i under prompts[i] from `dm.initial_noise(seeds[i])`, `batch` at a time.
 
     The batch mixes prompts, which `DiffusionModel.sample` (one prompt a run) cannot; it runs the same loop with
     the same start, conditioning (the prompt; the empty prompt for guidance) and clipping, so sample i is the image
     `dm.sample(prompt=prompts[i], seed=seeds[i], steps=steps, scheduler="dpm++", guidance_scale=guidance,
-    guidance_interval=guidance_interval)` gives (None: the model's default interval)."""
+    guidance_interval=guidance_interval, autoguidance_scale=autoguidance)` gives (None: the model's defaults)."""
     require_text_model(dm)
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
@@ -111,7 +112,8 @@ def sample_prompts(dm, prompts: list[str], seeds: list[int], steps: int, guidanc
     for start in range(0, len(prompts), batch):
         chunk_prompts, chunk_seeds = prompts[start:start + batch], seeds[start:start + batch]
         settings = dm._settings(chunk_seeds[0], steps, SCHEDULER, len(chunk_prompts), guidance,
-                                guidance_interval=guidance_interval)  # the model's defaults where None
+                                guidance_interval=guidance_interval,
+                                autoguidance_scale=autoguidance)  # the model's defaults where None
         cond, _ = dm.text.encode(list(chunk_prompts))
         uncond, _ = dm.text.encode([""] * len(chunk_prompts))
         noise = torch.cat([dm.initial_noise(seed=seed) for seed in chunk_seeds])  # (B, C, h, w)
@@ -120,7 +122,7 @@ def sample_prompts(dm, prompts: list[str], seeds: list[int], steps: int, guidanc
         steps_run = iterate_reverse(dm.unet, sampler, noise * sampler.init_noise_sigma, settings,
                                     conditioning=Conditioning(cond, uncond),
                                     clip_x0=dm.latent_clip if dm.is_latent else 1.0,
-                                    enforce_clip=dm.latent_clip is not None)
+                                    enforce_clip=dm.latent_clip is not None, guide=dm.guide)
         final = last(sample for _, sample in steps_run)  # (B, C, h, w) x_0 in the sample space
         chunks.append(dm.codec.decode(final.float().cpu()).clamp(-1, 1))
     return torch.cat(chunks)
@@ -390,10 +392,15 @@ def save_category_grid(samples: SampleSet, categories: list[str], path: Path, pe
 
 def eval_sd(judge_folder: Path, data: Path, model: str, out: Path, steps: int = DEFAULT_STEPS,
             guidance: float | None = None, words: int = WORD_SAMPLES, per_class: int = PER_CATEGORY,
-            seeds: int = COLOUR_SEEDS, guidance_interval: tuple[float, float] | None = None) -> str:
+            seeds: int = COLOUR_SEEDS, guidance_interval: tuple[float, float] | None = None,
+            autoguidance: float | None = None) -> str:
     """The four sections as markdown; sample grids under `out`."""
     dm = load_diffusion(model, device="cpu")
     require_text_model(dm)
+    try:  # a bad value or a missing guide fails before any sampling
+        dm._settings(0, steps, SCHEDULER, guidance_scale=guidance, autoguidance_scale=autoguidance)
+    except ValueError as error:
+        raise SystemExit(f"{model}: {error}") from None
     guidance = dm.default_guidance_scale if guidance is None else guidance
     interval = dm.default_guidance_interval if guidance_interval is None else guidance_interval
     judge = Judge(judge_folder, data)
@@ -405,7 +412,7 @@ def eval_sd(judge_folder: Path, data: Path, model: str, out: Path, steps: int = 
     def draw(samples: SampleSet) -> SampleSet:
         start, cpu = time.perf_counter(), time.process_time()
         samples.pixels = sample_prompts(dm, samples.prompts, samples.seeds, steps, guidance,
-                                        guidance_interval=interval)
+                                        guidance_interval=interval, autoguidance=autoguidance)
         timings.append((len(samples.prompts), time.perf_counter() - start, time.process_time() - cpu))
         return samples
 
@@ -422,6 +429,8 @@ def eval_sd(judge_folder: Path, data: Path, model: str, out: Path, steps: int = 
     copy_sets = {"samples, held-out names": word_set, **({"samples, training names": train_set} if train_set else {})}
     sampled, seconds, cpu = (sum(values) for values in zip(*timings))
     guided_at = f" where {interval[0]:g} < sigma <= {interval[1]:g}" if interval else ""
+    auto = dm.default_autoguidance_scale if autoguidance is None else autoguidance
+    guided_at += f", autoguidance {auto:g} against unet_guide/" if auto != 1.0 else ""
     how = (f"{Path(model).name}: {steps} DPM-Solver++ steps, guidance {guidance:g}{guided_at}, negative prompt empty; "
            f"{sampled} samples in {seconds:.0f} s ({1000 * seconds / max(sampled, 1):.0f} ms each; CPU time "
            f"{cpu:.0f} s: wall time grows where other jobs share the CPU), batches of {MAX_BATCH}, on "

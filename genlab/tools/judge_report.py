@@ -162,7 +162,7 @@ def sample_generator(model: str, per_class: int, out: Path, sampling: dict | Non
     sampling = sampling or {}
     generator, sample, how = emoji_sampler(model, sampling.get("steps"), sampling.get("guidance"),
                                            sampling.get("refine", 0), sampling.get("choice_temperature"),
-                                           sampling.get("guidance_interval"))
+                                           sampling.get("guidance_interval"), sampling.get("autoguidance"))
     start = time.perf_counter()
     pixels, categories, rows = [], [], []
     for index, name in enumerate(generator.classes):

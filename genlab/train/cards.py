@@ -105,6 +105,16 @@ def write_vae_card(config, model, state: RunState) -> None:
                      "`samples.png`: top row training images, bottom row decodes of their posterior means.\n\n")
 
 
+def guide_text(config) -> str:
+    """The card's sentence on the autoguidance network shipped with --guide (empty without one)."""
+    if getattr(config, "guide", None) is None:
+        return ""
+    scale = (f", sampled by default at autoguidance scale {config.autoguidance_scale:g}"
+             if config.autoguidance_scale != 1.0 else " (autoguidance off by default)")
+    return (f" `unet_guide/` is the UNet of `{config.guide}`, the weaker network that autoguidance (Karras et al. "
+            f"2024, arXiv:2406.02507) guides away from{scale}.")
+
+
 def write_diffusion_card(config, unet, classes: list[str], state: RunState, vae=None, vae_source=None) -> None:
     """A pixel DDPM's or a latent diffusion pipeline's card (`config`: a DiffusionConfig; `vae`: the frozen
     autoencoder, from `vae_source`)."""
@@ -119,7 +129,8 @@ def write_diffusion_card(config, unet, classes: list[str], state: RunState, vae=
              "denoising happens; the rest uniformly. " if config.t_focus_share else "")
     summary = (f"A noise-prediction DDPM (diffusers `UNet2DModel`, {millions(unet)} parameters, {space}, fully "
                f"convolutional) with a {config.beta_schedule} beta schedule over 1000 steps. {conditional}{focus}"
-               f"Min-SNR-gamma weighting: {config.min_snr_gamma or 'off'}. Exported weights are the EMA weights.")
+               f"Min-SNR-gamma weighting: {config.min_snr_gamma or 'off'}. Exported weights are the EMA weights."
+               f"{guide_text(config)}")
     data = (f"`{config.data}`, random {config.crop}x{config.crop} crops, batch {config.batch_size}, "
             f"{config.lr_text()}{class_sampling(config, classes)}.")
     autoencoder = first_stage_section(config.out, "vae", "The autoencoder") if vae is not None else ""

@@ -94,6 +94,9 @@ def _add_vq_options(parser: argparse.ArgumentParser) -> None:
     add("--vae", type=Path, help="ldm, sd: the trained AutoencoderKL folder (kept frozen)")
     # text to image: the CLIP (clip) and the text-conditional UNet (sd)
     add("--clip", type=Path, help="sd: the trained CLIP folder (genlab.train.clip) whose text encoder conditions the UNet")
+    add("--colour-share", type=float,
+        help="sd: share of each batch drawn colour-balanced: a colour at random, an image whose drawing shows it "
+        "(genlab.imaging.colour) and one of its captions that names it (default 0: every image as --class-power draws)")
     add("--vocab-size", type=int, help="clip: the tokenizer's vocabulary (byte symbols, merges, specials)")
     add("--max-tokens", type=int, help="clip: the text encoder's positions (prompts are cut there)")
     add("--patch-size", type=int, help="clip: the image tower's patch side in pixels")
@@ -145,6 +148,12 @@ def _add_diffusion_options(parser: argparse.ArgumentParser) -> None:
     add("--guidance-scale", type=float,
         help="classifier-free guidance for the sample grids, exported as the model's default")
     add("--ema-decay", type=float, help="upper bound of the warmed-up EMA decay")
+    add("--guide", type=Path,
+        help="ddpm, ldm, sd: a trained UNet of the same task (a folder with config.json, or a weights folder with "
+        "unet/), e.g. an earlier export of this run, shipped as the export's unet_guide/ for autoguidance "
+        "(Karras et al. 2024)")
+    add("--autoguidance-scale", type=float,
+        help="with --guide: the exported model's default autoguidance scale (1: off, the default)")
 
 
 def parse_args(argv=None) -> TrainConfig:
@@ -170,6 +179,9 @@ def refuse_other_kinds_options(parser: argparse.ArgumentParser, kind: str, given
             parser.error(NEEDS_BACKGROUND_MARGIN)
         if "background_margin" in given:
             parser.error("--background-margin is for vqvae and vqgan (the tokenizer)")
+    if kind not in ("ddpm", "ldm", "sd") and (given.get("guide") is not None
+                                             or given.get("autoguidance_scale") is not None):
+        parser.error("--guide and --autoguidance-scale are for ddpm, ldm and sd (diffusion UNets)")
     if kind == "prior":
         return
     scopes = {"backbone": "--backbone is for prior", "distill_from": "--distill-from is for prior",
@@ -179,6 +191,8 @@ def refuse_other_kinds_options(parser: argparse.ArgumentParser, kind: str, given
             parser.error(message)
     if given.get("shift_share"):
         parser.error("--shift-share is for prior (the tokens of moved images)")
+    if kind != "sd" and given.get("colour_share") is not None:
+        parser.error("--colour-share is for sd (captions that name a colour)")
 
 
 def prior_preset(parser: argparse.ArgumentParser, given: dict, preset: dict) -> dict:

@@ -70,6 +70,7 @@ COUNT = (lambda v: _is_int(v) and v >= 0, "an integer >= 0")
 POSITIVE = (lambda v: _is_number(v) and v > 0, "a number > 0")
 NON_NEGATIVE = (lambda v: _is_number(v) and v >= 0, "a number >= 0")
 SHARE = (lambda v: _is_number(v) and 0 <= v <= 1, "in [0, 1]")
+AT_LEAST_ONE = (lambda v: _is_number(v) and v >= 1, "at least 1")
 FRACTION = (lambda v: _is_number(v) and 0 <= v < 1, "in [0, 1)")
 PATH = (lambda v: isinstance(v, Path), "a path")
 FLAG = (lambda v: isinstance(v, bool), "True or False")
@@ -271,6 +272,8 @@ class DiffusionConfig(GenerativeConfig):
     t_focus_max: int = 0  # focus part of the timesteps on [0, this)
     t_focus_share: float = 0.0  # share of each batch drawn from the focus range
     vae: Path | None = None  # ldm: the trained AutoencoderKL folder (kept frozen)
+    guide: Path | None = None  # a trained UNet of the same task, shipped as unet_guide/ for autoguidance
+    autoguidance_scale: float = 1.0  # exported as the model's default autoguidance (needs guide; 1: off)
 
     KINDS = ("ddpm", "ldm")
     REQUIRED = TrainConfig.REQUIRED + ("channels", "layers_per_block", "crop", "beta_schedule")
@@ -278,10 +281,12 @@ class DiffusionConfig(GenerativeConfig):
     def rules(self) -> dict:
         return {**super().rules(), "crop": POSITIVE_INT, "sample_size": POSITIVE_INT,
                 "beta_schedule": one_of(BETA_SCHEDULES), "min_snr_gamma": NON_NEGATIVE, "t_focus_max": COUNT,
-                "t_focus_share": SHARE, "vae": PATH}
+                "t_focus_share": SHARE, "vae": PATH, "guide": PATH, "autoguidance_scale": AT_LEAST_ONE}
 
     def check(self) -> None:
         super().check()
+        if self.autoguidance_scale != 1.0 and self.guide is None:
+            raise ValueError("--autoguidance-scale needs --guide: the trained UNet that autoguidance guides away from")
         if self.kind == "ldm" and self.vae is None and not self.resume:
             raise ValueError("ldm needs --vae: the trained AutoencoderKL whose latents it models")
         if self.kind == "ddpm" and self.sample_size is None:
@@ -294,11 +299,12 @@ class TextDiffusionConfig(DiffusionConfig):
     a frozen CLIP text encoder's last hidden states; `label_dropout` is the caption dropout (empty prompt)."""
 
     clip: Path | None = None  # the trained CLIP folder (genlab.train.clip): text_encoder/ + tokenizer/
+    colour_share: float = 0.0  # share of each batch drawn colour-balanced (genlab.train.sd.ColourDraws)
 
     KINDS = ("sd",)
 
     def rules(self) -> dict:
-        return {**super().rules(), "clip": PATH}
+        return {**super().rules(), "clip": PATH, "colour_share": SHARE}
 
     def check(self) -> None:
         check_attention(self.channels, self.attention)

@@ -14,6 +14,7 @@ of `python -m genlab.train`: one loop; `export_ddpm` writes a pixel model's fold
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch
@@ -193,6 +194,30 @@ def save_ddpm_samples(unet: UNet2DModel, scheduler, classes: list[str], path: Pa
     common.save_grid(images, path, columns=4)
 
 
+def export_guide(config: DiffusionConfig, unet, out: Path) -> float | None:
+    """With --guide, its UNet as `out`/unet_guide/ (the loader's autoguidance network, checked to denoise the same
+    samples under the same conditioning as `unet`, fp16 with --export-fp16); the default autoguidance scale to
+    export (None: no guide)."""
+    from ..diffusion.pipeline import check_guide
+    from ..loading.loaders import GUIDE_FOLDER
+
+    if config.guide is None:
+        if (out / GUIDE_FOLDER).is_dir():  # a guide left by an earlier export would outlive its genlab.json entry
+            shutil.rmtree(out / GUIDE_FOLDER)
+        return None
+
+    source = config.guide / "unet" if (config.guide / "unet" / "config.json").is_file() else config.guide
+    if not (source / "config.json").is_file():
+        raise SystemExit(f"--guide {config.guide}: no UNet there (config.json, or unet/config.json)")
+    guide = type(unet).from_pretrained(source)
+    try:
+        check_guide(unet, guide)
+    except ValueError as error:
+        raise SystemExit(f"--guide {config.guide}: {error}") from None
+    common.save_network(guide, out / GUIDE_FOLDER, config.export_fp16)
+    return config.autoguidance_scale
+
+
 def export_ddpm(config: DiffusionConfig, unet: UNet2DModel, scheduler, classes: list[str], state: common.RunState,
                 vae: AutoencoderKL | None = None, vae_source: Path | None = None,
                 latent_range: float | None = None) -> None:
@@ -207,11 +232,13 @@ def export_ddpm(config: DiffusionConfig, unet: UNet2DModel, scheduler, classes: 
         scheduler.save_pretrained(config.out / "scheduler")
         latent.save_autoencoder(vae, vae_source, config.out / "vae", config.export_fp16)
         latent.write_pipeline_index(config.out)
+    autoguidance = export_guide(config, unet, config.out)
     write_model_info(config.out, ModelInfo(
         kind="diffusion", title=config.out.name,
         clip_sample_range=latent_range,  # sampling clips x0_hat to the training latents' range
         classes=tuple(classes), null_class=len(classes) if classes else None,
-        default_guidance_scale=config.guidance_scale if classes else None))
+        default_guidance_scale=config.guidance_scale if classes else None,
+        default_autoguidance_scale=autoguidance))
     state.save(config.out)
     save_ddpm_samples(unet, scheduler, classes, config.out / "samples.png", guidance_scale=config.guidance_scale,
                       vae=vae, latent_range=latent_range)

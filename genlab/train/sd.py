@@ -8,6 +8,9 @@
   text tower is frozen, so every caption is encoded once (`CaptionBank`).
 - Caption dropout (`label_dropout`, ~10%) trains on the empty prompt instead, the unconditional branch of
   classifier-free guidance (arXiv:2207.12598). w(t) is Min-SNR-gamma (arXiv:2303.09556), as for the other UNets.
+- `--colour-share` s: a share s of each batch is drawn colour-balanced (`ColourDraws`), class-balanced sampling over
+  the colour a drawing shows: rare colours (brown, black) are as common there as red, each row captioned by a
+  caption that names its colour.
 - `--init` may name a class-conditional latent model (`ldm-emoji`): its UNet2DModel's convolutions, resnets and
   time embedding are copied where the layout matches (`warm_start`), with the null class's embedding folded into
   the time embedding and every new cross-attention transformer starting as the identity (zero output projection),
@@ -31,8 +34,9 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel, UNet2D
 from tqdm.auto import tqdm
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from ..imaging.colour import COLOUR_WORDS, colour_name
 from ..loading.schema import ModelInfo, write_model_info
-from . import cards, common, latent
+from . import cards, common, ddpm, latent
 from .clip import read_captions
 from .config import TextDiffusionConfig
 from .ddpm import build_scheduler, latent_sampling, min_snr_weights, sample_timesteps
@@ -100,6 +104,34 @@ class CaptionBank:
         return self.states[chosen]
 
 
+class ColourDraws:
+    """Colour-balanced draws: a colour uniformly at random, then an image whose drawing shows it (`colour_name`, the
+    rule `eval sd` measures samples with) and has a caption naming it as a word ("large brown circle", "brown
+    hankey"), captioned by one of those. Images whose captions name another colour than they show ("black heart
+    suit" is red) are drawn with their true colour's captions or not at all."""
+
+    def __init__(self, data: common.ImageFolder, bank: CaptionBank):
+        self.pools: dict[str, list[tuple[int, list[int]]]] = {}  # colour -> [(image index, its caption ids naming it)]
+        for index, (image, ids) in enumerate(zip(data.images, bank.ids)):
+            colour = colour_name(image[..., :3])
+            naming = [i for i in ids if colour in bank.texts[i].replace(",", " ").split()] if colour else []
+            if naming:
+                self.pools.setdefault(colour, []).append((index, naming))
+        self.colours = [colour for colour in COLOUR_WORDS if colour in self.pools]
+
+    def draw(self, count: int, rng: np.random.Generator) -> tuple[list[int], list[int]]:
+        """(image indices, caption ids), `count` of each."""
+        drawn = []
+        for _ in range(count):
+            pool = self.pools[self.colours[rng.integers(len(self.colours))]]
+            index, ids = pool[rng.integers(len(pool))]
+            drawn.append((index, ids[rng.integers(len(ids))]))
+        return [index for index, _ in drawn], [caption for _, caption in drawn]
+
+    def describe(self) -> str:
+        return ", ".join(f"{colour} {len(self.pools[colour])}" for colour in self.colours)
+
+
 def load_parts(config: TextDiffusionConfig, checkpoint: Path, resuming: bool, device):
     """(vae, its source folder, tokenizer, text encoder, its source folder): from the checkpoint when resuming."""
     vae_source = checkpoint / "vae" if resuming else config.vae
@@ -162,6 +194,12 @@ def train_sd(config: TextDiffusionConfig, accelerator: Accelerator, data: common
     seed = config.seed + state.step + accelerator.process_index
     latents = latent.LatentBank(vae, data, config.batch_size, seed, class_power=config.class_power, mirrored=False)
     latent_range = round(latents.value_range(), 2)
+    colours = ColourDraws(data, bank) if config.colour_share > 0 else None
+    colour_rows = round(config.colour_share * config.batch_size)
+    if colours is not None:
+        if not colours.colours:
+            raise SystemExit(f"--colour-share: no image of {config.data} has a caption naming the colour it shows")
+        accelerator.print(f"colour-balanced rows per batch: {colour_rows} (images per colour: {colours.describe()})")
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
     timer = common.Timer(state.wall_seconds)
@@ -181,9 +219,14 @@ def train_sd(config: TextDiffusionConfig, accelerator: Accelerator, data: common
 
     while common.keep_training(state, timer, config):
         index, _ = latents.draw()  # no mirror images (the bank holds none): captions name directions ("facing right")
+        hidden = bank.draw(index.tolist(), config.label_dropout, rng)  # (B, L, D)
+        if colours is not None and colour_rows:
+            coloured, caption_ids = colours.draw(colour_rows, rng)
+            index[:colour_rows] = torch.tensor(coloured)
+            hidden[:colour_rows] = bank.states[caption_ids]
+        hidden = hidden.to(accelerator.device)
         mean, std = latents.mean[index, 0], latents.std[index, 0]
         clean = (latents.scaling_factor * (mean + std * torch.randn(mean.shape, generator=generator))).to(accelerator.device)
-        hidden = bank.draw(index.tolist(), config.label_dropout, rng).to(accelerator.device)
         timesteps = sample_timesteps(len(clean), scheduler.config.num_train_timesteps, config.t_focus_max,
                                      config.t_focus_share, generator).to(accelerator.device)
         with accelerator.autocast():
@@ -267,7 +310,9 @@ def export_sd(config: TextDiffusionConfig, unet: UNet2DConditionModel, scheduler
     write_sd_index(out)
     if not (out / "training_images").is_dir():  # written once: the training set does not change within a run
         write_training_index(data.images, data.names, out / "training_images")
-    write_model_info(out, ModelInfo(kind="diffusion", title=out.name, default_guidance_scale=config.guidance_scale))
+    autoguidance = ddpm.export_guide(config, unet, out)
+    write_model_info(out, ModelInfo(kind="diffusion", title=out.name, default_guidance_scale=config.guidance_scale,
+                                    default_autoguidance_scale=autoguidance))
     state.save(out)
     save_sd_samples(unet, scheduler, vae, tokenizer, text_encoder, out / "samples.png", config.guidance_scale)
     write_sd_card(config, unet, vae, vae_source, tokenizer, text_encoder, state, latent_range)
@@ -287,9 +332,12 @@ def write_sd_card(config: TextDiffusionConfig, unet, vae, vae_source, tokenizer,
         f"through its `tokenizer/` ({len(tokenizer)} byte-level BPE entries). A {config.beta_schedule} beta schedule "
         f"over 1000 steps, caption dropout {config.label_dropout} for classifier-free guidance (default guidance "
         f"{config.guidance_scale:g}); Min-SNR-gamma {config.min_snr_gamma or 'off'}. Exported weights are the EMA "
-        "weights. Loads with diffusers' `StableDiffusionPipeline.from_pretrained` as well as with GenLab.")
+        "weights. Loads with diffusers' `StableDiffusionPipeline.from_pretrained` as well as with GenLab."
+        + cards.guide_text(config))
+    colours = (f"; a share {config.colour_share:g} of each batch drawn colour-balanced (`--colour-share`)"
+               if config.colour_share else "")
     data = (f"`{config.data}` and its captions.json (a random caption per image and step), whole images, batch "
-            f"{config.batch_size}, {config.lr_text()}; the latents' training range is +-{latent_range}.")
+            f"{config.batch_size}, {config.lr_text()}{colours}; the latents' training range is +-{latent_range}.")
     extra = (f"`samples.png`: one sample for each of {len(SAMPLE_PROMPTS)} prompts ({'; '.join(SAMPLE_PROMPTS)}), "
              f"25 DPM-Solver++ steps, seed 0, guidance {config.guidance_scale:g}.\n\n"
              + cards.first_stage_section(config.out, "vae", "The autoencoder")

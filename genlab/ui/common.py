@@ -359,11 +359,16 @@ def whole(value, name: str) -> int:
 
 # ------------------------------------------------------------------------------ conditioning controls
 def guidance_info(model) -> str:
-    """What the guidance slider does for `model`: every step, or only inside its default guidance interval."""
+    """What the guidance slider does for `model`: every step, or only inside its default guidance interval; and the
+    autoguidance the model adds at its default scale."""
     interval = getattr(model, "default_guidance_interval", None)
+    auto = getattr(model, "default_autoguidance_scale", 1.0)
+    added = (f"; plus autoguidance {auto:g} away from this model's less-trained copy (unet_guide/)"
+             if auto != 1.0 else "")
     if interval is None:
-        return "classifier-free: 1 is the conditional model alone"
-    return f"classifier-free, applied where {interval[0]:g} < σ_t ≤ {interval[1]:g} (this model's guidance interval)"
+        return "classifier-free: 1 is the conditional model alone" + added
+    return (f"classifier-free, applied where {interval[0]:g} < σ_t ≤ {interval[1]:g} (this model's guidance "
+            f"interval){added}")
 
 
 @dataclasses.dataclass

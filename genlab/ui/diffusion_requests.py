@@ -12,7 +12,7 @@ from ..diffusion import DiffusionModel
 from ..imaging.io import InputError
 
 # One request's work: UNet evaluations x positions of the sample (latent or pixel), guidance counted
-# twice. ddpm-emoji at 1000 steps x batch 16 x guidance (32.8M) and every default pass; a 512^2 photo
+# twice (a model's default autoguidance once more: its guide network runs at every step too). ddpm-emoji at 1000 steps x batch 16 x guidance (32.8M) and every default pass; a 512^2 photo
 # denoised in 1000 steps (262M) does not.
 MAX_WORK = 40_000_000
 
@@ -22,7 +22,8 @@ def check_work(dm: DiffusionModel, runs: list[tuple[int, int, bool]], side: tupl
     (height, width). Returns the work units."""
     f = dm.codec.factor
     positions = -(-side[0] // f) * -(-side[1] // f)
-    work = sum(steps * batch * (2 if guided else 1) * positions for steps, batch, guided in runs)
+    guide = 1 if dm.default_autoguidance_scale != 1.0 else 0  # the app samples at the model's default autoguidance
+    work = sum(steps * batch * ((2 if guided else 1) + guide) * positions for steps, batch, guided in runs)
     if work > MAX_WORK:
         raise InputError(
             f"This request asks for {work / 1e6:.0f}M units of work (UNet calls x batch x sample positions, "
