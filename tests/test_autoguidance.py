@@ -80,7 +80,8 @@ def test_an_unconditional_run_keeps_autoguidance(guided_dir, monkeypatch):
     dm = genlab.load_diffusion(guided_dir, device="cpu")
     calls = []
     forward = dm.guide.forward
-    monkeypatch.setattr(dm.guide, "forward", lambda *a, **k: calls.append(k["class_labels"].tolist()) or forward(*a, **k))
+    monkeypatch.setattr(dm.guide, "forward",
+                        lambda *a, **k: calls.append(k["class_labels"].tolist()) or forward(*a, **k))
     unguided = dm.sample(seed=1, steps=3, guidance_scale=3.0).final_pixels
     assert not calls
     guided = dm.sample(seed=1, steps=3, guidance_scale=3.0, autoguidance_scale=2.0).final_pixels

@@ -9,8 +9,9 @@ Autoguidance: Karras et al. (arXiv:2406.02507), guiding away from a weaker netwo
   less trained, the model's `unet_guide/`) on the same conditioning,
       eps = eps_uncond + w (eps_cond - eps_uncond) + (w_ag - 1)(eps_cond - eps_guide),
   which at w = 1 is their D_0 + w_ag (D_1 - D_0) (D_1 the model, D_0 the guide) and otherwise adds to
-  classifier-free guidance (both inside the guidance interval when there is one). diffusers' `guiders.AutoGuidance` builds its weak model by skipping
-  layers inside a modular pipeline; GenLab's loop takes a trained guide network instead, as the paper does.
+  classifier-free guidance (both inside the guidance interval when there is one). diffusers' `guiders.AutoGuidance`
+  builds its weak model by skipping layers inside a modular pipeline; GenLab's loop takes a trained guide network
+  instead, as the paper does.
 Inpainting by replacement: after every step the known region is re-imposed from q(x_{t-1} | x_0) and only
   the masked region keeps the model's sample (the conditioning step of RePaint, Lugmayr et al.,
   arXiv:2201.09865, eq. 8, without its resampling jumps).

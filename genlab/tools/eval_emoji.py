@@ -125,8 +125,8 @@ def emoji_sampler(model: str, steps: int | None, guidance: float | None, refine:
                   autoguidance: float | None = None):
     """(model, sample, how it samples): `sample(seed, class_name, batch)` -> ((B, 3, H, W) in [-1, 1], PIL
     images) from a diffusion model (DDIM; guidance in `guidance_interval` of noise levels and autoguidance at
-    `autoguidance`, default the model's own) or a token prior (MaskGIT, confidence order at `choice_temperature`, default the prior's own, then
-    `refine` rounds)."""
+    `autoguidance`, default the model's own) or a token prior (MaskGIT, confidence order at `choice_temperature`,
+    default the prior's own, then `refine` rounds)."""
     if is_token_prior(model):
         if guidance_interval is not None or autoguidance is not None:
             raise SystemExit("--guidance-interval and --autoguidance are for diffusion models; a token prior has "

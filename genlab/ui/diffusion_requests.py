@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from ..diffusion import DiffusionModel
 from ..imaging.io import InputError
 
-# One request's work: UNet evaluations x positions of the sample (latent or pixel), guidance counted
-# twice (a model's default autoguidance once more: its guide network runs at every step too). ddpm-emoji at 1000 steps x batch 16 x guidance (32.8M) and every default pass; a 512^2 photo
-# denoised in 1000 steps (262M) does not.
+# One request's work: UNet evaluations x positions of the sample (latent or pixel), guidance counted twice (a
+# model's default autoguidance once more: its guide network runs at every step too). ddpm-emoji at 1000 steps x
+# batch 16 x guidance (32.8M) and every default pass; a 512^2 photo denoised in 1000 steps (262M) does not.
 MAX_WORK = 40_000_000
 
 
