@@ -109,9 +109,9 @@ def iterate_reverse(unet, scheduler, x_t: torch.Tensor, settings: SamplingSettin
     sample = x_t.to(device=placement[0], dtype=torch.float32)
     guided = conditioning is not None and conditioning.uncond is not None and settings.guidance_scale != 1.0
 
-    def kwargs(both: bool) -> dict:
-        batched = conditioning.batched(both, placement[0]) if conditioning is not None else {}
-        return {k: (v.to(placement[1]) if v.is_floating_point() else v) for k, v in batched.items()}
+    def kwargs(both: bool, where: tuple[torch.device, torch.dtype] = placement) -> dict:
+        batched = conditioning.batched(both, where[0]) if conditioning is not None else {}
+        return {k: (v.to(where[1]) if v.is_floating_point() else v) for k, v in batched.items()}
 
     # (2B or B) rows of conditioning; the B rows alone too where an interval leaves steps unguided
     modes = {guided, False} if settings.guidance_interval is not None else {guided}
@@ -119,8 +119,7 @@ def iterate_reverse(unet, scheduler, x_t: torch.Tensor, settings: SamplingSettin
     autoguided = guide is not None and settings.autoguidance_scale != 1.0
     if autoguided:
         guide_placement = (guide.device, guide.dtype)
-        guide_kwargs = {k: (v.to(guide_placement[1]) if v.is_floating_point() else v)
-                        for k, v in (conditioning.batched(False, guide_placement[0]) if conditioning else {}).items()}
+        guide_kwargs = kwargs(False, guide_placement)  # the conditional branch's B rows, on the guide's side
     sigmas = ((1 - alphas_cumprod) / alphas_cumprod).sqrt()  # (T,) noise level of each training timestep
     step_kwargs = _step_kwargs(scheduler, settings.eta, generator)
     timesteps = [int(t) for t in scheduler.timesteps]

@@ -120,6 +120,21 @@ def to_size(images: torch.Tensor, side: int) -> torch.Tensor:
 
 
 
+def checked_settings(dm, model: str, steps: int, scheduler: str, **sampling):
+    """The run settings `dm` resolves for these options (its defaults where None), checked before any sampling: a
+    bad value or autoguidance without a guide network exits with the model's name and the reason."""
+    try:
+        return dm._settings(0, steps, scheduler, **sampling)
+    except ValueError as error:
+        raise SystemExit(f"{model}: {error}") from None
+
+
+def autoguidance_note(settings) -> str:
+    """The report's words for a run's autoguidance (empty when off)."""
+    scale = settings.autoguidance_scale
+    return f", autoguidance {scale:g} against unet_guide/" if scale != 1.0 else ""
+
+
 def emoji_sampler(model: str, steps: int | None, guidance: float | None, refine: int = 0,
                   choice_temperature: float | None = None, guidance_interval: tuple[float, float] | None = None,
                   autoguidance: float | None = None):
@@ -146,11 +161,8 @@ def emoji_sampler(model: str, steps: int | None, guidance: float | None, refine:
         raise SystemExit("--refine and --choice-temperature are for token priors (MaskGIT's unmasking)")
     dm = load_diffusion(model, device="cpu")
     steps = steps or DIFFUSION_STEPS
-    try:  # a bad value or a missing guide fails before any sampling
-        dm._settings(0, steps, "ddim", guidance_scale=guidance, guidance_interval=guidance_interval,
-                     autoguidance_scale=autoguidance)
-    except ValueError as error:
-        raise SystemExit(f"{model}: {error}") from None
+    settings = checked_settings(dm, model, steps, "ddim", guidance_scale=guidance,
+                                guidance_interval=guidance_interval, autoguidance_scale=autoguidance)
 
     def sample(seed: int, class_name: str, batch: int):
         run = dm.sample(seed=seed, steps=steps, scheduler="ddim", batch=batch, class_label=class_name,
@@ -158,10 +170,9 @@ def emoji_sampler(model: str, steps: int | None, guidance: float | None, refine:
                         autoguidance_scale=autoguidance, record=False)
         return run.final_pixels, run.images
 
-    interval = guidance_interval or dm.default_guidance_interval
+    interval = settings.guidance_interval
     where = f" (guidance where {interval[0]:g} < sigma <= {interval[1]:g})" if interval else ""
-    auto = dm.default_autoguidance_scale if autoguidance is None else autoguidance
-    where += f", autoguidance {auto:g} against unet_guide/" if auto != 1.0 else ""
+    where += autoguidance_note(settings)
     return dm, sample, f"{steps} DDIM steps{where}"
 
 

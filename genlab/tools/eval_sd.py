@@ -51,6 +51,7 @@ from ..imaging.io import image_grid, open_image, tensor_to_pil, tensor_to_uint8
 from ..imaging.nearest import COPY_RATIO, TrainingIndex, write_training_index
 from ..loading.loaders import load_diffusion
 from ..sampling import MAX_BATCH, last
+from .eval_emoji import autoguidance_note, checked_settings
 from .judge import LabelledEmoji, category_probabilities, class_index, judge_outputs, to_judge_size
 from .judge_metrics import balanced_weights
 from .judge_report import Judge, Row, category_bars, format_rows, real_floors
@@ -397,12 +398,9 @@ def eval_sd(judge_folder: Path, data: Path, model: str, out: Path, steps: int = 
     """The four sections as markdown; sample grids under `out`."""
     dm = load_diffusion(model, device="cpu")
     require_text_model(dm)
-    try:  # a bad value or a missing guide fails before any sampling
-        dm._settings(0, steps, SCHEDULER, guidance_scale=guidance, autoguidance_scale=autoguidance)
-    except ValueError as error:
-        raise SystemExit(f"{model}: {error}") from None
-    guidance = dm.default_guidance_scale if guidance is None else guidance
-    interval = dm.default_guidance_interval if guidance_interval is None else guidance_interval
+    settings = checked_settings(dm, model, steps, SCHEDULER, guidance_scale=guidance,
+                                guidance_interval=guidance_interval, autoguidance_scale=autoguidance)
+    guidance, interval = settings.guidance_scale, settings.guidance_interval  # the model's defaults where None
     judge = Judge(judge_folder, data)
     train = NamedEmoji.load(Path(data) / "64-train", judge.train)
     holdout = NamedEmoji.load(Path(data) / "64-holdout")
@@ -429,8 +427,7 @@ def eval_sd(judge_folder: Path, data: Path, model: str, out: Path, steps: int = 
     copy_sets = {"samples, held-out names": word_set, **({"samples, training names": train_set} if train_set else {})}
     sampled, seconds, cpu = (sum(values) for values in zip(*timings))
     guided_at = f" where {interval[0]:g} < sigma <= {interval[1]:g}" if interval else ""
-    auto = dm.default_autoguidance_scale if autoguidance is None else autoguidance
-    guided_at += f", autoguidance {auto:g} against unet_guide/" if auto != 1.0 else ""
+    guided_at += autoguidance_note(settings)
     how = (f"{Path(model).name}: {steps} DPM-Solver++ steps, guidance {guidance:g}{guided_at}, negative prompt empty; "
            f"{sampled} samples in {seconds:.0f} s ({1000 * seconds / max(sampled, 1):.0f} ms each; CPU time "
            f"{cpu:.0f} s: wall time grows where other jobs share the CPU), batches of {MAX_BATCH}, on "

@@ -130,6 +130,7 @@ def train_ddpm(config: DiffusionConfig, accelerator: Accelerator, data: common.I
         vae = AutoencoderKL.from_pretrained(vae_source).to(accelerator.device)
         vae.requires_grad_(False)
     unet, ema_start, scheduler = load_unet(config, checkpoint, resuming, len(classes), vae)
+    guide = load_guide(config, unet)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=0.0)
     unet, optimizer, ema, schedule = common.prepare_ema_training(accelerator, unet, ema_start, optimizer, config, state,
                                                                  checkpoint, resuming)
@@ -154,7 +155,7 @@ def train_ddpm(config: DiffusionConfig, accelerator: Accelerator, data: common.I
             if vae is not None:
                 savers.append(lambda folder: latent.save_autoencoder(vae, vae_source, folder / "vae"))
             ema_model = common.save_ema_checkpoint(accelerator, unet, ema, optimizer, state, checkpoint, *savers)
-            export_ddpm(config, ema_model, scheduler, classes, state, vae, vae_source, latent_range)
+            export_ddpm(config, ema_model, scheduler, classes, state, vae, vae_source, latent_range, guide)
 
     while common.keep_training(state, timer, config):
         clean, labels = next(batches)
@@ -194,17 +195,13 @@ def save_ddpm_samples(unet: UNet2DModel, scheduler, classes: list[str], path: Pa
     common.save_grid(images, path, columns=4)
 
 
-def export_guide(config: DiffusionConfig, unet, out: Path) -> float | None:
-    """With --guide, its UNet as `out`/unet_guide/ (the loader's autoguidance network, checked to denoise the same
-    samples under the same conditioning as `unet`, fp16 with --export-fp16); the default autoguidance scale to
-    export (None: no guide)."""
-    from ..diffusion.pipeline import check_guide
-    from ..loading.loaders import GUIDE_FOLDER
-
+def load_guide(config: DiffusionConfig, unet):
+    """The UNet of --guide (a folder with config.json, or a weights folder with unet/), checked to denoise the same
+    samples under the same conditioning as `unet`; None without --guide. Read once, before the first step, so a
+    wrong guide stops the run before it trains."""
     if config.guide is None:
-        if (out / GUIDE_FOLDER).is_dir():  # a guide left by an earlier export would outlive its genlab.json entry
-            shutil.rmtree(out / GUIDE_FOLDER)
         return None
+    from ..diffusion.pipeline import check_guide
 
     source = config.guide / "unet" if (config.guide / "unet" / "config.json").is_file() else config.guide
     if not (source / "config.json").is_file():
@@ -214,13 +211,25 @@ def export_guide(config: DiffusionConfig, unet, out: Path) -> float | None:
         check_guide(unet, guide)
     except ValueError as error:
         raise SystemExit(f"--guide {config.guide}: {error}") from None
+    return guide
+
+
+def export_guide(config: DiffusionConfig, guide, out: Path) -> float | None:
+    """`guide` (from `load_guide`) as `out`/unet_guide/, the loader's autoguidance network (fp16 with
+    --export-fp16); the default autoguidance scale to export (None: no guide, and a stale unet_guide/ is removed)."""
+    from ..loading.loaders import GUIDE_FOLDER
+
+    if guide is None:
+        if (out / GUIDE_FOLDER).is_dir():  # a guide left by an earlier export would outlive its genlab.json entry
+            shutil.rmtree(out / GUIDE_FOLDER)
+        return None
     common.save_network(guide, out / GUIDE_FOLDER, config.export_fp16)
     return config.autoguidance_scale
 
 
 def export_ddpm(config: DiffusionConfig, unet: UNet2DModel, scheduler, classes: list[str], state: common.RunState,
                 vae: AutoencoderKL | None = None, vae_source: Path | None = None,
-                latent_range: float | None = None) -> None:
+                latent_range: float | None = None, guide: UNet2DModel | None = None) -> None:
     """A pixel model: one folder. A latent model: diffusers' pipeline layout, unet/ + vae/ (from `vae_source`) +
     scheduler/ + model_index.json, with genlab.json and the model card at its root."""
     config.out.mkdir(parents=True, exist_ok=True)
@@ -232,7 +241,7 @@ def export_ddpm(config: DiffusionConfig, unet: UNet2DModel, scheduler, classes: 
         scheduler.save_pretrained(config.out / "scheduler")
         latent.save_autoencoder(vae, vae_source, config.out / "vae", config.export_fp16)
         latent.write_pipeline_index(config.out)
-    autoguidance = export_guide(config, unet, config.out)
+    autoguidance = export_guide(config, guide, config.out)
     write_model_info(config.out, ModelInfo(
         kind="diffusion", title=config.out.name,
         clip_sample_range=latent_range,  # sampling clips x0_hat to the training latents' range

@@ -186,6 +186,7 @@ def train_sd(config: TextDiffusionConfig, accelerator: Accelerator, data: common
     vae, vae_source, tokenizer, text_encoder, clip_source = load_parts(config, checkpoint, resuming, accelerator.device)
     unet, ema_start, scheduler = load_sd_unet(config, checkpoint, resuming, vae, text_encoder.config.hidden_size,
                                               accelerator.print)
+    guide = ddpm.load_guide(config, unet)
     bank = CaptionBank(captions, tokenizer, text_encoder)
     accelerator.print(f"{len(bank.texts)} distinct captions, {tuple(bank.states.shape[1:])} hidden states each")
     optimizer = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=0.0)
@@ -215,7 +216,7 @@ def train_sd(config: TextDiffusionConfig, accelerator: Accelerator, data: common
                 savers.append(lambda folder: save_text_parts(tokenizer, text_encoder, clip_source, folder))
             ema_model = common.save_ema_checkpoint(accelerator, unet, ema, optimizer, state, checkpoint, *savers)
             export_sd(config, ema_model, scheduler, vae, vae_source, tokenizer, text_encoder, clip_source, state,
-                      latent_range, data)
+                      latent_range, data, guide)
 
     while common.keep_training(state, timer, config):
         index, _ = latents.draw()  # no mirror images (the bank holds none): captions name directions ("facing right")
@@ -296,7 +297,8 @@ def write_sd_index(out: Path) -> None:
 
 def export_sd(config: TextDiffusionConfig, unet: UNet2DConditionModel, scheduler, vae: AutoencoderKL,
               vae_source: Path, tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, clip_source: Path,
-              state: common.RunState, latent_range: float | None, data: common.ImageFolder) -> None:
+              state: common.RunState, latent_range: float | None, data: common.ImageFolder,
+              guide: UNet2DConditionModel | None = None) -> None:
     """The pipeline folder (see the module docstring), with training_images/: the training set at 32 px, what
     the app's nearest-training-image panel and the copy check of `python -m genlab.eval sd` search."""
     from ..imaging.nearest import write_training_index
@@ -310,7 +312,7 @@ def export_sd(config: TextDiffusionConfig, unet: UNet2DConditionModel, scheduler
     write_sd_index(out)
     if not (out / "training_images").is_dir():  # written once: the training set does not change within a run
         write_training_index(data.images, data.names, out / "training_images")
-    autoguidance = ddpm.export_guide(config, unet, out)
+    autoguidance = ddpm.export_guide(config, guide, out)
     write_model_info(out, ModelInfo(kind="diffusion", title=out.name, default_guidance_scale=config.guidance_scale,
                                     default_autoguidance_scale=autoguidance))
     state.save(out)
